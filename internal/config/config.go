@@ -1,0 +1,239 @@
+// Package config reads lcast's TOML configuration file strictly: unknown keys,
+// values of the wrong type and invalid values stop start-up with an error
+// that names the file, the line and the key.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/librecast/lcast/peer"
+	"github.com/pelletier/go-toml/v2"
+)
+
+// Defaults.
+const (
+	DefaultInterface  = "lc0"
+	DefaultListenPort = 51840
+	// DefaultMTU leaves room, under a 1500-byte underlay MTU, for the peer
+	// encapsulation: outer IPv6 (40) + UDP (8) + WireGuard (32) + inner IPv6 (40).
+	DefaultMTU = 1380
+	// MinMTU is IPv6's minimum link MTU (RFC 8200).
+	MinMTU = 1280
+)
+
+// Config is lcast's configuration, after defaults and validation.
+type Config struct {
+	Interface      string    `toml:"interface"`
+	PrivateKey     *peer.Key `toml:"private_key"`
+	PrivateKeyFile string    `toml:"private_key_file"`
+	ListenPort     *int      `toml:"listen_port"`
+	// ControlSocket is the control API's unix socket: a path, or a name
+	// starting with "@" in the abstract namespace, which belongs to the
+	// network namespace and so never collides between daemons in
+	// different namespaces. Default "@lcast/<interface>".
+	ControlSocket string `toml:"control_socket"`
+	MTU           int    `toml:"mtu"`
+	Peers         []Peer `toml:"peer"`
+
+	// Key is the private key, from private_key or private_key_file.
+	Key peer.Key `toml:"-"`
+	// Port is listen_port or its default.
+	Port int `toml:"-"`
+}
+
+// Peer is one [[peer]] table.
+type Peer struct {
+	PublicKey peer.Key `toml:"public_key"`
+	// Endpoint is "[addr]:port" or "host:port"; empty for a peer that
+	// connects to us (behind NAT, for instance).
+	Endpoint Endpoint `toml:"endpoint"`
+}
+
+// Endpoint is a peer's "[addr]:port" or "host:port". The zero value means
+// no endpoint.
+type Endpoint struct {
+	Host string // an IP address or a DNS name
+	Port int
+}
+
+// UnmarshalText validates the endpoint's form.
+func (e *Endpoint) UnmarshalText(text []byte) error {
+	host, port, err := net.SplitHostPort(string(text))
+	if err != nil {
+		return fmt.Errorf("endpoint %q: want \"[addr]:port\" or \"host:port\"", text)
+	}
+	if host == "" {
+		return fmt.Errorf("endpoint %q: no host", text)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("endpoint %q: port must be 1-65535", text)
+	}
+	*e = Endpoint{Host: host, Port: n}
+	return nil
+}
+
+// IsZero reports whether no endpoint is set.
+func (e Endpoint) IsZero() bool { return e.Host == "" }
+
+// String returns the endpoint as "host:port" ("[addr]:port" for IPv6).
+func (e Endpoint) String() string {
+	if e.IsZero() {
+		return ""
+	}
+	return net.JoinHostPort(e.Host, strconv.Itoa(e.Port))
+}
+
+// Error is a configuration error, positioned where it is known.
+type Error struct {
+	File string
+	Line int // 0 when not known
+	Key  string
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	if e.Key != "" {
+		fmt.Fprintf(&b, ": %s", e.Key)
+	}
+	fmt.Fprintf(&b, ": %s", e.Msg)
+	return b.String()
+}
+
+// Load reads and validates the configuration file at path.
+func Load(path string) (*Config, error) {
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, doc)
+}
+
+// Parse validates doc, read from file (named in errors).
+func Parse(file string, doc []byte) (*Config, error) {
+	var c Config
+	dec := toml.NewDecoder(bytes.NewReader(doc))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, decodeError(file, err)
+	}
+	if err := c.validate(file, doc); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func decodeError(file string, err error) error {
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) && len(strict.Errors) > 0 {
+		e := strict.Errors[0]
+		row, _ := e.Position()
+		return &Error{File: file, Line: row, Key: strings.Join(e.Key(), "."), Msg: "unknown key"}
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, _ := de.Position()
+		return &Error{File: file, Line: row, Key: strings.Join(de.Key(), "."), Msg: de.Error()}
+	}
+	return &Error{File: file, Msg: err.Error()}
+}
+
+func (c *Config) validate(file string, doc []byte) error {
+	fail := func(key, needle, format string, args ...any) error {
+		return &Error{File: file, Line: lineOf(doc, key, needle), Key: key, Msg: fmt.Sprintf(format, args...)}
+	}
+	if c.Interface == "" {
+		c.Interface = DefaultInterface
+	}
+	if len(c.Interface) > 15 || strings.ContainsAny(c.Interface, "/ \t\n:") || c.Interface == "." || c.Interface == ".." {
+		return fail("interface", c.Interface, "%q is not a valid interface name (at most 15 characters, no '/', ':' or spaces)", c.Interface)
+	}
+	switch {
+	case c.PrivateKey != nil && c.PrivateKeyFile != "":
+		return fail("private_key_file", "", "set private_key or private_key_file, not both")
+	case c.PrivateKey != nil:
+		c.Key = *c.PrivateKey
+	case c.PrivateKeyFile != "":
+		text, err := os.ReadFile(c.PrivateKeyFile)
+		if err != nil {
+			return fail("private_key_file", "", "%v", err)
+		}
+		if c.Key, err = peer.ParseKey(strings.TrimSpace(string(text))); err != nil {
+			return fail("private_key_file", "", "%s: %v", c.PrivateKeyFile, err)
+		}
+	default:
+		return &Error{File: file, Key: "private_key", Msg: "missing: set private_key or private_key_file (make one with `lcast genkey`)"}
+	}
+	if c.Key.IsZero() {
+		return fail("private_key", "", "the all-zero key is not a private key")
+	}
+	c.Port = DefaultListenPort
+	if c.ListenPort != nil {
+		c.Port = *c.ListenPort
+		if c.Port < 1 || c.Port > 65535 {
+			return fail("listen_port", "", "%d is not a port (1-65535)", c.Port)
+		}
+	}
+	if c.MTU == 0 {
+		c.MTU = DefaultMTU
+	}
+	if c.MTU < MinMTU || c.MTU > 65535 {
+		return fail("mtu", "", "%d is outside %d-65535 (IPv6 needs at least %d)", c.MTU, MinMTU, MinMTU)
+	}
+	if c.ControlSocket == "" {
+		c.ControlSocket = "@lcast/" + c.Interface
+	}
+	own := c.Key.PublicKey()
+	seen := map[peer.Key]int{}
+	for i, p := range c.Peers {
+		key := fmt.Sprintf("peer[%d].public_key", i+1)
+		switch {
+		case p.PublicKey.IsZero():
+			return &Error{File: file, Line: lineOfNth(doc, "[[peer]]", i), Key: key, Msg: "missing"}
+		case p.PublicKey == own:
+			return fail(key, p.PublicKey.String(), "is this node's own public key")
+		}
+		if j, dup := seen[p.PublicKey]; dup {
+			return &Error{File: file, Line: lineOfNth(doc, p.PublicKey.String(), 1), Key: key,
+				Msg: fmt.Sprintf("duplicates peer[%d]", j+1)}
+		}
+		seen[p.PublicKey] = i
+	}
+	return nil
+}
+
+// lineOf returns the line of the first assignment to key whose line also
+// holds needle, or 0 when there is none.
+func lineOf(doc []byte, key, needle string) int {
+	bare := key[strings.LastIndexByte(key, '.')+1:]
+	for i, line := range strings.Split(string(doc), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), bare) && strings.Contains(line, needle) {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// lineOfNth returns the line of the n'th (from 0) occurrence of s, or 0.
+func lineOfNth(doc []byte, s string, n int) int {
+	for i, line := range strings.Split(string(doc), "\n") {
+		if strings.Contains(line, s) {
+			if n == 0 {
+				return i + 1
+			}
+			n--
+		}
+	}
+	return 0
+}
