@@ -1,0 +1,45 @@
+# lcast: IPv6 multicast across the Internet through lc0.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BINDIR  := $(PREFIX)/bin
+GO      ?= go
+FUZZTIME ?= 5s
+
+.PHONY: all build test fuzz bench demo install uninstall clean help
+
+all: build
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build ./lcast
+	$(GO) build -o lcast ./cmd/lcast
+
+test: ## run every test (as root: namespace tests too), then each fuzzer briefly
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+	$(MAKE) --no-print-directory fuzz
+
+fuzz: ## run each fuzz test for FUZZTIME (default 5s)
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null || exit 1; \
+	  done; \
+	done
+
+demo: build ## as root: run lcast in network namespaces with real programs
+	LCAST=./lcast demo/demo.sh
+
+bench: ## run the micro-benchmarks
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+install: build ## install the binary under $(DESTDIR)$(PREFIX)
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 0755 lcast $(DESTDIR)$(BINDIR)/lcast
+
+uninstall: ## remove what install installed
+	rm -f $(DESTDIR)$(BINDIR)/lcast
+
+clean: ## remove build output
+	rm -f lcast

@@ -1,0 +1,184 @@
+// Command lcast gives this host a network interface, lc0, on which IPv6
+// multicast works across the Internet. See lcast(8) and the README.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/librecast/lcast/internal/config"
+	"github.com/librecast/lcast/internal/control"
+	"github.com/librecast/lcast/internal/daemon"
+	"github.com/librecast/lcast/peer"
+	"github.com/urfave/cli/v2"
+)
+
+func main() {
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "lcast: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+var configFlag = &cli.StringFlag{
+	Name:     "config",
+	Aliases:  []string{"c"},
+	Usage:    "read the configuration from `FILE` (TOML, see lcast.toml(5))",
+	Required: true,
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:  "lcast",
+		Usage: "IPv6 multicast across the Internet through the lc0 interface",
+		Description: "lcast creates lc0, a network interface on which programs join and send to IPv6\n" +
+			"multicast groups with ordinary sockets. It learns their joins from MLD and carries\n" +
+			"the matching packets to and from its peers over authenticated, encrypted UDP.",
+		HideHelpCommand: true,
+		CommandNotFound: func(c *cli.Context, name string) {
+			fmt.Fprintf(os.Stderr, "lcast: unknown command %q; see lcast --help\n", name)
+			os.Exit(2)
+		},
+		Commands: []*cli.Command{
+			{
+				Name:        "genkey",
+				Usage:       "print a new private key (base64, WireGuard's format)",
+				Description: "Prints a new Curve25519 private key. Keep it secret: put it in the\nconfiguration's private_key or in the file named by private_key_file.",
+				Action:      genkey,
+			},
+			{
+				Name:        "pubkey",
+				Usage:       "read a private key on standard input and print its public key",
+				Description: "Example: lcast genkey | tee node.key | lcast pubkey",
+				Action:      pubkey,
+			},
+			{
+				Name:  "up",
+				Usage: "run the daemon in the foreground until SIGINT or SIGTERM",
+				Description: "Creates the interface (or adopts the one an earlier lcast left after a crash),\n" +
+					"configures its address and multicast routes, and serves until SIGINT or SIGTERM,\n" +
+					"then removes the interface and every route it added.",
+				Flags: []cli.Flag{configFlag,
+					&cli.BoolFlag{Name: "debug", Usage: "log debug messages"}},
+				Action: up,
+			},
+			{
+				Name:        "status",
+				Usage:       "show the running daemon's interface, peers and groups",
+				Description: "Asks the daemon through the configuration's control_socket (root only).",
+				Flags: []cli.Flag{configFlag,
+					&cli.BoolFlag{Name: "json", Usage: "print JSON for machines"}},
+				Action: status,
+			},
+		},
+	}
+}
+
+func genkey(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("genkey takes no arguments")
+	}
+	k, err := peer.GenerateKey()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(c.App.Writer, k)
+	return nil
+}
+
+func pubkey(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("pubkey takes no arguments; it reads the private key on standard input")
+	}
+	line, err := bufio.NewReader(io.LimitReader(os.Stdin, 1024)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read private key: %w", err)
+	}
+	k, err := peer.ParseKey(strings.TrimSpace(line))
+	if err != nil {
+		return fmt.Errorf("read private key from standard input: %w", err)
+	}
+	fmt.Fprintln(c.App.Writer, k.PublicKey())
+	return nil
+}
+
+func up(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("up takes no arguments, got %q", c.Args().Slice())
+	}
+	cfg, err := config.Load(c.String("config"))
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if c.Bool("debug") {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return daemon.Run(ctx, cfg, log)
+}
+
+func status(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("status takes no arguments, got %q", c.Args().Slice())
+	}
+	cfg, err := config.Load(c.String("config"))
+	if err != nil {
+		return err
+	}
+	st, err := control.GetStatus(context.Background(), cfg.ControlSocket)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	printStatus(c.App.Writer, st)
+	return nil
+}
+
+func printStatus(w io.Writer, st *control.Status) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "interface:\t%s\n", st.Interface)
+	fmt.Fprintf(tw, "address:\t%s\n", st.Address)
+	fmt.Fprintf(tw, "public key:\t%s\n", st.PublicKey)
+	fmt.Fprintf(tw, "listen port:\t%d\n", st.ListenPort)
+	tw.Flush()
+	fmt.Fprintf(w, "\nlocal groups: %d\n", len(st.LocalGroups))
+	if len(st.LocalGroups) > 0 {
+		fmt.Fprintln(tw, "  GROUP\tMODE\tSOURCES")
+		for _, g := range st.LocalGroups {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\n", g.Group, g.Mode, orDash(strings.Join(g.Sources, ",")))
+		}
+		tw.Flush()
+	}
+	fmt.Fprintf(w, "\npeers: %d\n", len(st.Peers))
+	if len(st.Peers) > 0 {
+		fmt.Fprintln(tw, "  PUBLIC KEY\tENDPOINT\tCONNECTED\tRX\tTX\tGROUPS")
+		for _, p := range st.Peers {
+			fmt.Fprintf(tw, "  %s\t%s\t%v\t%d B\t%d B\t%d\n", p.PublicKey, orDash(p.Endpoint), p.Connected, p.RxBytes, p.TxBytes, len(p.Groups))
+		}
+		tw.Flush()
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

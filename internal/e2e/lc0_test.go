@@ -1,0 +1,172 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/librecast/lcast/internal/netlab"
+	"github.com/librecast/lcast/peer"
+)
+
+// Unmodified programs join ff1e::1234 on lc0: status shows the group within
+// 1 s of the join and drops it within 1 s of the leave.
+func TestJoinAndLeaveShowInStatus(t *testing.T) {
+	netlab.Require(t, "socat")
+	ns := netlab.NewNamespace(t, "lcast-join")
+	n := newNode(t, ns, "")
+	n.up()
+	programs := map[string]func() *netlab.Process{
+		"go net.ListenMulticastUDP": func() *netlab.Process { return startHelper(t, ns, "join", "ff1e::1234", "lc0") },
+		"socat": func() *netlab.Process {
+			return ns.Start("socat", "-u", "UDP6-RECV:4242,ipv6-join-group=[ff1e::1234]:lc0", "/dev/null")
+		},
+	}
+	for name, start := range programs {
+		t.Run(name, func(t *testing.T) {
+			p := start()
+			joined := n.waitGroup("ff1e::1234", true, time.Second)
+			g, _ := n.group("ff1e::1234")
+			if g.Mode != "exclude" || len(g.Sources) != 0 {
+				t.Fatalf("any-source join shows as %+v, want exclude with no sources", g)
+			}
+			p.Cmd.Process.Kill()
+			left := n.waitGroup("ff1e::1234", false, time.Second)
+			t.Logf("%s: join to status %v, leave to status %v", name, joined.Round(time.Millisecond), left.Round(time.Millisecond))
+		})
+	}
+}
+
+// A source-specific join shows as include with its one source.
+func TestSourceSpecificJoin(t *testing.T) {
+	ns := netlab.NewNamespace(t, "lcast-ssm")
+	n := newNode(t, ns, "")
+	n.up()
+	p := startHelper(t, ns, "join-ssm", "ff3e::8000:1", "2001:db8::1", "lc0")
+	n.waitGroup("ff3e::8000:1", true, time.Second)
+	g, _ := n.group("ff3e::8000:1")
+	if g.Mode != "include" || !slices.Equal(g.Sources, []string{"2001:db8::1"}) {
+		t.Fatalf("source-specific join shows as %+v, want include [2001:db8::1]", g)
+	}
+	p.Cmd.Process.Kill()
+	n.waitGroup("ff3e::8000:1", false, time.Second)
+}
+
+// SIGKILL the daemon while a program stays joined, start it again: the group
+// shows again within 2 s, the program doing nothing.
+func TestCrashRelearnsMemberships(t *testing.T) {
+	netlab.Require(t, "socat")
+	ns := netlab.NewNamespace(t, "lcast-crash")
+	n := newNode(t, ns, "")
+	n.up()
+	ns.Start("socat", "-u", "UDP6-RECV:4242,ipv6-join-group=[ff1e::1234]:lc0", "/dev/null")
+	n.waitGroup("ff1e::1234", true, time.Second)
+
+	n.daemon.Signal(syscall.SIGKILL)
+	n.daemon.Wait(5 * time.Second)
+	if left := leftovers(ns, "lc0"); len(left) == 0 {
+		t.Fatal("lc0 did not survive the crash")
+	}
+	start := time.Now()
+	n.up()
+	n.waitGroup("ff1e::1234", true, 2*time.Second-time.Since(start))
+	t.Logf("restart to relearned membership: %v", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(n.daemon.Output(), "adopted") {
+		t.Fatalf("restarted daemon did not adopt lc0:\n%s", n.daemon.Output())
+	}
+	n.stop(syscall.SIGTERM)
+	if left := leftovers(ns, "lc0"); len(left) > 0 {
+		t.Fatalf("left behind after SIGTERM: %v", left)
+	}
+}
+
+// SIGTERM and SIGINT leave no interface, route or control socket behind.
+func TestCleanStopLeavesNothing(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			ns := netlab.NewNamespace(t, "lcast-stop")
+			sock := filepath.Join(t.TempDir(), "lcast.sock")
+			n := newNode(t, ns, "control_socket = \""+sock+"\"\n")
+			n.up()
+			startHelper(t, ns, "join", "ff1e::1", "lc0")
+			n.waitGroup("ff1e::1", true, time.Second)
+			n.stop(sig)
+			if left := leftovers(ns, "lc0"); len(left) > 0 {
+				t.Fatalf("left behind: %v", left)
+			}
+			if _, err := os.Stat(sock); err == nil {
+				t.Fatal("control socket file left behind")
+			}
+			if _, err := n.tryStatus(); err == nil || !strings.Contains(err.Error(), "exit status") {
+				t.Fatalf("status after stop: %v, want a failure", err)
+			}
+		})
+	}
+}
+
+// Two daemons with the same configuration in two namespaces do not collide.
+func TestNamespacesDoNotCollide(t *testing.T) {
+	a := newNode(t, netlab.NewNamespace(t, "lcast-a"), "")
+	b := &node{t: t, ns: netlab.NewNamespace(t, "lcast-b"), key: a.key, cfg: a.cfg}
+	a.up()
+	b.up()
+	startHelper(t, a.ns, "join", "ff1e::a", "lc0")
+	a.waitGroup("ff1e::a", true, time.Second)
+	if _, has := b.group("ff1e::a"); has {
+		t.Fatal("b's status shows a's group")
+	}
+	if got, want := b.status().Address, peer.OverlayAddr(a.key.PublicKey()).String(); got != want {
+		t.Fatalf("b's address %s, want %s", got, want)
+	}
+}
+
+// Start-up errors: a non-zero exit, one clear message, nothing left behind.
+func TestStartErrors(t *testing.T) {
+	ns := netlab.NewNamespace(t, "lcast-err")
+	run := func(t *testing.T, cfg string) string {
+		t.Helper()
+		out, err := ns.Command(lcastBin, "up", "-c", cfg).CombinedOutput()
+		if err == nil {
+			t.Fatalf("lcast up succeeded:\n%s", out)
+		}
+		return string(out)
+	}
+	t.Run("interface not created by lcast", func(t *testing.T) {
+		ns.Run("ip", "link", "add", "lc0", "type", "veth", "peer", "name", "lc0peer")
+		defer ns.Run("ip", "link", "del", "lc0")
+		n := newNode(t, ns, "")
+		out := run(t, n.cfg)
+		if !strings.Contains(out, "interface lc0 exists and was not created by lcast") {
+			t.Fatalf("message: %s", out)
+		}
+		if err := ns.Command("ip", "link", "show", "lc0peer").Run(); err != nil {
+			t.Fatal("the foreign interface was touched")
+		}
+	})
+	t.Run("second daemon for the same interface", func(t *testing.T) {
+		n := newNode(t, ns, "")
+		n.up()
+		out := run(t, n.cfg)
+		if !strings.Contains(out, "another lcast daemon is already listening") {
+			t.Fatalf("message: %s", out)
+		}
+		if _, has := n.group("ff1e::1"); has || n.status().Interface != "lc0" {
+			t.Fatal("the first daemon was disturbed")
+		}
+		n.stop(syscall.SIGTERM)
+	})
+	t.Run("bad config", func(t *testing.T) {
+		n := newNode(t, ns, "listen_prot = 5\n")
+		out := run(t, n.cfg)
+		if !strings.Contains(out, n.cfg+":2: listen_prot: unknown key") {
+			t.Fatalf("message: %s", out)
+		}
+		if left := leftovers(ns, "lc0"); len(left) > 0 {
+			t.Fatalf("left behind: %v", left)
+		}
+	})
+}

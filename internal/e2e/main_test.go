@@ -1,0 +1,196 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/librecast/lcast/internal/control"
+	"github.com/librecast/lcast/internal/netlab"
+	"github.com/librecast/lcast/peer"
+	"golang.org/x/net/ipv6"
+)
+
+// lcastBin is the lcast binary built for these tests.
+var lcastBin string
+
+const helperEnv = "LCAST_E2E_HELPER"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(helperEnv); mode != "" {
+		os.Exit(helper(mode, os.Args[1:]))
+	}
+	dir, err := os.MkdirTemp("", "lcast-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	lcastBin = filepath.Join(dir, "lcast")
+	if out, err := exec.Command("go", "build", "-o", lcastBin, "github.com/librecast/lcast/cmd/lcast").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building lcast: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// helper runs this test binary as a small multicast program, for tests to
+// start in a namespace: "join GROUP IFACE" (net.ListenMulticastUDP) or
+// "join-ssm GROUP SOURCE IFACE" (a source-specific join). It prints
+// "joined" and stays joined until killed.
+func helper(mode string, args []string) int {
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, err); return 1 }
+	switch mode {
+	case "join":
+		ifi, err := net.InterfaceByName(args[1])
+		if err != nil {
+			return fail(err)
+		}
+		c, err := net.ListenMulticastUDP("udp6", ifi, &net.UDPAddr{IP: net.ParseIP(args[0]), Port: 4242})
+		if err != nil {
+			return fail(err)
+		}
+		defer c.Close()
+	case "join-ssm":
+		ifi, err := net.InterfaceByName(args[2])
+		if err != nil {
+			return fail(err)
+		}
+		c, err := net.ListenPacket("udp6", "[::]:4242")
+		if err != nil {
+			return fail(err)
+		}
+		defer c.Close()
+		p := ipv6.NewPacketConn(c)
+		if err := p.JoinSourceSpecificGroup(ifi, &net.UDPAddr{IP: net.ParseIP(args[0])}, &net.UDPAddr{IP: net.ParseIP(args[1])}); err != nil {
+			return fail(err)
+		}
+	default:
+		return fail(fmt.Errorf("unknown helper %q", mode))
+	}
+	fmt.Println("joined")
+	select {}
+}
+
+// node is one lcast daemon in a namespace.
+type node struct {
+	t      *testing.T
+	ns     *netlab.Namespace
+	cfg    string // config file path
+	key    peer.Key
+	daemon *netlab.Process
+}
+
+func newNode(t *testing.T, ns *netlab.Namespace, extra string) *node {
+	t.Helper()
+	key, err := peer.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &node{t: t, ns: ns, key: key, cfg: filepath.Join(t.TempDir(), "lcast.toml")}
+	doc := fmt.Sprintf("private_key = %q\n%s", key, extra)
+	if err := os.WriteFile(n.cfg, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// up starts the daemon and waits until it answers.
+func (n *node) up() {
+	n.t.Helper()
+	n.daemon = n.ns.Start(lcastBin, "up", "-c", n.cfg)
+	if _, ok := netlab.Poll(5*time.Second, func() bool { _, err := n.tryStatus(); return err == nil }); !ok {
+		n.t.Fatalf("lcast did not come up in %s:\n%s", n.ns, n.daemon.Output())
+	}
+}
+
+func (n *node) tryStatus() (*control.Status, error) {
+	out, err := n.ns.Command(lcastBin, "status", "-c", n.cfg, "--json").Output()
+	if err != nil {
+		return nil, err
+	}
+	var st control.Status
+	if err := json.Unmarshal(out, &st); err != nil {
+		return nil, fmt.Errorf("status --json: %w: %s", err, out)
+	}
+	return &st, nil
+}
+
+func (n *node) status() *control.Status {
+	n.t.Helper()
+	st, err := n.tryStatus()
+	if err != nil {
+		n.t.Fatalf("lcast status: %v\ndaemon output:\n%s", err, n.daemon.Output())
+	}
+	return st
+}
+
+// group returns the local group g from status, if present.
+func (n *node) group(g string) (control.Group, bool) {
+	for _, lg := range n.status().LocalGroups {
+		if lg.Group == g {
+			return lg, true
+		}
+	}
+	return control.Group{}, false
+}
+
+// waitGroup polls status until group g is present (want) or absent, and
+// returns how long that took.
+func (n *node) waitGroup(g string, want bool, timeout time.Duration) time.Duration {
+	n.t.Helper()
+	took, ok := netlab.Poll(timeout, func() bool { _, has := n.group(g); return has == want })
+	if !ok {
+		n.t.Fatalf("group %s present=%v not reached within %v; status: %+v", g, want, timeout, n.status().LocalGroups)
+	}
+	return took
+}
+
+// stop sends sig to the daemon and waits for a clean exit.
+func (n *node) stop(sig syscall.Signal) {
+	n.t.Helper()
+	if err := n.daemon.Signal(sig); err != nil {
+		n.t.Fatal(err)
+	}
+	exited, err := n.daemon.Wait(5 * time.Second)
+	if !exited || err != nil {
+		n.t.Fatalf("lcast after %v: exited=%v err=%v\n%s", sig, exited, err, n.daemon.Output())
+	}
+}
+
+// startHelper starts this binary as a helper program in ns and waits until
+// it has joined.
+func startHelper(t *testing.T, ns *netlab.Namespace, args ...string) *netlab.Process {
+	t.Helper()
+	p := ns.Start("env", append([]string{helperEnv + "=" + args[0], os.Args[0]}, args[1:]...)...)
+	if !p.WaitOutput("joined", 5*time.Second) {
+		t.Fatalf("helper %v did not join:\n%s", args, p.Output())
+	}
+	return p
+}
+
+// leftovers lists what lcast left in ns: the interface and its routes.
+func leftovers(ns *netlab.Namespace, ifname string) []string {
+	var out []string
+	if err := ns.Command("ip", "link", "show", ifname).Run(); err == nil {
+		out = append(out, "interface "+ifname)
+	}
+	routes, _ := ns.Command("ip", "-6", "route", "show", "table", "all").Output()
+	for _, line := range strings.Split(string(routes), "\n") {
+		if strings.Contains(line, "dev "+ifname) || strings.Contains(line, "proto 108") {
+			out = append(out, "route "+line)
+		}
+	}
+	return out
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }

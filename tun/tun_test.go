@@ -1,0 +1,196 @@
+package tun
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/librecast/lcast/internal/netlab"
+	"github.com/librecast/lcast/router"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+var testCfg = Config{
+	Name:   "lc0",
+	MTU:    1380,
+	Addr:   netip.MustParsePrefix("fd6c:6361:7374:1:2:3:4:5/48"),
+	Routes: router.RoutePrefixes(),
+}
+
+var quiet = slog.New(slog.DiscardHandler)
+
+func ipOut(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func lcastRoutes(t *testing.T) int {
+	return strings.Count(ipOut(t, "-6", "route", "show", "table", "all", "proto", "108"), "\n")
+}
+
+func TestOpenConfiguresAndCloseRemoves(t *testing.T) {
+	if !netlab.Isolate(t) {
+		return
+	}
+	ifc, err := Open(testCfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ifc.Adopted {
+		t.Fatal("a new interface reported as adopted")
+	}
+	link, err := netlink.LinkByName("lc0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := link.Attrs()
+	if a.MTU != 1380 || a.Flags&net.FlagUp == 0 || a.Flags&net.FlagMulticast == 0 || a.Alias != Alias {
+		t.Fatalf("link attrs: mtu %d flags %v alias %q", a.MTU, a.Flags, a.Alias)
+	}
+	if out := ipOut(t, "-6", "addr", "show", "dev", "lc0"); !strings.Contains(out, "fd6c:6361:7374:1:2:3:4:5/48") {
+		t.Fatalf("address missing:\n%s", out)
+	}
+	if n := lcastRoutes(t); n != len(testCfg.Routes) {
+		t.Fatalf("%d lcast routes, want %d", n, len(testCfg.Routes))
+	}
+	for _, g := range []string{"ff1e::1", "ff3e::8000:1", "ff05::1:3", "ff18::1"} {
+		if out := ipOut(t, "-6", "route", "get", g); !strings.Contains(out, "dev lc0") {
+			t.Errorf("route get %s: %s", g, out)
+		}
+	}
+	if out := ipOut(t, "-6", "route", "get", "ff02::fb"); strings.Contains(out, "proto 108") {
+		t.Errorf("link-scope group routed by lcast: %s", out)
+	}
+
+	// A program that names no interface sends to ff1e::1: lc0 gets it.
+	c, err := net.DialUDP("udp6", nil, &net.UDPAddr{IP: net.ParseIP("ff1e::1"), Port: 4242})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		bufs, sizes := [][]byte{make([]byte, 65536)}, []int{0}
+		for {
+			n, err := ifc.Device.Read(bufs, sizes, 0)
+			if err != nil {
+				return
+			}
+			for i := range n {
+				p := bufs[i][:sizes[i]]
+				if len(p) > 48 && p[6] == unix.IPPROTO_UDP && netip.AddrFrom16([16]byte(p[24:40])) == netip.MustParseAddr("ff1e::1") {
+					got <- append([]byte(nil), p...)
+					return
+				}
+			}
+		}
+	}()
+	if _, err := c.Write([]byte("hello lc0")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-got:
+		if string(p[48:]) != "hello lc0" {
+			t.Fatalf("payload %q", p[48:])
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the datagram to ff1e::1 was not read from lc0")
+	}
+
+	if err := ifc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netlink.LinkByName("lc0"); err == nil {
+		t.Fatal("lc0 still exists after Close")
+	}
+	if n := lcastRoutes(t); n != 0 {
+		t.Fatalf("%d lcast routes left after Close", n)
+	}
+}
+
+func TestAdoptsOwnPersistentInterface(t *testing.T) {
+	if !netlab.Isolate(t) {
+		return
+	}
+	first, err := Open(testCfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(testCfg, quiet); !errors.Is(err, ErrInUse) {
+		t.Fatalf("second Open while the first runs: %v, want ErrInUse", err)
+	}
+	first.Device.Close() // what a crash does: the fd goes, the interface stays
+	if _, err := netlink.LinkByName("lc0"); err != nil {
+		t.Fatalf("persistent lc0 gone after its fd closed: %v", err)
+	}
+	second, err := Open(testCfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !second.Adopted {
+		t.Fatal("the surviving interface was not adopted")
+	}
+	if n := lcastRoutes(t); n != len(testCfg.Routes) {
+		t.Fatalf("%d lcast routes after adoption, want %d", n, len(testCfg.Routes))
+	}
+	if err := second.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netlink.LinkByName("lc0"); err == nil {
+		t.Fatal("lc0 still exists after Close")
+	}
+}
+
+func TestRefusesForeignInterface(t *testing.T) {
+	if !netlab.Isolate(t) {
+		return
+	}
+	for _, create := range [][]string{
+		{"link", "add", "lc0", "type", "veth", "peer", "name", "lc0peer"},
+		{"tuntap", "add", "lc0", "mode", "tun"},
+	} {
+		ipOut(t, create...)
+		_, err := Open(testCfg, quiet)
+		if !errors.Is(err, ErrNotOurs) {
+			t.Fatalf("Open over `ip %s`: %v, want ErrNotOurs", strings.Join(create, " "), err)
+		}
+		if _, err := netlink.LinkByName("lc0"); err != nil {
+			t.Fatalf("the foreign lc0 was removed: %v", err)
+		}
+		if n := lcastRoutes(t); n != 0 {
+			t.Fatalf("%d routes left behind", n)
+		}
+		ipOut(t, "link", "del", "lc0")
+	}
+}
+
+// Open fails half way (the routes are taken by another interface): nothing
+// of what it created is left.
+func TestRollsBackHalfWay(t *testing.T) {
+	if !netlab.Isolate(t) {
+		return
+	}
+	ipOut(t, "link", "add", "other", "type", "veth", "peer", "name", "otherpeer")
+	ipOut(t, "link", "set", "other", "up")
+	ipOut(t, "-6", "route", "add", "multicast", "ff38::/13", "dev", "other", "table", "local", "metric", "128")
+	_, err := Open(testCfg, quiet)
+	if err == nil || !strings.Contains(err.Error(), "ff38::/13") {
+		t.Fatalf("Open with a taken route: %v", err)
+	}
+	if _, err := netlink.LinkByName("lc0"); err == nil {
+		t.Fatal("lc0 left behind after a failed Open")
+	}
+	if n := lcastRoutes(t); n != 0 {
+		t.Fatalf("%d routes left behind", n)
+	}
+}
