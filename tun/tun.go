@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -49,6 +50,9 @@ type Interface struct {
 	cfg     Config
 	index   int
 	log     *slog.Logger
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Open creates and configures the interface, or adopts one lcast left
@@ -152,7 +156,13 @@ func (ifc *Interface) addRoutes() error {
 
 // Close removes the routes, the address and the interface. It is what a clean
 // stop does; after a crash the interface stays, persistent, for the next start.
+// Reads and writes in progress return os.ErrClosed. Close is idempotent.
 func (ifc *Interface) Close() error {
+	ifc.closeOnce.Do(func() { ifc.closeErr = ifc.remove() })
+	return ifc.closeErr
+}
+
+func (ifc *Interface) remove() error {
 	var errs []error
 	for _, r := range ifc.routes() {
 		if err := netlink.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {

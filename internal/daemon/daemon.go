@@ -1,6 +1,7 @@
 // Package daemon runs lcast: it brings up lc0, learns local memberships from
-// the MLD reports the kernel writes into it, acts as the link's querier, and
-// serves the control API, until its context is cancelled.
+// the MLD reports the kernel writes into it, acts as the link's querier,
+// exchanges subscriptions with its peers, forwards multicast between lc0 and
+// the peers, and serves the control API, until its context is cancelled.
 package daemon
 
 import (
@@ -10,7 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,52 +23,77 @@ import (
 	"github.com/librecast/lcast/tun"
 )
 
-// tunOffset is the header room reserved in front of every packet read from lc0.
-const tunOffset = 16
+// wgOffset is the headroom wgtun needs before a packet it writes into lc0.
+const wgOffset = 16
 
 // Daemon is a running lcast node.
 type Daemon struct {
-	cfg  *config.Config
-	log  *slog.Logger
-	ifc  *tun.Interface
-	addr netip.Addr
-	link *mld.Link
+	cfg       *config.Config
+	log       *slog.Logger
+	addr      netip.Addr
+	peerAddrs []netip.Addr
+	ifc       *tun.Interface
+	link      *mld.Link
+	router    *router.Router
+	transport *peer.Transport
+	exchange  *peer.Exchange
+	changed   chan struct{} // local memberships changed
 
 	mldMalformed atomic.Uint64
-	readErrors   atomic.Uint64
+	linkMsg      mld.Message // used only by the router's reader
 }
 
 // Run brings lcast up and serves until ctx is done, then removes lc0 and its
 // routes. It returns an error if start-up fails (leaving nothing behind) or
 // if lc0 fails under it.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	d := &Daemon{cfg: cfg, log: log, addr: peer.OverlayAddr(cfg.Key.PublicKey())}
-	d.link = mld.NewLink(mld.DefaultTiming, func() { log.Debug("local memberships changed") })
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) {
+	d := &Daemon{cfg: cfg, log: log, addr: peer.OverlayAddr(cfg.Key.PublicKey()), changed: make(chan struct{}, 1)}
+	d.link = mld.NewLink(mld.DefaultTiming, d.localChanged)
+	peers, err := d.resolvePeers(ctx)
+	if err != nil {
+		return err
+	}
 
-	// The control socket comes first: it tells us cheaply whether another
+	// What start-up made is undone, last first, if a later step fails.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	// The control socket comes first: it tells cheaply whether another
 	// daemon already runs for this configuration, before lc0 is touched.
 	ln, err := control.Listen(cfg.ControlSocket)
 	if err != nil {
 		return err
 	}
-	srv := control.NewServer(d.Status, log)
+	undo = append(undo, func() { ln.Close() })
 	ifcCfg := tun.Config{
 		Name:   cfg.Interface,
 		MTU:    cfg.MTU,
 		Addr:   netip.PrefixFrom(d.addr, peer.OverlayPrefix.Bits()),
 		Routes: router.RoutePrefixes(),
 	}
-	d.ifc, err = tun.Open(ifcCfg, log)
-	if err != nil {
-		ln.Close()
+	if d.ifc, err = tun.Open(ifcCfg, log); err != nil {
 		return err
+	}
+	undo = append(undo, func() { d.ifc.Close() })
+	d.router = router.New(d.ifc.Device, d.addr, router.ScopePolicy{}, d.handleLinkLocal)
+	d.router.SetPeers(d.peerAddrs)
+	if d.transport, err = peer.NewTransport(cfg.Key, cfg.Port, peers, d.router.Port(), log); err != nil {
+		return err
+	}
+	// The transport's reader blocks on lc0, so lc0 closes first.
+	undo = append(undo, func() { d.ifc.Close(); d.transport.Close() })
+	if d.exchange, err = peer.NewExchange(d.addr, d.peerAddrs, d.router.SetSubscriptions, log); err != nil {
+		return fmt.Errorf("subscription socket: %w", err)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	readErr := make(chan error, 1)
-	wg.Go(func() { readErr <- d.readLoop() })
 	querier := &mld.Querier{
 		Link:   d.link,
 		Source: ifcCfg.LinkLocal(),
@@ -77,82 +102,109 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Log:    log,
 	}
 	wg.Go(func() { querier.Run(ctx) })
+	wg.Go(func() { d.exchange.Run(ctx) })
+	wg.Go(func() { d.announce(ctx) })
+	srv := control.NewServer(d.Status, log)
 	wg.Go(func() {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			log.Error("control API stopped", "err", err)
 		}
 	})
-	log.Info("lcast is up", "interface", cfg.Interface, "address", d.addr,
-		"public_key", cfg.Key.PublicKey(), "control_socket", cfg.ControlSocket)
+	log.Info("lcast is up", "interface", cfg.Interface, "address", d.addr, "public_key", cfg.Key.PublicKey(),
+		"listen_port", cfg.Port, "peers", len(peers), "control_socket", cfg.ControlSocket)
 
 	var runErr error
 	select {
 	case <-ctx.Done():
-	case runErr = <-readErr:
-		if runErr == nil {
-			runErr = fmt.Errorf("interface %s was removed under lcast", cfg.Interface)
-		}
+	case <-d.transport.Done():
+		runErr = fmt.Errorf("interface %s was removed or failed under lcast", cfg.Interface)
 	}
-	// Shutdown order: stop answering, stop querying, then remove lc0,
-	// which ends the read loop.
+	// Shutdown order: stop answering, stop querying and announcing, remove
+	// lc0 (which ends the transport's reads), then stop the transport.
 	shutdownCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
 	srv.Shutdown(shutdownCtx)
 	done()
 	cancel()
+	wg.Wait()
 	if err := d.ifc.Close(); err != nil {
 		runErr = errors.Join(runErr, err)
 	}
-	wg.Wait()
+	d.transport.Close()
 	return runErr
 }
 
-// readLoop reads batches of packets from lc0 until it is closed. It returns
-// nil when lc0 was closed by Run, an error when lc0 went away under it.
-func (d *Daemon) readLoop() error {
-	batch := d.ifc.Device.BatchSize()
-	bufs := make([][]byte, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, tunOffset+65535)
-	}
-	sizes := make([]int, batch)
-	var msg mld.Message
-	failures := 0
-	for {
-		n, err := d.ifc.Device.Read(bufs, sizes, tunOffset)
-		if errors.Is(err, os.ErrClosed) {
-			return nil
-		}
-		if err != nil {
-			// A malformed offload header fails one read; a vanished
-			// interface fails them all.
-			d.readErrors.Add(1)
-			if failures++; failures > 100 {
-				return fmt.Errorf("reading %s: %w", d.cfg.Interface, err)
-			}
-			time.Sleep(10 * time.Millisecond)
+// resolvePeers turns the configured peers into the transport's, resolving
+// endpoint names.
+func (d *Daemon) resolvePeers(ctx context.Context) ([]peer.Config, error) {
+	out := make([]peer.Config, len(d.cfg.Peers))
+	for i, p := range d.cfg.Peers {
+		out[i].PublicKey = p.PublicKey
+		d.peerAddrs = append(d.peerAddrs, peer.OverlayAddr(p.PublicKey))
+		if p.Endpoint.IsZero() {
 			continue
 		}
-		failures = 0
-		now := time.Now()
-		for i := range n {
-			pkt := bufs[i][tunOffset : tunOffset+sizes[i]]
-			switch err := mld.Decode(pkt, &msg); {
-			case err == nil:
-				d.link.Handle(now, &msg)
-			case errors.Is(err, mld.ErrNotMLD):
-				// Other link traffic; forwarding comes with the router.
-			default:
-				d.mldMalformed.Add(1)
-			}
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		ep, err := peer.ResolveEndpoint(rctx, p.Endpoint.Host, p.Endpoint.Port)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("peer[%d]: %w", i+1, err)
+		}
+		out[i].Endpoint = ep
+	}
+	return out, nil
+}
+
+// handleLinkLocal takes the packets from lc0 that stay on the link: MLD
+// messages update the listener state; the rest (Router Solicitations...)
+// is ignored. It runs on the transport's single reader.
+func (d *Daemon) handleLinkLocal(pkt []byte) {
+	switch err := mld.Decode(pkt, &d.linkMsg); {
+	case err == nil:
+		d.link.Handle(time.Now(), &d.linkMsg)
+	case errors.Is(err, mld.ErrNotMLD):
+	default:
+		d.mldMalformed.Add(1)
+	}
+}
+
+// localChanged is the Link's change callback: it wakes announce.
+func (d *Daemon) localChanged() {
+	select {
+	case d.changed <- struct{}{}:
+	default:
+	}
+}
+
+// announce passes local membership changes to the router and the peers.
+func (d *Daemon) announce(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.changed:
+			groups := d.link.Groups()
+			d.router.SetLocal(groups)
+			d.exchange.SetLocal(forwarded(groups))
 		}
 	}
+}
+
+// forwarded keeps the groups whose traffic may come from peers.
+func forwarded(groups []mld.GroupState) []mld.GroupState {
+	out := groups[:0:0]
+	for _, g := range groups {
+		if (router.ScopePolicy{}).Forwards(g.Group) {
+			out = append(out, g)
+		}
+	}
+	return out
 }
 
 // writeToLink writes one packet into lc0.
 func (d *Daemon) writeToLink(pkt []byte) error {
-	buf := make([]byte, tunOffset+len(pkt))
-	copy(buf[tunOffset:], pkt)
-	_, err := d.ifc.Device.Write([][]byte{buf}, tunOffset)
+	buf := make([]byte, wgOffset+len(pkt))
+	copy(buf[wgOffset:], pkt)
+	_, err := d.ifc.Device.Write([][]byte{buf}, wgOffset)
 	return err
 }
 
@@ -165,17 +217,33 @@ func (d *Daemon) Status() control.Status {
 		ListenPort:  d.cfg.Port,
 		LocalGroups: groupsJSON(d.link.Groups()),
 		Peers:       []control.PeerStatus{},
-		Drops: map[string]uint64{
-			"mld_malformed":  d.mldMalformed.Load(),
-			"lc0_read_error": d.readErrors.Load(),
-		},
+		Drops:       d.router.Drops(),
 	}
-	for _, p := range d.cfg.Peers {
-		st.Peers = append(st.Peers, control.PeerStatus{
+	st.Drops["mld_malformed"] = d.mldMalformed.Load()
+	st.Drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
+	stats, err := d.transport.Stats()
+	if err != nil {
+		d.log.Warn("reading transport state", "err", err)
+	}
+	now := time.Now()
+	for i, p := range d.cfg.Peers {
+		addr := d.peerAddrs[i]
+		s := stats[p.PublicKey]
+		ps := control.PeerStatus{
 			PublicKey: p.PublicKey.String(),
-			Endpoint:  p.Endpoint.String(),
-			Groups:    []control.Group{},
-		})
+			Endpoint:  s.Endpoint,
+			Connected: s.Connected(now),
+			Groups:    groupsJSON(d.router.Subscriptions(addr)),
+		}
+		if !s.LastHandshake.IsZero() {
+			hs := s.LastHandshake.UTC()
+			ps.LastHandshake = &hs
+		}
+		if c := d.router.Counters(addr); c != nil {
+			ps.RxPackets, ps.RxBytes = c.RxPackets.Load(), c.RxBytes.Load()
+			ps.TxPackets, ps.TxBytes = c.TxPackets.Load(), c.TxBytes.Load()
+		}
+		st.Peers = append(st.Peers, ps)
 	}
 	return st
 }

@@ -74,6 +74,10 @@ func helper(mode string, args []string) int {
 		if err := p.JoinSourceSpecificGroup(ifi, &net.UDPAddr{IP: net.ParseIP(args[0])}, &net.UDPAddr{IP: net.ParseIP(args[1])}); err != nil {
 			return fail(err)
 		}
+	case "recv":
+		return recvHelper(args)
+	case "send":
+		return sendHelper(args)
 	default:
 		return fail(fmt.Errorf("unknown helper %q", mode))
 	}
@@ -92,10 +96,20 @@ type node struct {
 
 func newNode(t *testing.T, ns *netlab.Namespace, extra string) *node {
 	t.Helper()
+	return newNodeWithKey(t, ns, newKey(t), extra)
+}
+
+func newKey(t *testing.T) peer.Key {
+	t.Helper()
 	key, err := peer.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return key
+}
+
+func newNodeWithKey(t *testing.T, ns *netlab.Namespace, key peer.Key, extra string) *node {
+	t.Helper()
 	n := &node{t: t, ns: ns, key: key, cfg: filepath.Join(t.TempDir(), "lcast.toml")}
 	doc := fmt.Sprintf("private_key = %q\n%s", key, extra)
 	if err := os.WriteFile(n.cfg, []byte(doc), 0o600); err != nil {
@@ -107,7 +121,11 @@ func newNode(t *testing.T, ns *netlab.Namespace, extra string) *node {
 // up starts the daemon and waits until it answers.
 func (n *node) up() {
 	n.t.Helper()
-	n.daemon = n.ns.Start(lcastBin, "up", "-c", n.cfg)
+	args := []string{"up", "-c", n.cfg}
+	if os.Getenv("LCAST_E2E_DEBUG") != "" {
+		args = append(args, "--debug")
+	}
+	n.daemon = n.ns.Start(lcastBin, args...)
 	if _, ok := netlab.Poll(5*time.Second, func() bool { _, err := n.tryStatus(); return err == nil }); !ok {
 		n.t.Fatalf("lcast did not come up in %s:\n%s", n.ns, n.daemon.Output())
 	}
@@ -171,12 +189,15 @@ func (n *node) stop(sig syscall.Signal) {
 // it has joined.
 func startHelper(t *testing.T, ns *netlab.Namespace, args ...string) *netlab.Process {
 	t.Helper()
-	p := ns.Start("env", append([]string{helperEnv + "=" + args[0], os.Args[0]}, args[1:]...)...)
+	p := ns.Start("env", append([]string{helperEnv + "=" + args[0], lcastTestBinary()}, args[1:]...)...)
 	if !p.WaitOutput("joined", 5*time.Second) {
 		t.Fatalf("helper %v did not join:\n%s", args, p.Output())
 	}
 	return p
 }
+
+// lcastTestBinary is this test binary, which helper modes run as programs.
+func lcastTestBinary() string { return os.Args[0] }
 
 // leftovers lists what lcast left in ns: the interface and its routes.
 func leftovers(ns *netlab.Namespace, ifname string) []string {

@@ -36,7 +36,7 @@ func Require(t testing.TB, commands ...string) {
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		missing("/dev/net/tun is missing")
 	}
-	for _, c := range append([]string{"ip", "unshare"}, commands...) {
+	for _, c := range append([]string{"ip", "unshare", "ping", "sysctl"}, commands...) {
 		if _, err := exec.LookPath(c); err != nil {
 			missing(c + " is not installed")
 		}

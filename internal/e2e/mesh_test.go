@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/librecast/lcast/internal/netlab"
+	"github.com/librecast/lcast/peer"
+)
+
+const listenPort = 51840
+
+// mesh is n sites behind a unicast-only internet, each running lcast with
+// every other site as a peer.
+type mesh struct {
+	inet  *netlab.Internet
+	sites []*netlab.Site
+	nodes []*node
+}
+
+func newMesh(t *testing.T, n int) *mesh {
+	t.Helper()
+	m := newMeshSitesOnly(t, n)
+	for _, nd := range m.nodes {
+		nd.up()
+	}
+	return m
+}
+
+func newMeshSitesOnly(t *testing.T, n int) *mesh {
+	t.Helper()
+	m := &mesh{inet: netlab.NewInternet(t)}
+	keys := make([]peer.Key, n)
+	for i := range n {
+		keys[i] = newKey(t)
+		m.sites = append(m.sites, m.inet.AddSite(fmt.Sprintf("lcast-site%d", i+1)))
+	}
+	for i := range n {
+		extra := ""
+		for j := range n {
+			if j != i {
+				extra += fmt.Sprintf("[[peer]]\npublic_key = %q\nendpoint = \"[%s]:%d\"\n", keys[j].PublicKey(), m.sites[j].Addr, listenPort)
+			}
+		}
+		m.nodes = append(m.nodes, newNodeWithKey(t, m.sites[i].Namespace, keys[i], extra))
+	}
+	return m
+}
+
+// waitSubscribed waits until node from knows that node to subscribed to group.
+func (m *mesh) waitSubscribed(t *testing.T, from, to int, group string, want bool, timeout time.Duration) time.Duration {
+	t.Helper()
+	toKey := m.nodes[to].key.PublicKey().String()
+	took, ok := netlab.Poll(timeout, func() bool {
+		for _, p := range m.nodes[from].status().Peers {
+			if p.PublicKey == toKey {
+				for _, g := range p.Groups {
+					if g.Group == group {
+						return want
+					}
+				}
+			}
+		}
+		return !want
+	})
+	if !ok {
+		t.Fatalf("site %d: subscription of site %d to %s = %v not reached in %v\nstatus of site %d: %+v\nlog of site %d:\n%s\nlog of site %d:\n%s",
+			from+1, to+1, group, want, timeout, from+1, m.nodes[from].status(), from+1, m.nodes[from].daemon.Output(), to+1, m.nodes[to].daemon.Output())
+	}
+	return took
+}
+
+var receivedRE = regexp.MustCompile(`received (\d+) unique (\d+) duplicates (\d+) first (\d+) last (\d+)`)
+
+// recvResult is what a recv helper reported.
+type recvResult struct{ total, unique, dups, first, last int }
+
+func parseReceived(t *testing.T, out string) recvResult {
+	t.Helper()
+	m := receivedRE.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("receiver printed no summary:\n%s", out)
+	}
+	var r recvResult
+	for i, p := range []*int{&r.total, &r.unique, &r.dups, &r.first, &r.last} {
+		*p, _ = strconv.Atoi(m[i+1])
+	}
+	return r
+}
+
+// Go programs in sites 2 and 3 receive, complete and once, what a Go program
+// in site 1 sends at 1000 packets/s.
+func TestThreeSitesGoPrograms(t *testing.T) {
+	m := newMesh(t, 3)
+	var recvs []*netlab.Process
+	for i := 1; i < 3; i++ {
+		recvs = append(recvs, startHelper(t, m.sites[i].Namespace, "recv", "ff1e::1", "lc0"))
+		m.waitSubscribed(t, 0, i, "ff1e::1", true, 3*time.Second)
+	}
+	send := m.sites[0].Start("env", helperEnv+"=send", lcastTestBinary(), "ff1e::1", "2000", "1000", "1200")
+	if exited, err := send.Wait(10 * time.Second); !exited || err != nil {
+		t.Fatalf("sender: %v %v\n%s", exited, err, send.Output())
+	}
+	for i, r := range recvs {
+		if exited, _ := r.Wait(5 * time.Second); !exited {
+			t.Fatalf("receiver %d did not finish", i+2)
+		}
+		res := parseReceived(t, r.Output())
+		t.Logf("site %d: %+v", i+2, res)
+		if res.unique != 2000 || res.dups != 0 {
+			t.Errorf("site %d received %d of 2000 unique with %d duplicates", i+2, res.unique, res.dups)
+		}
+	}
+}

@@ -1,0 +1,252 @@
+package peer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/librecast/lcast/mld"
+)
+
+// Timing of the subscription exchange.
+const (
+	// HelloInterval is how often a node tells each peer its epoch and
+	// generation, so that a peer that missed a part asks for the state again.
+	HelloInterval = time.Second
+	// HoldTime is how long a peer's subscriptions stay without any message
+	// from it (a dead or unreachable peer stops getting traffic then).
+	HoldTime = 10 * time.Second
+	// MaxGroupsPerPeer caps the subscriptions one peer can make.
+	MaxGroupsPerPeer = 1 << 18
+	// quietStart is how long after start a node with the higher overlay
+	// address waits for a peer to speak first. Two WireGuard handshakes
+	// that cross on the wire both fail and are retried only after the
+	// 5 s rekey timeout; at a simultaneous start only one side initiates.
+	quietStart = 500 * time.Millisecond
+)
+
+// Exchange keeps this node's subscriptions known to its peers and learns
+// theirs, as soft state: full states on change, hellos every HelloInterval,
+// a full state on request, and expiry after HoldTime of silence.
+type Exchange struct {
+	conn    *net.UDPConn
+	self    netip.Addr
+	started time.Time
+	epoch   uint64
+	log     *slog.Logger
+	// apply receives a peer's subscriptions whenever they change (nil when
+	// they expire).
+	apply func(peer netip.Addr, groups []mld.GroupState)
+
+	mu    sync.Mutex
+	gen   uint64
+	local [][]mld.GroupState // local state, split into parts
+	peers map[netip.Addr]*remote
+
+	// BadMessages counts datagrams dropped as malformed, from unknown
+	// addresses or from an unprivileged port.
+	BadMessages atomic.Uint64
+}
+
+// remote is what this node knows of one peer's state.
+type remote struct {
+	epoch     uint64 // the peer's epoch, 0 before the first message
+	applied   bool   // a complete state of gen was applied
+	gen       uint64
+	pending   uint64 // generation being assembled
+	parts     map[uint16][]mld.GroupState
+	lastHeard time.Time
+}
+
+// NewExchange listens on [self]:SubscriptionPort. self must be an address of
+// lc0; peers are the overlay addresses of the peers.
+func NewExchange(self netip.Addr, peers []netip.Addr, apply func(netip.Addr, []mld.GroupState), log *slog.Logger) (*Exchange, error) {
+	conn, err := net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(self, SubscriptionPort)))
+	if err != nil {
+		return nil, err
+	}
+	var e [8]byte
+	rand.Read(e[:])
+	x := &Exchange{
+		conn:    conn,
+		self:    self,
+		started: time.Now(),
+		epoch:   binary.BigEndian.Uint64(e[:]) | 1,
+		log:     log,
+		apply:   apply,
+		local:   SplitGroups(nil),
+		peers:   map[netip.Addr]*remote{},
+	}
+	for _, p := range peers {
+		x.peers[p] = &remote{}
+	}
+	return x, nil
+}
+
+// SetLocal announces a new local state to every peer.
+func (x *Exchange) SetLocal(groups []mld.GroupState) {
+	x.mu.Lock()
+	x.gen++
+	x.local = SplitGroups(slices.Clone(groups))
+	peers := make([]netip.Addr, 0, len(x.peers))
+	for a := range x.peers {
+		peers = append(peers, a)
+	}
+	x.mu.Unlock()
+	for _, a := range peers {
+		x.sendState(a)
+	}
+}
+
+// Run receives messages and sends hellos until ctx is done; it closes the
+// socket when it returns.
+func (x *Exchange) Run(ctx context.Context) {
+	go func() {
+		<-ctx.Done()
+		x.conn.Close()
+	}()
+	var wg sync.WaitGroup
+	wg.Go(func() { x.tick(ctx) })
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := x.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				break
+			}
+			continue
+		}
+		x.receive(from, buf[:n])
+	}
+	wg.Wait()
+}
+
+func (x *Exchange) tick(ctx context.Context) {
+	t := time.NewTicker(HelloInterval)
+	defer t.Stop()
+	for {
+		x.mu.Lock()
+		now := time.Now()
+		var hellos []netip.Addr
+		for a, r := range x.peers {
+			hellos = append(hellos, a)
+			if r.epoch != 0 && now.Sub(r.lastHeard) > HoldTime {
+				// Forget the peer: its next message starts afresh.
+				x.log.Info("peer silent, dropping its subscriptions", "peer", a, "silent_for", now.Sub(r.lastHeard).Round(time.Second))
+				*r = remote{}
+				x.apply(a, nil)
+			}
+		}
+		x.mu.Unlock()
+		for _, a := range hellos {
+			x.send(a, 0, false)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (x *Exchange) receive(from netip.AddrPort, b []byte) {
+	addr := from.Addr().Unmap()
+	x.mu.Lock()
+	r, known := x.peers[addr]
+	if !known || from.Port() != SubscriptionPort {
+		x.mu.Unlock()
+		x.BadMessages.Add(1)
+		return
+	}
+	m, err := ParseMessage(b)
+	if err != nil {
+		x.mu.Unlock()
+		x.BadMessages.Add(1)
+		return
+	}
+	r.lastHeard = time.Now()
+	if m.Epoch != r.epoch {
+		// The peer (re)started: its state is to be learnt afresh. What it
+		// subscribed to before stays until the new state is complete.
+		r.epoch, r.applied, r.pending, r.parts = m.Epoch, false, 0, nil
+	}
+	var changed []mld.GroupState
+	apply := false
+	if m.Parts > 0 {
+		changed, apply = r.collect(m)
+	}
+	want := m.Parts == 0 && (!r.applied || r.gen != m.Generation)
+	sendState := m.Want || m.PeerEpoch != x.epoch
+	x.mu.Unlock()
+
+	if apply {
+		if len(changed) > MaxGroupsPerPeer {
+			x.log.Warn("peer subscribed to too many groups; keeping the first ones", "peer", addr, "groups", len(changed), "cap", MaxGroupsPerPeer)
+			changed = changed[:MaxGroupsPerPeer]
+		}
+		x.apply(addr, changed)
+	}
+	if sendState {
+		x.sendState(addr)
+	} else if want {
+		x.send(addr, 0, true)
+	}
+}
+
+// collect adds a part of a state; when the state is complete it returns it.
+func (r *remote) collect(m *Message) ([]mld.GroupState, bool) {
+	if r.applied && m.Generation <= r.gen {
+		return nil, false // stale or repeated
+	}
+	if m.Generation != r.pending || r.parts == nil {
+		r.pending, r.parts = m.Generation, map[uint16][]mld.GroupState{}
+	}
+	r.parts[m.Part] = m.Groups
+	if len(r.parts) < int(m.Parts) {
+		return nil, false
+	}
+	var all []mld.GroupState
+	for i := range m.Parts {
+		all = append(all, r.parts[i]...)
+	}
+	r.applied, r.gen, r.parts = true, m.Generation, nil
+	return all, true
+}
+
+// sendState sends every part of the local state to the peer at addr.
+func (x *Exchange) sendState(addr netip.Addr) {
+	x.mu.Lock()
+	n := len(x.local)
+	x.mu.Unlock()
+	for i := range n {
+		x.send(addr, i+1, false)
+	}
+}
+
+// send sends part (1-based; 0 for a hello) of the local state to addr.
+func (x *Exchange) send(addr netip.Addr, part int, want bool) {
+	x.mu.Lock()
+	r, ok := x.peers[addr]
+	quiet := r != nil && r.epoch == 0 && x.self.Compare(addr) > 0 && time.Since(x.started) < quietStart
+	if !ok || part > len(x.local) || quiet {
+		x.mu.Unlock()
+		return
+	}
+	m := Message{Want: want, Epoch: x.epoch, PeerEpoch: r.epoch, Generation: x.gen}
+	if part > 0 {
+		m.Part, m.Parts, m.Groups = uint16(part-1), uint16(len(x.local)), x.local[part-1]
+	}
+	b := AppendMessage(nil, &m)
+	x.mu.Unlock()
+	if _, err := x.conn.WriteToUDPAddrPort(b, netip.AddrPortFrom(addr, SubscriptionPort)); err != nil && !errors.Is(err, net.ErrClosed) {
+		x.log.Debug("sending subscription message", "peer", addr, "err", err)
+	}
+}

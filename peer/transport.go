@@ -1,0 +1,195 @@
+package peer
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	wgtun "golang.zx2c4.com/wireguard/tun"
+)
+
+// KeepaliveInterval is how often an idle link sends a keepalive, which keeps
+// NAT mappings open (WireGuard's persistent keepalive).
+const KeepaliveInterval = 25 * time.Second
+
+// connectedWithin is how recent a handshake must be for a peer to count as
+// connected: WireGuard rejects sessions older than this.
+const connectedWithin = 180 * time.Second
+
+// Config is a peer as the transport needs it.
+type Config struct {
+	PublicKey Key
+	// Endpoint is where to reach the peer; invalid for a peer that
+	// connects to us (from behind NAT, for instance).
+	Endpoint netip.AddrPort
+}
+
+// Transport carries overlay packets to and from peers over UDP with
+// WireGuard's protocol (Noise IK handshakes, ChaCha20-Poly1305, replay
+// protection, roaming, cookies), using wireguard-go's device. It reads
+// what to send from, and writes what it receives into, a tun.Device: the
+// router's port. A peer may send only from its overlay address.
+type Transport struct {
+	dev       *device.Device
+	keepalive *time.Timer // enables the delayed keepalives (see NewTransport)
+}
+
+// Stats is a peer's link as the transport sees it.
+type Stats struct {
+	Endpoint      string
+	LastHandshake time.Time // zero before the first
+	RxBytes       uint64    // UDP payload bytes, handshakes included
+	TxBytes       uint64
+}
+
+// Connected reports whether the peer completed a handshake recently enough
+// for its session to be valid.
+func (s Stats) Connected(now time.Time) bool {
+	return !s.LastHandshake.IsZero() && now.Sub(s.LastHandshake) < connectedWithin
+}
+
+// NewTransport starts the transport on UDP port listenPort with the node's
+// private key and its peers.
+func NewTransport(private Key, listenPort int, peers []Config, port wgtun.Device, log *slog.Logger) (*Transport, error) {
+	logger := &device.Logger{
+		Verbosef: func(format string, args ...any) { log.Debug("wireguard: " + fmt.Sprintf(format, args...)) },
+		Errorf:   func(format string, args ...any) { log.Warn("wireguard: " + fmt.Sprintf(format, args...)) },
+	}
+	dev := device.NewDevice(port, conn.NewDefaultBind(), logger)
+	// A persistent keepalive makes WireGuard contact the peer as soon as
+	// the device is up. Toward peers with a lower overlay address it is
+	// enabled only after quietStart, so that at a simultaneous start only
+	// one side initiates the handshake (see quietStart).
+	self := OverlayAddr(private.PublicKey())
+	var b, later strings.Builder
+	fmt.Fprintf(&b, "private_key=%s\nlisten_port=%d\nreplace_peers=true\n", hex.EncodeToString(private[:]), listenPort)
+	for _, p := range peers {
+		key := hex.EncodeToString(p.PublicKey[:])
+		fmt.Fprintf(&b, "public_key=%s\n", key)
+		if p.Endpoint.IsValid() {
+			fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
+		}
+		fmt.Fprintf(&b, "allowed_ip=%s/128\n", OverlayAddr(p.PublicKey))
+		keepalive := fmt.Sprintf("persistent_keepalive_interval=%d\n", int(KeepaliveInterval/time.Second))
+		if self.Compare(OverlayAddr(p.PublicKey)) > 0 {
+			fmt.Fprintf(&later, "public_key=%s\nupdate_only=true\n%s", key, keepalive)
+		} else {
+			b.WriteString(keepalive)
+		}
+	}
+	if err := dev.IpcSet(b.String()); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("configure transport: %w", err)
+	}
+	if err := dev.Up(); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("listen_port %d: %w", listenPort, err)
+	}
+	t := &Transport{dev: dev}
+	t.keepalive = time.AfterFunc(quietStart, func() {
+		if err := dev.IpcSet(later.String()); err != nil {
+			log.Warn("enabling keepalives", "err", err)
+		}
+	})
+	return t, nil
+}
+
+// Close stops the transport.
+func (t *Transport) Close() {
+	t.keepalive.Stop()
+	t.dev.Close()
+}
+
+// Stats returns the link state of every peer, by public key.
+func (t *Transport) Stats() (map[Key]Stats, error) {
+	text, err := t.dev.IpcGet()
+	if err != nil {
+		return nil, err
+	}
+	out := map[Key]Stats{}
+	var cur *Stats
+	var curKey Key
+	var hsSec, hsNsec int64
+	flush := func() {
+		if cur != nil {
+			if hsSec != 0 || hsNsec != 0 {
+				cur.LastHandshake = time.Unix(hsSec, hsNsec)
+			}
+			out[curKey] = *cur
+		}
+	}
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "public_key":
+			flush()
+			raw, err := hex.DecodeString(v)
+			if err != nil || len(raw) != KeyLen {
+				return nil, fmt.Errorf("transport reported a bad key %q", v)
+			}
+			curKey, cur, hsSec, hsNsec = Key(raw), &Stats{}, 0, 0
+		case "endpoint":
+			if cur != nil {
+				cur.Endpoint = v
+			}
+		case "last_handshake_time_sec":
+			hsSec, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			hsNsec, _ = strconv.ParseInt(v, 10, 64)
+		case "rx_bytes":
+			if cur != nil {
+				cur.RxBytes, _ = strconv.ParseUint(v, 10, 64)
+			}
+		case "tx_bytes":
+			if cur != nil {
+				cur.TxBytes, _ = strconv.ParseUint(v, 10, 64)
+			}
+		}
+	}
+	flush()
+	return out, nil
+}
+
+// ErrNoAddress means an endpoint's host name resolved to no address.
+var ErrNoAddress = errors.New("resolves to no address")
+
+// ResolveEndpoint turns "host" and port into an address, looking the host
+// up in DNS when it is a name. IPv6 addresses are preferred.
+func ResolveEndpoint(ctx context.Context, host string, port int) (netip.AddrPort, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return netip.AddrPortFrom(a.Unmap(), uint16(port)), nil
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %s: %w", host, err)
+	}
+	if len(addrs) == 0 {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %s: %w", host, ErrNoAddress)
+	}
+	best := addrs[0]
+	for _, a := range addrs {
+		if a.Unmap().Is6() {
+			best = a
+			break
+		}
+	}
+	return netip.AddrPortFrom(best.Unmap(), uint16(port)), nil
+}
+
+// Done is closed when the transport stops, also when it stops on its own
+// because its packet source (lc0) failed.
+func (t *Transport) Done() <-chan struct{} { return t.dev.Wait() }

@@ -1,0 +1,430 @@
+package router
+
+import (
+	"encoding/binary"
+	"errors"
+	"maps"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/librecast/lcast/mld"
+	wgtun "golang.zx2c4.com/wireguard/tun"
+)
+
+// WrapLen is the size of the IPv6 header that wraps a multicast packet for
+// one peer: addressed to the peer's overlay address, so that the transport
+// routes and authenticates it as unicast.
+const WrapLen = 40
+
+const (
+	ipv6HeaderLen  = 40
+	protoIPv6Encap = 41 // the wrapped packet is an IPv6 packet
+	wrapHopLimit   = 64
+)
+
+// Drop reasons, as counted in Stats.
+const (
+	DropScope        = "scope"          // a group whose scope does not cross between peers
+	DropNoSubscriber = "no_subscriber"  // from lc0: no peer wants it
+	DropNoListener   = "no_listener"    // from a peer: no local program wants it
+	DropForgedSource = "forged_source"  // from a peer: inner source is not the peer's address
+	DropNoRoute      = "no_route"       // unicast to an overlay address of no peer
+	DropMalformed    = "malformed"      // not a well-formed IPv6 packet
+	DropLc0Read      = "lc0_read_error" // a failed read from lc0
+	DropLc0Write     = "lc0_write_error"
+)
+
+// dropReasons lists the reasons in counter order.
+var dropReasons = [...]string{DropScope, DropNoSubscriber, DropNoListener, DropForgedSource, DropNoRoute, DropMalformed, DropLc0Read, DropLc0Write}
+
+const (
+	dScope = iota
+	dNoSubscriber
+	dNoListener
+	dForgedSource
+	dNoRoute
+	dMalformed
+	dLc0Read
+	dLc0Write
+)
+
+// Subscription is a group with its source filter, as a peer subscribed to it
+// or local programs listen to it.
+type Subscription = mld.GroupState
+
+// PeerCounters count the overlay packets (wrapped multicast and unicast)
+// the router sent to and received from one peer, and their bytes.
+type PeerCounters struct {
+	RxPackets, RxBytes, TxPackets, TxBytes atomic.Uint64
+}
+
+// routerPeer is a peer as the data path sees it. It lives as long as the
+// peer is configured, across table rebuilds, so its counters are never lost.
+type routerPeer struct {
+	addr     netip.Addr
+	counters PeerCounters
+}
+
+// table is the forwarding state read on every packet. It is immutable: the
+// control path builds a new one and swaps it in.
+type table struct {
+	peers  map[netip.Addr]*routerPeer
+	subs   map[netip.Addr][]Subscription // by peer
+	groups map[netip.Addr][]subscriber   // group -> peers that subscribed
+	local  map[netip.Addr]Subscription   // groups local programs listen to
+}
+
+type subscriber struct {
+	peer *routerPeer
+	sub  Subscription
+}
+
+// Router forwards between lc0 and the peer transport. Packets local programs
+// send into lc0 go, wrapped, to exactly the peers that subscribed to their
+// group and source, once each; packets from peers go into lc0 when a local
+// program listens. Unicast between overlay addresses passes both ways.
+//
+// Port returns the transport's side of the router as a tun.Device: the
+// transport reads from it what goes to peers and writes into it what peers
+// sent.
+type Router struct {
+	lc0   wgtun.Device
+	self  netip.Addr
+	scope ScopePolicy
+	// linkLocal receives the packets from lc0 that stay on the link (MLD
+	// reports, Router Solicitations...); it must not keep pkt.
+	linkLocal func(pkt []byte)
+
+	mu    sync.Mutex // serializes table rebuilds
+	table atomic.Pointer[table]
+	drops [len(dropReasons)]atomic.Uint64
+
+	port port
+}
+
+// New returns a Router between lc0 and the peers. self is this node's
+// overlay address.
+func New(lc0 wgtun.Device, self netip.Addr, scope ScopePolicy, linkLocal func(pkt []byte)) *Router {
+	r := &Router{lc0: lc0, self: self, scope: scope, linkLocal: linkLocal}
+	r.table.Store(&table{
+		peers:  map[netip.Addr]*routerPeer{},
+		subs:   map[netip.Addr][]Subscription{},
+		groups: map[netip.Addr][]subscriber{},
+		local:  map[netip.Addr]Subscription{},
+	})
+	r.port.init(r)
+	return r
+}
+
+// SetPeers sets the overlay addresses of the peers. Peers that stay keep
+// their subscriptions and counters.
+func (r *Router) SetPeers(addrs []netip.Addr) {
+	r.update(func(old, t *table) {
+		for _, a := range addrs {
+			if p, ok := old.peers[a]; ok {
+				t.peers[a] = p
+				t.subs[a] = old.subs[a]
+			} else {
+				t.peers[a] = &routerPeer{addr: a}
+			}
+		}
+	})
+}
+
+// SetSubscriptions replaces the groups the peer at addr subscribed to.
+func (r *Router) SetSubscriptions(addr netip.Addr, subs []Subscription) {
+	r.update(func(old, t *table) {
+		maps.Copy(t.peers, old.peers)
+		maps.Copy(t.subs, old.subs)
+		if _, ok := t.peers[addr]; ok {
+			t.subs[addr] = slices.Clone(subs)
+		}
+	})
+}
+
+// SetLocal replaces the groups local programs listen to.
+func (r *Router) SetLocal(groups []Subscription) {
+	r.update(func(old, t *table) {
+		maps.Copy(t.peers, old.peers)
+		maps.Copy(t.subs, old.subs)
+		t.local = make(map[netip.Addr]Subscription, len(groups))
+		for _, g := range groups {
+			t.local[g.Group] = g
+		}
+	})
+}
+
+// update builds a new table with fill (which sets peers and subs; local is
+// carried over unless fill replaces it), indexes it by group and swaps it in.
+func (r *Router) update(fill func(old, t *table)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := r.table.Load()
+	t := &table{
+		peers:  map[netip.Addr]*routerPeer{},
+		subs:   map[netip.Addr][]Subscription{},
+		groups: map[netip.Addr][]subscriber{},
+		local:  old.local,
+	}
+	fill(old, t)
+	for a, subs := range t.subs {
+		for _, s := range subs {
+			if r.scope.Forwards(s.Group) {
+				t.groups[s.Group] = append(t.groups[s.Group], subscriber{peer: t.peers[a], sub: s})
+			}
+		}
+	}
+	r.table.Store(t)
+}
+
+// Subscriptions returns the groups the peer at addr subscribed to.
+func (r *Router) Subscriptions(addr netip.Addr) []Subscription {
+	return r.table.Load().subs[addr]
+}
+
+// Counters returns the counters of the peer at addr, or nil.
+func (r *Router) Counters(addr netip.Addr) *PeerCounters {
+	if p, ok := r.table.Load().peers[addr]; ok {
+		return &p.counters
+	}
+	return nil
+}
+
+// Drops returns the drop counters by reason.
+func (r *Router) Drops() map[string]uint64 {
+	out := make(map[string]uint64, len(dropReasons))
+	for i, name := range dropReasons {
+		out[name] = r.drops[i].Load()
+	}
+	return out
+}
+
+// Port returns the transport's side of the router.
+func (r *Router) Port() wgtun.Device { return &r.port }
+
+// route decides where one packet read from lc0 goes. It writes into out
+// (which has room for WrapLen+len(pkt) from index 0) the packet for the
+// subscriber at *next, advances *next, and returns the length written, or
+// 0 when the packet has no (more) destinations.
+func (r *Router) route(t *table, pkt []byte, next *int, out []byte) int {
+	if len(pkt) < ipv6HeaderLen || pkt[0]>>4 != 6 {
+		if *next == 0 {
+			r.drops[dMalformed].Add(1)
+		}
+		return 0
+	}
+	dst := netip.AddrFrom16([16]byte(pkt[24:40]))
+	if !dst.IsMulticast() {
+		if *next > 0 {
+			return 0
+		}
+		*next = 1
+		p, ok := t.peers[dst]
+		if !ok {
+			if dst.IsLinkLocalUnicast() {
+				r.linkLocal(pkt)
+			} else {
+				r.drops[dNoRoute].Add(1)
+			}
+			return 0
+		}
+		n := copy(out, pkt)
+		p.counters.TxPackets.Add(1)
+		p.counters.TxBytes.Add(uint64(n))
+		return n
+	}
+	if !r.scope.Forwards(dst) {
+		if *next == 0 {
+			*next = 1
+			if dst.As16()[1]&0x0f <= ScopeLinkLocal {
+				r.linkLocal(pkt)
+			} else {
+				r.drops[dScope].Add(1)
+			}
+		}
+		return 0
+	}
+	subs := t.groups[dst]
+	if *next == 0 && len(subs) == 0 {
+		r.drops[dNoSubscriber].Add(1)
+	}
+	src := netip.AddrFrom16([16]byte(pkt[8:24]))
+	for *next < len(subs) {
+		s := subs[*next]
+		*next++
+		if !s.sub.Wants(src) {
+			continue
+		}
+		wrap(out, r.self, s.peer.addr, len(pkt))
+		n := WrapLen + copy(out[WrapLen:], pkt)
+		s.peer.counters.TxPackets.Add(1)
+		s.peer.counters.TxBytes.Add(uint64(n))
+		return n
+	}
+	return 0
+}
+
+// wrap writes the IPv6 header that carries a packet of innerLen bytes from
+// src to dst.
+func wrap(b []byte, src, dst netip.Addr, innerLen int) {
+	b[0], b[1], b[2], b[3] = 0x60, 0, 0, 0
+	binary.BigEndian.PutUint16(b[4:6], uint16(innerLen))
+	b[6], b[7] = protoIPv6Encap, wrapHopLimit
+	s, d := src.As16(), dst.As16()
+	copy(b[8:24], s[:])
+	copy(b[24:40], d[:])
+}
+
+// deliver checks one packet from a peer (after the transport authenticated
+// it) and returns the offset within pkt of what to write into lc0, or -1 to
+// drop it.
+func (r *Router) deliver(t *table, pkt []byte) int {
+	if len(pkt) < ipv6HeaderLen || pkt[0]>>4 != 6 {
+		r.drops[dMalformed].Add(1)
+		return -1
+	}
+	src := netip.AddrFrom16([16]byte(pkt[8:24]))
+	p, ok := t.peers[src]
+	if !ok {
+		// The transport admits only peers' overlay addresses as sources.
+		r.drops[dForgedSource].Add(1)
+		return -1
+	}
+	p.counters.RxPackets.Add(1)
+	p.counters.RxBytes.Add(uint64(len(pkt)))
+	if pkt[6] != protoIPv6Encap {
+		return 0 // unicast to us: the transport checked the destination
+	}
+	inner := pkt[WrapLen:]
+	if len(inner) < ipv6HeaderLen || inner[0]>>4 != 6 {
+		r.drops[dMalformed].Add(1)
+		return -1
+	}
+	// Decision 3: the inner source must be the peer's own address.
+	if netip.AddrFrom16([16]byte(inner[8:24])) != src {
+		r.drops[dForgedSource].Add(1)
+		return -1
+	}
+	group := netip.AddrFrom16([16]byte(inner[24:40]))
+	if !group.IsMulticast() || !r.scope.Forwards(group) {
+		r.drops[dScope].Add(1)
+		return -1
+	}
+	if l, ok := t.local[group]; !ok || !l.Wants(src) {
+		r.drops[dNoListener].Add(1)
+		return -1
+	}
+	return WrapLen
+}
+
+// port is the transport's side of the router, a tun.Device: Read hands out
+// packets for peers, routed from lc0 reads; Write takes packets from peers.
+// The transport calls Read from one goroutine only.
+type port struct {
+	r *Router
+
+	// Read state, owned by the single reader.
+	in    [][]byte
+	sizes []int
+	n     int // packets in the current lc0 batch
+	pkt   int // packet being routed
+	next  int // its next subscriber
+
+	writeMu sync.Mutex
+	wrapped [][]byte
+	unicast [][]byte
+
+	events    chan wgtun.Event
+	closeOnce sync.Once
+}
+
+func (p *port) init(r *Router) {
+	p.r = r
+	batch := r.lc0.BatchSize()
+	p.in = make([][]byte, batch)
+	for i := range p.in {
+		p.in[i] = make([]byte, 65535)
+	}
+	p.sizes = make([]int, batch)
+	p.events = make(chan wgtun.Event, 1)
+	p.events <- wgtun.EventUp
+}
+
+// Read fills bufs (from offset) with packets for peers. It blocks reading
+// lc0 until it has at least one, and returns os.ErrClosed once lc0 is closed.
+func (p *port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	r := p.r
+	t := r.table.Load()
+	count := 0
+	for count == 0 {
+		for p.pkt < p.n && count < len(bufs) {
+			n := r.route(t, p.in[p.pkt][:p.sizes[p.pkt]], &p.next, bufs[count][offset:])
+			if n == 0 {
+				p.pkt++
+				p.next = 0
+				continue
+			}
+			sizes[count] = n
+			count++
+		}
+		if count > 0 {
+			break
+		}
+		n, err := r.lc0.Read(p.in, p.sizes, 0)
+		if errors.Is(err, os.ErrClosed) {
+			return 0, os.ErrClosed
+		}
+		if err != nil {
+			r.drops[dLc0Read].Add(1)
+		}
+		p.n, p.pkt, p.next = n, 0, 0
+		t = r.table.Load()
+	}
+	return count, nil
+}
+
+// Write takes packets from peers, authenticated by the transport, and
+// writes into lc0 those a local program listens to, in batches.
+func (p *port) Write(bufs [][]byte, offset int) (int, error) {
+	r := p.r
+	t := r.table.Load()
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	p.wrapped, p.unicast = p.wrapped[:0], p.unicast[:0]
+	for _, b := range bufs {
+		switch r.deliver(t, b[offset:]) {
+		case 0:
+			p.unicast = append(p.unicast, b)
+		case WrapLen:
+			p.wrapped = append(p.wrapped, b)
+		}
+	}
+	for _, batch := range []struct {
+		bufs   [][]byte
+		offset int
+	}{{p.wrapped, offset + WrapLen}, {p.unicast, offset}} {
+		if len(batch.bufs) == 0 {
+			continue
+		}
+		if _, err := r.lc0.Write(batch.bufs, batch.offset); err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return 0, err
+			}
+			r.drops[dLc0Write].Add(1)
+		}
+	}
+	return len(bufs), nil
+}
+
+func (p *port) File() *os.File             { return nil }
+func (p *port) MTU() (int, error)          { mtu, err := p.r.lc0.MTU(); return mtu + WrapLen, err }
+func (p *port) Name() (string, error)      { return "lcast-router", nil }
+func (p *port) Events() <-chan wgtun.Event { return p.events }
+func (p *port) BatchSize() int             { return p.r.lc0.BatchSize() }
+func (p *port) Close() error {
+	p.closeOnce.Do(func() { close(p.events) })
+	return nil
+}
