@@ -31,8 +31,9 @@ fuzz: ## run each fuzz test for FUZZTIME (default 5s)
 demo: build ## as root: run lcast in network namespaces with real programs
 	LCAST=./lcast demo/demo.sh
 
-bench: ## run the micro-benchmarks
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+bench: ## as root: micro-benchmarks, then lcast against kernel VXLAN on namespaced sites
+	$(GO) test -run '^$$' -bench . -benchmem ./mld ./router
+	$(GO) test -run '^$$' -bench FanOut -benchtime 1x -v ./internal/e2e
 
 install: build ## install the binary under $(DESTDIR)$(PREFIX)
 	install -d $(DESTDIR)$(BINDIR)

@@ -1,35 +1,106 @@
 #!/usr/bin/env bash
-# make demo: lcast's main job on one machine. A site in a network namespace
-# runs lcast; an unmodified program (socat) joins ff1e::1234 on lc0, and
-# lcast status shows the membership learnt from MLD. Everything it creates
-# is removed at the end, also on failure or Ctrl-C.
+# make demo: lcast's main job on one machine. Three sites, each a network
+# namespace, reach each other only through a routed, unicast-only "internet"
+# namespace. lcast runs in each site; an unmodified program (socat) in site 1
+# sends to ff1e::1234, naming no interface, and socat in sites 2 and 3,
+# joined to the group on lc0, prints what arrives. Everything the demo
+# creates is removed at the end, also on failure or Ctrl-C.
 set -euo pipefail
-LCAST=${LCAST:-./lcast}
-NS=lcast-demo-$$
+LCAST=$(readlink -f "${LCAST:-./lcast}")
+TAG=$$
+INET=lcdemo-inet-$TAG
 WORK=$(mktemp -d)
+SITES=(1 2 3)
+site() { echo "lcdemo-site$1-$TAG"; }
 
 cleanup() {
-	for pid in $(ip netns pids "$NS" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
-	sleep 0.3
-	ip netns del "$NS" 2>/dev/null || true
+	for ns in "$INET" $(for i in "${SITES[@]}"; do site "$i"; done); do
+		for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+	done
+	sleep 0.5
+	for ns in "$INET" $(for i in "${SITES[@]}"; do site "$i"; done); do
+		ip netns del "$ns" 2>/dev/null || true
+	done
 	rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
 
 [ "$(id -u)" = 0 ] || { echo "make demo needs root (network namespaces, TUN)" >&2; exit 1; }
-command -v socat >/dev/null || { echo "make demo needs socat (apt-get install socat)" >&2; exit 1; }
+for c in socat ip ping; do
+	command -v "$c" >/dev/null || { echo "make demo needs $c (apt-get install socat iproute2 iputils-ping)" >&2; exit 1; }
+done
 
-ip netns add "$NS"
-ip -n "$NS" link set lo up
-echo "private_key = \"$($LCAST genkey)\"" > "$WORK/site.toml"
+echo "== an internet that routes unicast only, and three sites behind it"
+ip netns add "$INET"
+ip -n "$INET" link set lo up
+ip netns exec "$INET" sysctl -qw net.ipv6.conf.all.forwarding=1
+for i in "${SITES[@]}"; do
+	ns=$(site "$i")
+	ip netns add "$ns"
+	ip -n "$ns" link set lo up
+	ip -n "$INET" link add "up$i" type veth peer name eth0 netns "$ns"
+	ip netns exec "$INET" sysctl -qw "net.ipv6.conf.up$i.accept_dad=0"
+	ip netns exec "$ns" sysctl -qw net.ipv6.conf.eth0.accept_dad=0
+	ip -n "$INET" addr add "2001:db8:$i::1/64" dev "up$i" nodad
+	ip -n "$INET" link set "up$i" up
+	ip -n "$ns" addr add "2001:db8:$i::2/64" dev eth0 nodad
+	ip -n "$ns" link set eth0 up
+	ip -n "$ns" -6 route add default via "2001:db8:$i::1"
+	until ip netns exec "$ns" ping -6 -c1 -W1 "2001:db8:$i::1" >/dev/null 2>&1; do sleep 0.1; done
+	"$LCAST" genkey > "$WORK/site$i.key"
+	echo "   site $i: $ns, underlay 2001:db8:$i::2"
+done
 
-echo "== lcast up in namespace $NS"
-ip netns exec "$NS" "$LCAST" up -c "$WORK/site.toml" 2> "$WORK/lcast.log" &
-for _ in $(seq 50); do ip netns exec "$NS" "$LCAST" status -c "$WORK/site.toml" >/dev/null 2>&1 && break; sleep 0.1; done
+for i in "${SITES[@]}"; do
+	{
+		echo "private_key_file = \"$WORK/site$i.key\""
+		for j in "${SITES[@]}"; do
+			[ "$i" = "$j" ] && continue
+			echo "[[peer]]"
+			echo "public_key = \"$("$LCAST" pubkey < "$WORK/site$j.key")\""
+			echo "endpoint = \"[2001:db8:$j::2]:51840\""
+		done
+	} > "$WORK/site$i.toml"
+done
 
-echo "== socat joins ff1e::1234 on lc0"
-ip netns exec "$NS" socat -u UDP6-RECV:4242,ipv6-join-group=[ff1e::1234]:lc0 /dev/null &
-sleep 0.3
-ip netns exec "$NS" "$LCAST" status -c "$WORK/site.toml"
-echo "== routes that send unbound multicast to lc0"
-ip -n "$NS" -6 route show table local | grep 'dev lc0' | grep multicast | head -3
+echo "== lcast up in every site"
+for i in "${SITES[@]}"; do
+	ip netns exec "$(site "$i")" "$LCAST" up -c "$WORK/site$i.toml" 2> "$WORK/lcast$i.log" &
+done
+for i in "${SITES[@]}"; do
+	for _ in $(seq 50); do
+		ip netns exec "$(site "$i")" "$LCAST" status -c "$WORK/site$i.toml" >/dev/null 2>&1 && break
+		sleep 0.1
+	done
+done
+
+echo "== socat in sites 2 and 3 joins ff1e::1234 on lc0"
+for i in 2 3; do
+	ip netns exec "$(site "$i")" socat -u UDP6-RECV:4242,ipv6-join-group=[ff1e::1234]:lc0 - > "$WORK/received$i" &
+done
+# Wait until site 1 knows both subscriptions.
+for _ in $(seq 50); do
+	n=$(ip netns exec "$(site 1)" "$LCAST" status -c "$WORK/site1.toml" --json | grep -c '"group": "ff1e::1234"' || true)
+	[ "$n" -ge 2 ] && break
+	sleep 0.1
+done
+
+echo "== socat in site 1 sends 5 messages to ff1e::1234, naming no interface"
+for n in 1 2 3 4 5; do
+	echo "message $n from site 1" | ip netns exec "$(site 1)" socat -u - UDP6-SENDTO:[ff1e::1234]:4242
+	sleep 0.1
+done
+sleep 0.5
+
+status=0
+for i in 2 3; do
+	echo "== site $i received:"
+	sed 's/^/   /' "$WORK/received$i"
+	got=$(grep -c "from site 1" "$WORK/received$i" || true)
+	if [ "$got" != 5 ]; then echo "   site $i got $got of 5 messages" >&2; status=1; fi
+done
+
+echo "== lcast status in site 1"
+ip netns exec "$(site 1)" "$LCAST" status -c "$WORK/site1.toml"
+[ "$status" = 0 ] && echo "== demo done: both sites received every message; cleaning up" || echo "== demo FAILED" >&2
+exit $status

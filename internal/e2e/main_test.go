@@ -87,19 +87,19 @@ func helper(mode string, args []string) int {
 
 // node is one lcast daemon in a namespace.
 type node struct {
-	t      *testing.T
+	t      testing.TB
 	ns     *netlab.Namespace
 	cfg    string // config file path
 	key    peer.Key
 	daemon *netlab.Process
 }
 
-func newNode(t *testing.T, ns *netlab.Namespace, extra string) *node {
+func newNode(t testing.TB, ns *netlab.Namespace, extra string) *node {
 	t.Helper()
 	return newNodeWithKey(t, ns, newKey(t), extra)
 }
 
-func newKey(t *testing.T) peer.Key {
+func newKey(t testing.TB) peer.Key {
 	t.Helper()
 	key, err := peer.GenerateKey()
 	if err != nil {
@@ -108,7 +108,7 @@ func newKey(t *testing.T) peer.Key {
 	return key
 }
 
-func newNodeWithKey(t *testing.T, ns *netlab.Namespace, key peer.Key, extra string) *node {
+func newNodeWithKey(t testing.TB, ns *netlab.Namespace, key peer.Key, extra string) *node {
 	t.Helper()
 	n := &node{t: t, ns: ns, key: key, cfg: filepath.Join(t.TempDir(), "lcast.toml")}
 	doc := fmt.Sprintf("private_key = %q\n%s", key, extra)
@@ -187,7 +187,7 @@ func (n *node) stop(sig syscall.Signal) {
 
 // startHelper starts this binary as a helper program in ns and waits until
 // it has joined.
-func startHelper(t *testing.T, ns *netlab.Namespace, args ...string) *netlab.Process {
+func startHelper(t testing.TB, ns *netlab.Namespace, args ...string) *netlab.Process {
 	t.Helper()
 	p := ns.Start("env", append([]string{helperEnv + "=" + args[0], lcastTestBinary()}, args[1:]...)...)
 	if !p.WaitOutput("joined", 5*time.Second) {

@@ -21,7 +21,7 @@ type mesh struct {
 	nodes []*node
 }
 
-func newMesh(t *testing.T, n int) *mesh {
+func newMesh(t testing.TB, n int) *mesh {
 	t.Helper()
 	m := newMeshSitesOnly(t, n)
 	for _, nd := range m.nodes {
@@ -30,7 +30,7 @@ func newMesh(t *testing.T, n int) *mesh {
 	return m
 }
 
-func newMeshSitesOnly(t *testing.T, n int) *mesh {
+func newMeshSitesOnly(t testing.TB, n int) *mesh {
 	t.Helper()
 	m := &mesh{inet: netlab.NewInternet(t)}
 	keys := make([]peer.Key, n)
@@ -51,7 +51,7 @@ func newMeshSitesOnly(t *testing.T, n int) *mesh {
 }
 
 // waitSubscribed waits until node from knows that node to subscribed to group.
-func (m *mesh) waitSubscribed(t *testing.T, from, to int, group string, want bool, timeout time.Duration) time.Duration {
+func (m *mesh) waitSubscribed(t testing.TB, from, to int, group string, want bool, timeout time.Duration) time.Duration {
 	t.Helper()
 	toKey := m.nodes[to].key.PublicKey().String()
 	took, ok := netlab.Poll(timeout, func() bool {
@@ -73,19 +73,19 @@ func (m *mesh) waitSubscribed(t *testing.T, from, to int, group string, want boo
 	return took
 }
 
-var receivedRE = regexp.MustCompile(`received (\d+) unique (\d+) duplicates (\d+) first (\d+) last (\d+)`)
+var receivedRE = regexp.MustCompile(`received (\d+) unique (\d+) duplicates (\d+) first (\d+) last (\d+) maxgap (\d+)`)
 
-// recvResult is what a recv helper reported.
-type recvResult struct{ total, unique, dups, first, last int }
+// recvResult is what a recv helper reported; maxGap in milliseconds.
+type recvResult struct{ total, unique, dups, first, last, maxGap int }
 
-func parseReceived(t *testing.T, out string) recvResult {
+func parseReceived(t testing.TB, out string) recvResult {
 	t.Helper()
 	m := receivedRE.FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("receiver printed no summary:\n%s", out)
 	}
 	var r recvResult
-	for i, p := range []*int{&r.total, &r.unique, &r.dups, &r.first, &r.last} {
+	for i, p := range []*int{&r.total, &r.unique, &r.dups, &r.first, &r.last, &r.maxGap} {
 		*p, _ = strconv.Atoi(m[i+1])
 	}
 	return r

@@ -148,6 +148,12 @@ func (ns *Namespace) Start(name string, args ...string) *Process {
 	return p
 }
 
+// Stop kills the process and waits for it to end.
+func (p *Process) Stop() {
+	p.Cmd.Process.Kill()
+	<-p.done
+}
+
 // Signal sends sig to the process.
 func (p *Process) Signal(sig syscall.Signal) error { return p.Cmd.Process.Signal(sig) }
 

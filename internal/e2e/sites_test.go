@@ -1,0 +1,291 @@
+package e2e
+
+import (
+	"encoding/binary"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/librecast/lcast/internal/netlab"
+	"github.com/librecast/lcast/peer"
+)
+
+// send starts the send helper in site i.
+func (m *mesh) send(i int, args ...string) *netlab.Process {
+	return m.sites[i].Start("env", append([]string{helperEnv + "=send", lcastTestBinary()}, args...)...)
+}
+
+func waitExit(t *testing.T, p *netlab.Process, timeout time.Duration, what string) {
+	t.Helper()
+	if exited, err := p.Wait(timeout); !exited || err != nil {
+		t.Fatalf("%s: exited=%v err=%v\n%s", what, exited, err, p.Output())
+	}
+}
+
+// socat in sites 2 and 3 receives a Go program's stream from site 1; Go
+// programs receive what socat sends; iperf2 servers receive an iperf2
+// client's stream: complete and without duplicates, at 1000 packets/s.
+func TestThreeSitesSocatAndIperf(t *testing.T) {
+	netlab.Require(t, "socat", "iperf")
+	m := newMesh(t, 3)
+
+	t.Run("socat receives", func(t *testing.T) {
+		var files []string
+		for i := 1; i < 3; i++ {
+			f := filepath.Join(t.TempDir(), "recv")
+			files = append(files, f)
+			r := m.sites[i].Start("socat", "-u", "UDP6-RECV:4242,ipv6-join-group=[ff1e::2]:lc0", "OPEN:"+f+",creat,trunc")
+			defer r.Stop()
+			m.waitSubscribed(t, 0, i, "ff1e::2", true, 3*time.Second)
+		}
+		waitExit(t, m.send(0, "ff1e::2", "2000", "1000", "1200"), 10*time.Second, "sender")
+		time.Sleep(300 * time.Millisecond)
+		for i, f := range files {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen := map[uint64]int{}
+			for off := 0; off+1200 <= len(data); off += 1200 {
+				seen[binary.BigEndian.Uint64(data[off:])]++
+			}
+			dups := len(data)/1200 - len(seen)
+			t.Logf("socat in site %d: %d datagrams, %d unique", i+2, len(data)/1200, len(seen))
+			if len(seen) != 2000 || dups != 0 || len(data)%1200 != 0 {
+				t.Errorf("socat in site %d got %d bytes: %d unique of 2000, %d duplicates", i+2, len(data), len(seen), dups)
+			}
+		}
+	})
+
+	t.Run("socat sends", func(t *testing.T) {
+		var recvs []*netlab.Process
+		for i := 1; i < 3; i++ {
+			recvs = append(recvs, startHelper(t, m.sites[i].Namespace, "recv", "ff1e::4", "lc0"))
+			m.waitSubscribed(t, 0, i, "ff1e::4", true, 3*time.Second)
+		}
+		var data []byte
+		for i := range 500 {
+			d := make([]byte, 1200)
+			binary.BigEndian.PutUint64(d, uint64(i))
+			data = append(data, d...)
+		}
+		f := filepath.Join(t.TempDir(), "send")
+		if err := os.WriteFile(f, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// socat sends a datagram per 1200-byte block it reads, as fast
+		// as it can: a burst, where the Go sender paces.
+		m.sites[0].Run("socat", "-u", "-b", "1200", "OPEN:"+f, "UDP6-SENDTO:[ff1e::4]:4242")
+		for i, r := range recvs {
+			waitExit(t, r, 5*time.Second, "receiver")
+			res := parseReceived(t, r.Output())
+			t.Logf("site %d: %+v", i+2, res)
+			if res.unique != 500 || res.dups != 0 {
+				t.Errorf("site %d received %d of 500 unique with %d duplicates", i+2, res.unique, res.dups)
+			}
+		}
+	})
+
+	t.Run("iperf2", func(t *testing.T) {
+		var servers []*netlab.Process
+		for i := 1; i < 3; i++ {
+			servers = append(servers, m.sites[i].Start("iperf", "-s", "-u", "-V", "-B", "ff1e::3%lc0", "-e", "-t", "6", "-i", "10"))
+			m.waitSubscribed(t, 0, i, "ff1e::3", true, 3*time.Second)
+		}
+		client := m.sites[0].Start("iperf", "-c", "ff1e::3", "-u", "-V", "-l", "1200", "-b", "1000pps", "-t", "3", "-T", "1", "-e")
+		waitExit(t, client, 10*time.Second, "iperf client")
+		sent := regexp.MustCompile(`Sent (\d+) datagrams`).FindStringSubmatch(client.Output())
+		lost := regexp.MustCompile(`(\d+)/(\d+) \(`)
+		for i, s := range servers {
+			waitExit(t, s, 10*time.Second, "iperf server")
+			got := lost.FindStringSubmatch(s.Output())
+			if got == nil || sent == nil {
+				t.Fatalf("no iperf report in site %d:\n%s\nclient:\n%s", i+2, s.Output(), client.Output())
+			}
+			t.Logf("iperf2 in site %d: lost/total %s/%s, client sent %s", i+2, got[1], got[2], sent[1])
+			total, _ := strconv.Atoi(got[2])
+			if got[1] != "0" || total < 2990 {
+				t.Errorf("iperf2 in site %d: lost %s of %s", i+2, got[1], got[2])
+			}
+		}
+	})
+}
+
+// A program on Librecast's channel API in one site receives what the same
+// program sends in another, neither naming an interface.
+func TestLibrecastChannels(t *testing.T) {
+	netlab.Require(t, "gcc")
+	bin := filepath.Join(t.TempDir(), "lcchat")
+	if out, err := exec.Command("gcc", "-Wall", "-o", bin, "testdata/lcchat.c", "-llibrecast").CombinedOutput(); err != nil {
+		if os.Getenv("CI") == "" {
+			t.Skipf("skipped: cannot build against liblibrecast-dev (apt-get install liblibrecast-dev libsodium-dev): %v\n%s", err, out)
+		}
+		t.Fatalf("building lcchat: %v\n%s", err, out)
+	}
+	m := newMesh(t, 3)
+	var recvs []*netlab.Process
+	for i := 1; i < 3; i++ {
+		r := m.sites[i].Start(bin, "recv", "lcast-test-channel", "20")
+		if !r.WaitOutput("ready", 5*time.Second) {
+			t.Fatalf("lcchat recv: %s", r.Output())
+		}
+		recvs = append(recvs, r)
+	}
+	// The channel's group is what both ends joined: find it from status.
+	var group string
+	netlab.Poll(3*time.Second, func() bool {
+		for _, g := range m.nodes[1].status().LocalGroups {
+			if strings.HasPrefix(g.Group, "ff1e:") {
+				group = g.Group
+			}
+		}
+		return group != ""
+	})
+	if group == "" {
+		t.Fatal("the Librecast channel's group never showed in status")
+	}
+	for i := 1; i < 3; i++ {
+		m.waitSubscribed(t, 0, i, group, true, 3*time.Second)
+	}
+	waitExit(t, m.sites[0].Start(bin, "send", "lcast-test-channel", "20"), 10*time.Second, "lcchat send")
+	for i, r := range recvs {
+		waitExit(t, r, 5*time.Second, "lcchat recv")
+		if n := strings.Count(r.Output(), "got message "); n != 20 {
+			t.Errorf("site %d received %d of 20 messages:\n%s", i+2, n, r.Output())
+		}
+	}
+	t.Logf("channel group %s; site 2 printed:\n%s", group, recvs[0].Output())
+}
+
+// rxBytes returns the bytes received on eth0 of site i.
+func (m *mesh) rxBytes(t *testing.T, i int) int {
+	t.Helper()
+	out := m.sites[i].Run("cat", "/sys/class/net/eth0/statistics/rx_bytes")
+	n, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (m *mesh) txPackets(t *testing.T, from, to int) uint64 {
+	toKey := m.nodes[to].key.PublicKey().String()
+	for _, p := range m.nodes[from].status().Peers {
+		if p.PublicKey == toKey {
+			return p.TxPackets
+		}
+	}
+	t.Fatalf("site %d has no peer site %d", from+1, to+1)
+	return 0
+}
+
+var joinedRE = regexp.MustCompile(`joined (\d+)`)
+var firstRE = regexp.MustCompile(`first \d+ at (\d+)`)
+
+// A site without listeners gets no data; a receiver that joins while the
+// sender streams gets data within 1 s; after the last receiver of a site
+// leaves, the sender's site stops sending to it within 1 s.
+func TestJoinLeaveWhileStreaming(t *testing.T) {
+	m := newMesh(t, 3)
+	startHelper(t, m.sites[1].Namespace, "recv", "ff1e::6", "lc0", "10s")
+	m.waitSubscribed(t, 0, 1, "ff1e::6", true, 3*time.Second)
+	sender := m.send(0, "ff1e::6", "8000", "1000", "1200")
+
+	// Site 3 has no listener: over a second of streaming (1.2 MB to site
+	// 2), its underlay carries only handshakes, keepalives and hellos.
+	time.Sleep(500 * time.Millisecond)
+	before := m.rxBytes(t, 2)
+	time.Sleep(time.Second)
+	if got := m.rxBytes(t, 2) - before; got > 5000 {
+		t.Fatalf("site 3 without listeners received %d bytes in 1 s of streaming", got)
+	}
+
+	recv := startHelper(t, m.sites[2].Namespace, "recv", "ff1e::6", "lc0", "10s")
+	if !recv.WaitOutput("first ", time.Second) {
+		t.Fatalf("no data within 1 s of joining:\n%s", recv.Output())
+	}
+	joined, _ := strconv.ParseInt(joinedRE.FindStringSubmatch(recv.Output())[1], 10, 64)
+	first, _ := strconv.ParseInt(firstRE.FindStringSubmatch(recv.Output())[1], 10, 64)
+	t.Logf("join to first packet: %v", time.Duration(first-joined).Round(100*time.Microsecond))
+
+	recv.Signal(syscall.SIGKILL)
+	left := time.Now()
+	stopped := m.waitSubscribed(t, 0, 2, "ff1e::6", false, time.Second)
+	t.Logf("leave to sender's site stopping: %v", stopped.Round(time.Millisecond))
+	sentBefore := m.txPackets(t, 0, 2)
+	time.Sleep(500 * time.Millisecond)
+	if extra := m.txPackets(t, 0, 2) - sentBefore; extra > 2 {
+		t.Fatalf("%d packets went to site 3 after its leave settled (%v ago)", extra, time.Since(left))
+	}
+	sender.Signal(syscall.SIGKILL)
+}
+
+// After a peer restarts (crash or clean stop), delivery resumes within 3 s.
+func TestPeerRestart(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		site int // whose daemon restarts: 0 the sender's, 1 the receiver's
+		sig  syscall.Signal
+	}{
+		{"receiver crashes", 1, syscall.SIGKILL},
+		{"sender crashes", 0, syscall.SIGKILL},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMesh(t, 2)
+			recv := startHelper(t, m.sites[1].Namespace, "recv", "ff1e::7", "lc0", "5s")
+			m.waitSubscribed(t, 0, 1, "ff1e::7", true, 3*time.Second)
+			m.send(0, "ff1e::7", "6000", "1000", "1200")
+			time.Sleep(time.Second)
+			n := m.nodes[tc.site]
+			n.daemon.Signal(tc.sig)
+			n.daemon.Wait(5 * time.Second)
+			n.up()
+			waitExit(t, recv, 15*time.Second, "receiver")
+			res := parseReceived(t, recv.Output())
+			t.Logf("%s: %+v (longest gap %d ms)", tc.name, res, res.maxGap)
+			if res.maxGap > 3000 || res.last < 5900 || res.dups != 0 {
+				t.Fatalf("delivery after restart: %+v", res)
+			}
+		})
+	}
+}
+
+// A packet whose inner source is not the sending peer's address is dropped
+// and counted.
+func TestForgedSourceDropped(t *testing.T) {
+	m := newMesh(t, 2)
+	startHelper(t, m.sites[1].Namespace, "recv", "ff1e::8", "lc0", "1s")
+	m.waitSubscribed(t, 0, 1, "ff1e::8", true, 3*time.Second)
+	// Another node's address, added to site 1's lc0 so a program can
+	// send from it.
+	forged := peer.OverlayAddr(newKey(t).PublicKey()).String()
+	m.sites[0].Run("ip", "addr", "add", forged+"/128", "dev", "lc0", "nodad")
+	waitExit(t, m.send(0, "ff1e::8", "100", "1000", "200", forged), 5*time.Second, "sender")
+	_, ok := netlab.Poll(2*time.Second, func() bool { return m.nodes[1].status().Drops["forged_source"] >= 100 })
+	if !ok {
+		t.Fatalf("drops: %v", m.nodes[1].status().Drops)
+	}
+}
+
+// Unicast from site 3 to site 1's overlay address arrives.
+func TestUnicastBetweenOverlayAddresses(t *testing.T) {
+	netlab.Require(t, "socat")
+	m := newMesh(t, 3)
+	addr1 := m.nodes[0].status().Address
+	recv := m.sites[0].Start("socat", "-u", "UDP6-RECV:5000,bind=["+addr1+"]", "-")
+	time.Sleep(200 * time.Millisecond)
+	cmd := m.sites[2].Command("socat", "-u", "-", "UDP6-SENDTO:["+addr1+"]:5000")
+	cmd.Stdin = strings.NewReader("hello from site 3\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("socat send: %v %s", err, out)
+	}
+	if !recv.WaitOutput("hello from site 3", 3*time.Second) {
+		t.Fatalf("unicast did not arrive; site 1 printed %q", recv.Output())
+	}
+}

@@ -1,0 +1,301 @@
+package router
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/librecast/lcast/mld"
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+)
+
+var (
+	self  = netip.MustParseAddr("fd6c:6361:7374::1")
+	peerA = netip.MustParseAddr("fd6c:6361:7374::a")
+	peerB = netip.MustParseAddr("fd6c:6361:7374::b")
+	peerC = netip.MustParseAddr("fd6c:6361:7374::c")
+	srcS  = netip.MustParseAddr("2001:db8::5")
+	grp1  = netip.MustParseAddr("ff1e::1")
+	grp2  = netip.MustParseAddr("ff1e::2")
+)
+
+// udpPacket builds an IPv6/UDP packet from src to dst with payload.
+func udpPacket(src, dst netip.Addr, payload string) []byte {
+	b := make([]byte, 48+len(payload))
+	b[0] = 0x60
+	binary.BigEndian.PutUint16(b[4:], uint16(8+len(payload)))
+	b[6], b[7] = 17, 1
+	s, d := src.As16(), dst.As16()
+	copy(b[8:], s[:])
+	copy(b[24:], d[:])
+	binary.BigEndian.PutUint16(b[44:], uint16(8+len(payload)))
+	copy(b[48:], payload)
+	return b
+}
+
+func sub(g netip.Addr, mode mld.FilterMode, sources ...netip.Addr) Subscription {
+	return Subscription{Group: g, Mode: mode, Sources: sources}
+}
+
+type testRouter struct {
+	*Router
+	lc0       *tuntest.ChannelTUN
+	linkLocal [][]byte
+}
+
+func newTestRouter(t *testing.T) *testRouter {
+	tr := &testRouter{lc0: tuntest.NewChannelTUN()}
+	tr.Router = New(tr.lc0.TUN(), self, ScopePolicy{}, func(pkt []byte) {
+		tr.linkLocal = append(tr.linkLocal, slices.Clone(pkt))
+	})
+	tr.SetPeers([]netip.Addr{peerA, peerB, peerC})
+	tr.SetSubscriptions(peerA, []Subscription{sub(grp1, mld.Exclude)})
+	tr.SetSubscriptions(peerB, []Subscription{sub(grp1, mld.Include, srcS)})
+	tr.SetSubscriptions(peerC, []Subscription{sub(grp2, mld.Exclude)})
+	return tr
+}
+
+// fromLc0 routes one packet read from lc0 and returns what goes to peers.
+func (tr *testRouter) fromLc0(t *testing.T, pkt []byte) [][]byte {
+	t.Helper()
+	var out [][]byte
+	bufs := make([][]byte, 8)
+	for i := range bufs {
+		bufs[i] = make([]byte, 2048)
+	}
+	sizes := make([]int, 8)
+	// Read blocks until some packet goes to a peer; a marker packet to
+	// peer C ends each check, so packets with no destination show as
+	// nothing before the marker.
+	marker := udpPacket(self, grp2, "marker")
+	go func() {
+		tr.lc0.Outbound <- pkt
+		tr.lc0.Outbound <- marker
+	}()
+	for {
+		n, err := tr.Port().Read(bufs, sizes, 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			p := slices.Clone(bufs[i][16 : 16+sizes[i]])
+			if string(p[len(p)-6:]) == "marker" {
+				return out
+			}
+			out = append(out, p)
+		}
+	}
+}
+
+func dstOf(p []byte) netip.Addr { return netip.AddrFrom16([16]byte(p[24:40])) }
+
+func TestRouteFromLc0(t *testing.T) {
+	tr := newTestRouter(t)
+	pkt := udpPacket(self, grp1, "hello")
+	out := tr.fromLc0(t, pkt)
+	if len(out) != 1 || dstOf(out[0]) != peerA {
+		t.Fatalf("ff1e::1 from self went to %d packets %v, want one to peer A", len(out), out)
+	}
+	w := out[0]
+	if w[6] != protoIPv6Encap || netip.AddrFrom16([16]byte(w[8:24])) != self ||
+		int(binary.BigEndian.Uint16(w[4:6])) != len(pkt) || string(w[WrapLen:]) != string(pkt) {
+		t.Fatalf("bad wrapping: %x", w)
+	}
+	// From the source peer B subscribed to: both A (any source) and B.
+	out = tr.fromLc0(t, udpPacket(srcS, grp1, "x"))
+	if len(out) != 2 || dstOf(out[0]) == dstOf(out[1]) {
+		t.Fatalf("from %s: %d packets", srcS, len(out))
+	}
+	if out := tr.fromLc0(t, udpPacket(self, netip.MustParseAddr("ff1e::99"), "x")); len(out) != 0 {
+		t.Fatalf("unsubscribed group went to %d peers", len(out))
+	}
+	if got := tr.Drops()[DropNoSubscriber]; got != 1 {
+		t.Fatalf("no_subscriber drops = %d, want 1", got)
+	}
+	// Unicast to a peer's overlay address goes to it unwrapped.
+	uni := udpPacket(self, peerB, "unicast")
+	if out := tr.fromLc0(t, uni); len(out) != 1 || string(out[0]) != string(uni) {
+		t.Fatalf("unicast to peer B: %x", out)
+	}
+	if out := tr.fromLc0(t, udpPacket(self, netip.MustParseAddr("fd6c:6361:7374::99"), "x")); len(out) != 0 || tr.Drops()[DropNoRoute] != 1 {
+		t.Fatalf("unicast to no peer: %d packets, drops %v", len(out), tr.Drops())
+	}
+}
+
+func TestScopeAndLinkLocal(t *testing.T) {
+	tr := newTestRouter(t)
+	tr.SetSubscriptions(peerA, []Subscription{sub(netip.MustParseAddr("ff02::fb"), mld.Exclude), sub(netip.MustParseAddr("ff05::2"), mld.Exclude)})
+	mldReport := mld.AppendV2Report(nil, netip.MustParseAddr("fe80::1"), []mld.ReportRecord{{Type: mld.ChangeToExcludeMode, Group: grp1}})
+	for _, p := range [][]byte{mldReport, udpPacket(self, netip.MustParseAddr("ff02::fb"), "mdns")} {
+		if out := tr.fromLc0(t, p); len(out) != 0 {
+			t.Fatalf("link-scope packet went to peers")
+		}
+	}
+	if len(tr.linkLocal) != 2 || string(tr.linkLocal[0]) != string(mldReport) {
+		t.Fatalf("link-local handler got %d packets", len(tr.linkLocal))
+	}
+	if out := tr.fromLc0(t, udpPacket(self, netip.MustParseAddr("ff05::2"), "x")); len(out) != 0 || tr.Drops()[DropScope] != 1 {
+		t.Fatalf("all-routers: %d packets, drops %v", len(out), tr.Drops())
+	}
+}
+
+func wrapped(src, inner []byte, from netip.Addr) []byte {
+	b := make([]byte, 16+WrapLen+len(inner))
+	wrap(b[16:], from, self, len(inner))
+	copy(b[16+WrapLen:], inner)
+	return b
+}
+
+func TestDeliverFromPeers(t *testing.T) {
+	tr := newTestRouter(t)
+	tr.SetLocal([]Subscription{sub(grp1, mld.Exclude, peerB)})
+	got := make(chan []byte, 10)
+	go func() {
+		for p := range tr.lc0.Inbound {
+			got <- p
+		}
+	}()
+	good := udpPacket(peerA, grp1, "from A")
+	cases := []struct {
+		name string
+		pkt  []byte
+		drop string
+	}{
+		{"forged inner source", wrapped(nil, udpPacket(peerB, grp1, "x"), peerA), DropForgedSource},
+		{"excluded source", wrapped(nil, udpPacket(peerB, grp1, "x"), peerB), DropNoListener},
+		{"no listener", wrapped(nil, udpPacket(peerA, grp2, "x"), peerA), DropNoListener},
+		{"not a peer", wrapped(nil, udpPacket(srcS, grp1, "x"), srcS), DropForgedSource},
+		{"link scope", wrapped(nil, udpPacket(peerA, netip.MustParseAddr("ff02::1"), "x"), peerA), DropScope},
+	}
+	for _, c := range cases {
+		before := tr.Drops()[c.drop]
+		tr.Port().Write([][]byte{c.pkt}, 16)
+		if tr.Drops()[c.drop] != before+1 {
+			t.Errorf("%s: %s drops %d -> %d", c.name, c.drop, before, tr.Drops()[c.drop])
+		}
+	}
+	tr.Port().Write([][]byte{wrapped(nil, good, peerA), append(make([]byte, 16), udpPacket(peerC, self, "unicast")...)}, 16)
+	for _, want := range []string{string(good), string(udpPacket(peerC, self, "unicast"))} {
+		select {
+		case p := <-got:
+			if string(p) != want {
+				t.Fatalf("lc0 got %x, want %x", p, want)
+			}
+		case <-time.After(time.Second):
+			t.Fatal("nothing written into lc0")
+		}
+	}
+	select {
+	case p := <-got:
+		t.Fatalf("dropped packet reached lc0: %x", p)
+	default:
+	}
+	if c := tr.Counters(peerA); c.RxPackets.Load() != 4 {
+		t.Fatalf("peer A rx packets %d, want 4", c.RxPackets.Load())
+	}
+}
+
+// Routing and delivering allocate nothing per packet.
+func TestDataPathAllocatesNothing(t *testing.T) {
+	tr := newTestRouter(t)
+	tr.SetLocal([]Subscription{sub(grp1, mld.Exclude)})
+	pkt := udpPacket(self, grp1, "hello")
+	out := make([]byte, 2048)
+	tab := tr.table.Load()
+	if n := testing.AllocsPerRun(1000, func() {
+		for next := 0; tr.route(tab, pkt, &next, out) > 0; {
+		}
+	}); n != 0 {
+		t.Fatalf("route allocates %v per packet", n)
+	}
+	in := wrapped(nil, udpPacket(peerA, grp1, "x"), peerA)[16:]
+	if n := testing.AllocsPerRun(1000, func() { tr.deliver(tab, in) }); n != 0 {
+		t.Fatalf("deliver allocates %v per packet", n)
+	}
+}
+
+// The indexed table sends each packet to exactly the peers a slow,
+// obvious reading of every peer's subscriptions gives.
+func TestRouteMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	groups := []netip.Addr{grp1, grp2, netip.MustParseAddr("ff3e::1"), netip.MustParseAddr("ff02::fb"), netip.MustParseAddr("ff05::2")}
+	sources := []netip.Addr{self, srcS, netip.MustParseAddr("2001:db8::6")}
+	var peers []netip.Addr
+	for i := range 6 {
+		peers = append(peers, netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16)))
+	}
+	for run := range 300 {
+		r := New(tuntest.NewChannelTUN().TUN(), self, ScopePolicy{}, func([]byte) {})
+		r.SetPeers(peers)
+		subs := map[netip.Addr][]Subscription{}
+		for _, p := range peers {
+			for _, g := range groups {
+				if rng.IntN(2) == 0 {
+					continue
+				}
+				s := sub(g, mld.FilterMode(rng.IntN(2)))
+				for _, src := range sources {
+					if rng.IntN(2) == 0 {
+						s.Sources = append(s.Sources, src)
+					}
+				}
+				subs[p] = append(subs[p], s)
+			}
+			r.SetSubscriptions(p, subs[p])
+		}
+		out := make([]byte, 2048)
+		for _, g := range groups {
+			for _, src := range sources {
+				pkt := udpPacket(src, g, "x")
+				var got []netip.Addr
+				tab := r.table.Load()
+				for next := 0; ; {
+					n := r.route(tab, pkt, &next, out)
+					if n == 0 {
+						break
+					}
+					got = append(got, dstOf(out[:n]))
+				}
+				var want []netip.Addr
+				for _, p := range peers {
+					for _, s := range subs[p] {
+						if s.Group == g && (ScopePolicy{}).Forwards(g) && s.Wants(src) {
+							want = append(want, p)
+						}
+					}
+				}
+				slices.SortFunc(got, netip.Addr.Compare)
+				slices.SortFunc(want, netip.Addr.Compare)
+				if !slices.Equal(got, want) {
+					t.Fatalf("run %d: %s from %s went to %v, want %v", run, g, src, got, want)
+				}
+			}
+		}
+	}
+}
+
+func BenchmarkRouteFanOut8(b *testing.B) {
+	r := New(tuntest.NewChannelTUN().TUN(), self, ScopePolicy{}, func([]byte) {})
+	var peers []netip.Addr
+	for i := range 8 {
+		p := netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16))
+		peers = append(peers, p)
+	}
+	r.SetPeers(peers)
+	for _, p := range peers {
+		r.SetSubscriptions(p, []Subscription{sub(grp1, mld.Exclude)})
+	}
+	pkt := udpPacket(self, grp1, string(make([]byte, 1152)))
+	out := make([]byte, 2048)
+	tab := r.table.Load()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(pkt)) * 8)
+	for b.Loop() {
+		for next := 0; r.route(tab, pkt, &next, out) > 0; {
+		}
+	}
+}
