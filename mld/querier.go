@@ -11,13 +11,19 @@ import (
 // start, Robustness-1 more at a quarter of the Query Interval, then every
 // Query Interval, RFC 3810 9.6 and 9.7) and runs the Link's timers.
 type Querier struct {
-	Link   *Link
-	Source netip.Addr // link-local source of the queries
+	Link *Link
+	// Source is the link-local source of the queries; it must not be an
+	// address of the interface (see QuerierAddr).
+	Source netip.Addr
 	Timing Timing
 	// Send writes one packet into the link.
 	Send func(pkt []byte) error
 	Log  *slog.Logger
 }
+
+// QuerierAddr is the link-local address lcast's querier sends from: the
+// querier stands for the rest of the overlay, not for the local host.
+var QuerierAddr = netip.MustParseAddr("fe80::6c:6361:7374")
 
 // expiryTick is how often the Link's timers are run.
 const expiryTick = time.Second

@@ -71,6 +71,15 @@ func (k Key) PublicKey() Key {
 // OverlayPrefix is the ULA prefix under which every node's overlay address lies.
 var OverlayPrefix = netip.MustParsePrefix("fd6c:6361:7374::/48")
 
+// LinkLocalAddr returns the link-local address a node uses on lc0: fe80::/64
+// followed by the interface identifier of its overlay address. Packets to
+// link-scope groups carry it as their source.
+func LinkLocalAddr(pub Key) netip.Addr {
+	a := OverlayAddr(pub).As16()
+	copy(a[:8], []byte{0xfe, 0x80, 0, 0, 0, 0, 0, 0})
+	return netip.AddrFrom16(a)
+}
+
 // OverlayAddr returns the overlay unicast address of the node whose public key is pub.
 func OverlayAddr(pub Key) netip.Addr {
 	sum := blake2s.Sum256(pub[:])

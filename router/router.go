@@ -303,8 +303,10 @@ func (r *Router) deliver(t *table, pkt []byte) int {
 		r.drops[dMalformed].Add(1)
 		return -1
 	}
-	// Decision 3: the inner source must be the peer's own address.
-	if netip.AddrFrom16([16]byte(inner[8:24])) != src {
+	// Decision 3: the inner source must be the peer's own address, or
+	// for link-scope groups its link-local address.
+	innerSrc := [16]byte(inner[8:24])
+	if innerSrc != src.As16() && !isLinkLocalOf(innerSrc, src) {
 		r.drops[dForgedSource].Add(1)
 		return -1
 	}
@@ -313,11 +315,18 @@ func (r *Router) deliver(t *table, pkt []byte) int {
 		r.drops[dScope].Add(1)
 		return -1
 	}
-	if l, ok := t.local[group]; !ok || !l.Wants(src) {
+	if l, ok := t.local[group]; !ok || !l.Wants(netip.AddrFrom16(innerSrc)) {
 		r.drops[dNoListener].Add(1)
 		return -1
 	}
 	return WrapLen
+}
+
+// isLinkLocalOf reports whether a is fe80::/64 with the interface
+// identifier of the overlay address overlay (peer.LinkLocalAddr).
+func isLinkLocalOf(a [16]byte, overlay netip.Addr) bool {
+	o := overlay.As16()
+	return [8]byte(a[:8]) == [8]byte{0xfe, 0x80} && [8]byte(a[8:]) == [8]byte(o[8:])
 }
 
 // port is the transport's side of the router, a tun.Device: Read hands out

@@ -199,6 +199,25 @@ func TestDeliverFromPeers(t *testing.T) {
 	}
 }
 
+// With link scope opted in, a peer's link-local address is its own too.
+func TestDeliverLinkLocalSource(t *testing.T) {
+	lc0 := tuntest.NewChannelTUN()
+	r := New(lc0.TUN(), self, ScopePolicy{LinkLocal: true}, func([]byte) {})
+	r.SetPeers([]netip.Addr{peerA})
+	mdns := netip.MustParseAddr("ff02::fb")
+	r.SetLocal([]Subscription{sub(mdns, mld.Exclude)})
+	go func() {
+		for range lc0.Inbound {
+		}
+	}()
+	llA := netip.MustParseAddr("fe80::a")
+	r.Port().Write([][]byte{wrapped(nil, udpPacket(llA, mdns, "x"), peerA)}, 16)
+	r.Port().Write([][]byte{wrapped(nil, udpPacket(netip.MustParseAddr("fe80::b"), mdns, "x"), peerA)}, 16)
+	if d := r.Drops(); d[DropForgedSource] != 1 || r.Counters(peerA).RxPackets.Load() != 2 || d[DropNoListener] != 0 {
+		t.Fatalf("drops %v", d)
+	}
+}
+
 // Routing and delivering allocate nothing per packet.
 func TestDataPathAllocatesNothing(t *testing.T) {
 	tr := newTestRouter(t)

@@ -34,10 +34,11 @@ var (
 
 // Config describes the interface to create.
 type Config struct {
-	Name   string
-	MTU    int
-	Addr   netip.Prefix   // overlay address with the overlay prefix length
-	Routes []netip.Prefix // multicast prefixes to route to the interface
+	Name      string
+	MTU       int
+	Addr      netip.Prefix   // overlay address with the overlay prefix length
+	LinkLocal netip.Addr     // the interface's only link-local address
+	Routes    []netip.Prefix // multicast prefixes to route to the interface
 }
 
 // Interface is a configured lc0.
@@ -94,11 +95,18 @@ func Open(cfg Config, log *slog.Logger) (ifc *Interface, err error) {
 	if err := netlink.LinkSetAlias(link, Alias); err != nil {
 		return ifc, fmt.Errorf("mark %s: %w", cfg.Name, err)
 	}
-	addr := &netlink.Addr{IPNet: prefixToIPNet(cfg.Addr), Flags: unix.IFA_F_NODAD}
-	if err := netlink.AddrReplace(link, addr); err != nil {
-		return ifc, fmt.Errorf("add address %s to %s: %w", cfg.Addr, cfg.Name, err)
+	// The kernel must not make a link-local address of its own: the one
+	// lcast sets identifies this node to its peers.
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+cfg.Name+"/addr_gen_mode", []byte("1"), 0); err != nil {
+		return ifc, fmt.Errorf("set addr_gen_mode of %s: %w", cfg.Name, err)
 	}
-	log.Info("set address", "interface", cfg.Name, "address", cfg.Addr, "mtu", cfg.MTU)
+	for _, p := range []netip.Prefix{cfg.Addr, netip.PrefixFrom(cfg.LinkLocal, 64)} {
+		addr := &netlink.Addr{IPNet: prefixToIPNet(p), Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrReplace(link, addr); err != nil {
+			return ifc, fmt.Errorf("add address %s to %s: %w", p, cfg.Name, err)
+		}
+	}
+	log.Info("set addresses", "interface", cfg.Name, "address", cfg.Addr, "link_local", cfg.LinkLocal, "mtu", cfg.MTU)
 	if err := netlink.LinkSetUp(link); err != nil {
 		return ifc, fmt.Errorf("bring %s up: %w", cfg.Name, err)
 	}
@@ -199,15 +207,6 @@ func (ifc *Interface) setPersist(on bool) error {
 		return err
 	}
 	return ioErr
-}
-
-// LinkLocal returns a link-local address for the interface, derived from
-// the overlay address's interface identifier, for use as the source of the
-// MLD queries lcast sends into it.
-func (cfg Config) LinkLocal() netip.Addr {
-	a := cfg.Addr.Addr().As16()
-	copy(a[:8], []byte{0xfe, 0x80, 0, 0, 0, 0, 0, 0})
-	return netip.AddrFrom16(a)
 }
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {

@@ -17,10 +17,11 @@ import (
 )
 
 var testCfg = Config{
-	Name:   "lc0",
-	MTU:    1380,
-	Addr:   netip.MustParsePrefix("fd6c:6361:7374:1:2:3:4:5/48"),
-	Routes: router.RoutePrefixes(),
+	Name:      "lc0",
+	MTU:       1380,
+	Addr:      netip.MustParsePrefix("fd6c:6361:7374:1:2:3:4:5/48"),
+	LinkLocal: netip.MustParseAddr("fe80::2:3:4:5"),
+	Routes:    router.RoutePrefixes(),
 }
 
 var quiet = slog.New(slog.DiscardHandler)
@@ -57,8 +58,9 @@ func TestOpenConfiguresAndCloseRemoves(t *testing.T) {
 	if a.MTU != 1380 || a.Flags&net.FlagUp == 0 || a.Flags&net.FlagMulticast == 0 || a.Alias != Alias {
 		t.Fatalf("link attrs: mtu %d flags %v alias %q", a.MTU, a.Flags, a.Alias)
 	}
-	if out := ipOut(t, "-6", "addr", "show", "dev", "lc0"); !strings.Contains(out, "fd6c:6361:7374:1:2:3:4:5/48") {
-		t.Fatalf("address missing:\n%s", out)
+	out := ipOut(t, "-6", "addr", "show", "dev", "lc0")
+	if !strings.Contains(out, "fd6c:6361:7374:1:2:3:4:5/48") || !strings.Contains(out, "fe80::2:3:4:5/64") || strings.Count(out, "inet6 fe80::") != 1 {
+		t.Fatalf("want the overlay address and exactly one link-local, fe80::2:3:4:5:\n%s", out)
 	}
 	if n := lcastRoutes(t); n != len(testCfg.Routes) {
 		t.Fatalf("%d lcast routes, want %d", n, len(testCfg.Routes))

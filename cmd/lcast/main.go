@@ -12,9 +12,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/librecast/lcast/internal/config"
 	"github.com/librecast/lcast/internal/control"
@@ -168,12 +170,41 @@ func printStatus(w io.Writer, st *control.Status) {
 	}
 	fmt.Fprintf(w, "\npeers: %d\n", len(st.Peers))
 	if len(st.Peers) > 0 {
-		fmt.Fprintln(tw, "  PUBLIC KEY\tENDPOINT\tCONNECTED\tRX\tTX\tGROUPS")
+		fmt.Fprintln(tw, "  PUBLIC KEY\tENDPOINT\tHANDSHAKE\tRX\tTX\tGROUPS")
+		now := time.Now()
 		for _, p := range st.Peers {
-			fmt.Fprintf(tw, "  %s\t%s\t%v\t%d B\t%d B\t%d\n", p.PublicKey, orDash(p.Endpoint), p.Connected, p.RxBytes, p.TxBytes, len(p.Groups))
+			hs := "never"
+			if p.LastHandshake != nil {
+				hs = now.Sub(*p.LastHandshake).Round(time.Second).String() + " ago"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d pkts, %d B\t%d pkts, %d B\t%s\n", p.PublicKey, orDash(p.Endpoint), hs,
+				p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, groupList(p.Groups))
 		}
 		tw.Flush()
 	}
+	var drops []string
+	for reason, n := range st.Drops {
+		if n > 0 {
+			drops = append(drops, fmt.Sprintf("%s %d", reason, n))
+		}
+	}
+	if len(drops) > 0 {
+		sort.Strings(drops)
+		fmt.Fprintf(w, "\ndropped: %s\n", strings.Join(drops, ", "))
+	}
+}
+
+// groupList shows up to three groups and how many more there are.
+func groupList(groups []control.Group) string {
+	var names []string
+	for i, g := range groups {
+		if i == 3 {
+			names = append(names, fmt.Sprintf("+%d more", len(groups)-3))
+			break
+		}
+		names = append(names, g.Group)
+	}
+	return orDash(strings.Join(names, ","))
 }
 
 func orDash(s string) string {

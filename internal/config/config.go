@@ -39,7 +39,11 @@ type Config struct {
 	// different namespaces. Default "@lcast/<interface>".
 	ControlSocket string `toml:"control_socket"`
 	MTU           int    `toml:"mtu"`
-	Peers         []Peer `toml:"peer"`
+	// ForwardLinkScope lets link-scope (ff02::/16) application groups,
+	// mDNS for instance, cross between peers. MLD, Neighbor Discovery and
+	// the all-nodes and all-routers groups never do.
+	ForwardLinkScope bool   `toml:"forward_link_scope"`
+	Peers            []Peer `toml:"peer"`
 
 	// Key is the private key, from private_key or private_key_file.
 	Key peer.Key `toml:"-"`

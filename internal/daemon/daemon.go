@@ -29,6 +29,7 @@ const wgOffset = 16
 // Daemon is a running lcast node.
 type Daemon struct {
 	cfg       *config.Config
+	scope     router.ScopePolicy
 	log       *slog.Logger
 	addr      netip.Addr
 	peerAddrs []netip.Addr
@@ -47,7 +48,13 @@ type Daemon struct {
 // routes. It returns an error if start-up fails (leaving nothing behind) or
 // if lc0 fails under it.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) {
-	d := &Daemon{cfg: cfg, log: log, addr: peer.OverlayAddr(cfg.Key.PublicKey()), changed: make(chan struct{}, 1)}
+	d := &Daemon{
+		cfg:     cfg,
+		scope:   router.ScopePolicy{LinkLocal: cfg.ForwardLinkScope},
+		log:     log,
+		addr:    peer.OverlayAddr(cfg.Key.PublicKey()),
+		changed: make(chan struct{}, 1),
+	}
 	d.link = mld.NewLink(mld.DefaultTiming, d.localChanged)
 	peers, err := d.resolvePeers(ctx)
 	if err != nil {
@@ -71,16 +78,17 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	}
 	undo = append(undo, func() { ln.Close() })
 	ifcCfg := tun.Config{
-		Name:   cfg.Interface,
-		MTU:    cfg.MTU,
-		Addr:   netip.PrefixFrom(d.addr, peer.OverlayPrefix.Bits()),
-		Routes: router.RoutePrefixes(),
+		Name:      cfg.Interface,
+		MTU:       cfg.MTU,
+		Addr:      netip.PrefixFrom(d.addr, peer.OverlayPrefix.Bits()),
+		LinkLocal: peer.LinkLocalAddr(cfg.Key.PublicKey()),
+		Routes:    router.RoutePrefixes(),
 	}
 	if d.ifc, err = tun.Open(ifcCfg, log); err != nil {
 		return err
 	}
 	undo = append(undo, func() { d.ifc.Close() })
-	d.router = router.New(d.ifc.Device, d.addr, router.ScopePolicy{}, d.handleLinkLocal)
+	d.router = router.New(d.ifc.Device, d.addr, d.scope, d.handleLinkLocal)
 	d.router.SetPeers(d.peerAddrs)
 	if d.transport, err = peer.NewTransport(cfg.Key, cfg.Port, peers, d.router.Port(), log); err != nil {
 		return err
@@ -96,7 +104,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	var wg sync.WaitGroup
 	querier := &mld.Querier{
 		Link:   d.link,
-		Source: ifcCfg.LinkLocal(),
+		Source: mld.QuerierAddr,
 		Timing: mld.DefaultTiming,
 		Send:   d.writeToLink,
 		Log:    log,
@@ -184,16 +192,16 @@ func (d *Daemon) announce(ctx context.Context) {
 		case <-d.changed:
 			groups := d.link.Groups()
 			d.router.SetLocal(groups)
-			d.exchange.SetLocal(forwarded(groups))
+			d.exchange.SetLocal(forwarded(d.scope, groups))
 		}
 	}
 }
 
 // forwarded keeps the groups whose traffic may come from peers.
-func forwarded(groups []mld.GroupState) []mld.GroupState {
+func forwarded(scope router.ScopePolicy, groups []mld.GroupState) []mld.GroupState {
 	out := groups[:0:0]
 	for _, g := range groups {
-		if (router.ScopePolicy{}).Forwards(g.Group) {
+		if scope.Forwards(g.Group) {
 			out = append(out, g)
 		}
 	}

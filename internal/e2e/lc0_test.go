@@ -23,19 +23,19 @@ func TestJoinAndLeaveShowInStatus(t *testing.T) {
 	programs := map[string]func() *netlab.Process{
 		"go net.ListenMulticastUDP": func() *netlab.Process { return startHelper(t, ns, "join", "ff1e::1234", "lc0") },
 		"socat": func() *netlab.Process {
-			return ns.Start("socat", "-u", "UDP6-RECV:4242,ipv6-join-group=[ff1e::1234]:lc0", "/dev/null")
+			return startSocatRecv(t, ns, "UDP6-RECV:4242,ipv6-join-group=[ff1e::1234]:lc0", "/dev/null")
 		},
 	}
 	for name, start := range programs {
 		t.Run(name, func(t *testing.T) {
 			p := start()
-			joined := n.waitGroup("ff1e::1234", true, time.Second)
-			g, _ := n.group("ff1e::1234")
+			joined := n.waitGroup(t, "ff1e::1234", true, time.Second)
+			g, _ := n.group(t, "ff1e::1234")
 			if g.Mode != "exclude" || len(g.Sources) != 0 {
 				t.Fatalf("any-source join shows as %+v, want exclude with no sources", g)
 			}
 			p.Cmd.Process.Kill()
-			left := n.waitGroup("ff1e::1234", false, time.Second)
+			left := n.waitGroup(t, "ff1e::1234", false, time.Second)
 			t.Logf("%s: join to status %v, leave to status %v", name, joined.Round(time.Millisecond), left.Round(time.Millisecond))
 		})
 	}
@@ -47,13 +47,13 @@ func TestSourceSpecificJoin(t *testing.T) {
 	n := newNode(t, ns, "")
 	n.up()
 	p := startHelper(t, ns, "join-ssm", "ff3e::8000:1", "2001:db8::1", "lc0")
-	n.waitGroup("ff3e::8000:1", true, time.Second)
-	g, _ := n.group("ff3e::8000:1")
+	n.waitGroup(t, "ff3e::8000:1", true, time.Second)
+	g, _ := n.group(t, "ff3e::8000:1")
 	if g.Mode != "include" || !slices.Equal(g.Sources, []string{"2001:db8::1"}) {
 		t.Fatalf("source-specific join shows as %+v, want include [2001:db8::1]", g)
 	}
 	p.Cmd.Process.Kill()
-	n.waitGroup("ff3e::8000:1", false, time.Second)
+	n.waitGroup(t, "ff3e::8000:1", false, time.Second)
 }
 
 // SIGKILL the daemon while a program stays joined, start it again: the group
@@ -63,8 +63,8 @@ func TestCrashRelearnsMemberships(t *testing.T) {
 	ns := netlab.NewNamespace(t, "lcast-crash")
 	n := newNode(t, ns, "")
 	n.up()
-	ns.Start("socat", "-u", "UDP6-RECV:4242,ipv6-join-group=[ff1e::1234]:lc0", "/dev/null")
-	n.waitGroup("ff1e::1234", true, time.Second)
+	startSocatRecv(t, ns, "UDP6-RECV:4242,ipv6-join-group=[ff1e::1234]:lc0", "/dev/null")
+	n.waitGroup(t, "ff1e::1234", true, time.Second)
 
 	n.daemon.Signal(syscall.SIGKILL)
 	n.daemon.Wait(5 * time.Second)
@@ -73,7 +73,7 @@ func TestCrashRelearnsMemberships(t *testing.T) {
 	}
 	start := time.Now()
 	n.up()
-	n.waitGroup("ff1e::1234", true, 2*time.Second-time.Since(start))
+	n.waitGroup(t, "ff1e::1234", true, 2*time.Second-time.Since(start))
 	t.Logf("restart to relearned membership: %v", time.Since(start).Round(time.Millisecond))
 	if !strings.Contains(n.daemon.Output(), "adopted") {
 		t.Fatalf("restarted daemon did not adopt lc0:\n%s", n.daemon.Output())
@@ -93,7 +93,7 @@ func TestCleanStopLeavesNothing(t *testing.T) {
 			n := newNode(t, ns, "control_socket = \""+sock+"\"\n")
 			n.up()
 			startHelper(t, ns, "join", "ff1e::1", "lc0")
-			n.waitGroup("ff1e::1", true, time.Second)
+			n.waitGroup(t, "ff1e::1", true, time.Second)
 			n.stop(sig)
 			if left := leftovers(ns, "lc0"); len(left) > 0 {
 				t.Fatalf("left behind: %v", left)
@@ -115,11 +115,11 @@ func TestNamespacesDoNotCollide(t *testing.T) {
 	a.up()
 	b.up()
 	startHelper(t, a.ns, "join", "ff1e::a", "lc0")
-	a.waitGroup("ff1e::a", true, time.Second)
-	if _, has := b.group("ff1e::a"); has {
+	a.waitGroup(t, "ff1e::a", true, time.Second)
+	if _, has := b.group(t, "ff1e::a"); has {
 		t.Fatal("b's status shows a's group")
 	}
-	if got, want := b.status().Address, peer.OverlayAddr(a.key.PublicKey()).String(); got != want {
+	if got, want := b.status(t).Address, peer.OverlayAddr(a.key.PublicKey()).String(); got != want {
 		t.Fatalf("b's address %s, want %s", got, want)
 	}
 }
@@ -154,7 +154,7 @@ func TestStartErrors(t *testing.T) {
 		if !strings.Contains(out, "another lcast daemon is already listening") {
 			t.Fatalf("message: %s", out)
 		}
-		if _, has := n.group("ff1e::1"); has || n.status().Interface != "lc0" {
+		if _, has := n.group(t, "ff1e::1"); has || n.status(t).Interface != "lc0" {
 			t.Fatal("the first daemon was disturbed")
 		}
 		n.stop(syscall.SIGTERM)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -34,7 +35,13 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	lcastBin = filepath.Join(dir, "lcast")
-	if out, err := exec.Command("go", "build", "-o", lcastBin, "github.com/librecast/lcast/cmd/lcast").CombinedOutput(); err != nil {
+	// Tests run the daemon under the race detector; benchmarks need it fast.
+	flag.Parse()
+	build := []string{"build", "-o", lcastBin}
+	if flag.Lookup("test.bench").Value.String() == "" {
+		build = append(build, "-race")
+	}
+	if out, err := exec.Command("go", append(build, "github.com/librecast/lcast/cmd/lcast")...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building lcast: %v\n%s", err, out)
 		os.Exit(1)
 	}
@@ -143,18 +150,18 @@ func (n *node) tryStatus() (*control.Status, error) {
 	return &st, nil
 }
 
-func (n *node) status() *control.Status {
-	n.t.Helper()
+func (n *node) status(t testing.TB) *control.Status {
+	t.Helper()
 	st, err := n.tryStatus()
 	if err != nil {
-		n.t.Fatalf("lcast status: %v\ndaemon output:\n%s", err, n.daemon.Output())
+		t.Fatalf("lcast status: %v\ndaemon output:\n%s", err, n.daemon.Output())
 	}
 	return st
 }
 
 // group returns the local group g from status, if present.
-func (n *node) group(g string) (control.Group, bool) {
-	for _, lg := range n.status().LocalGroups {
+func (n *node) group(t testing.TB, g string) (control.Group, bool) {
+	for _, lg := range n.status(t).LocalGroups {
 		if lg.Group == g {
 			return lg, true
 		}
@@ -164,11 +171,11 @@ func (n *node) group(g string) (control.Group, bool) {
 
 // waitGroup polls status until group g is present (want) or absent, and
 // returns how long that took.
-func (n *node) waitGroup(g string, want bool, timeout time.Duration) time.Duration {
-	n.t.Helper()
-	took, ok := netlab.Poll(timeout, func() bool { _, has := n.group(g); return has == want })
+func (n *node) waitGroup(t testing.TB, g string, want bool, timeout time.Duration) time.Duration {
+	t.Helper()
+	took, ok := netlab.Poll(timeout, func() bool { _, has := n.group(t, g); return has == want })
 	if !ok {
-		n.t.Fatalf("group %s present=%v not reached within %v; status: %+v", g, want, timeout, n.status().LocalGroups)
+		t.Fatalf("group %s present=%v not reached within %v; status: %+v", g, want, timeout, n.status(t).LocalGroups)
 	}
 	return took
 }
@@ -192,6 +199,17 @@ func startHelper(t testing.TB, ns *netlab.Namespace, args ...string) *netlab.Pro
 	p := ns.Start("env", append([]string{helperEnv + "=" + args[0], lcastTestBinary()}, args[1:]...)...)
 	if !p.WaitOutput("joined", 5*time.Second) {
 		t.Fatalf("helper %v did not join:\n%s", args, p.Output())
+	}
+	return p
+}
+
+// startSocatRecv starts socat in ns reading address (a UDP6-RECV with its
+// join) into sink, and waits until it has bound and joined.
+func startSocatRecv(t testing.TB, ns *netlab.Namespace, address, sink string) *netlab.Process {
+	t.Helper()
+	p := ns.Start("socat", "-d", "-d", "-u", address, sink)
+	if !p.WaitOutput("starting data transfer loop", 5*time.Second) {
+		t.Fatalf("socat did not start:\n%s", p.Output())
 	}
 	return p
 }

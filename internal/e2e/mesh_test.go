@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"strings"
 	"regexp"
 	"strconv"
 	"testing"
@@ -55,7 +56,7 @@ func (m *mesh) waitSubscribed(t testing.TB, from, to int, group string, want boo
 	t.Helper()
 	toKey := m.nodes[to].key.PublicKey().String()
 	took, ok := netlab.Poll(timeout, func() bool {
-		for _, p := range m.nodes[from].status().Peers {
+		for _, p := range m.nodes[from].status(t).Peers {
 			if p.PublicKey == toKey {
 				for _, g := range p.Groups {
 					if g.Group == group {
@@ -68,9 +69,23 @@ func (m *mesh) waitSubscribed(t testing.TB, from, to int, group string, want boo
 	})
 	if !ok {
 		t.Fatalf("site %d: subscription of site %d to %s = %v not reached in %v\nstatus of site %d: %+v\nlog of site %d:\n%s\nlog of site %d:\n%s",
-			from+1, to+1, group, want, timeout, from+1, m.nodes[from].status(), from+1, m.nodes[from].daemon.Output(), to+1, m.nodes[to].daemon.Output())
+			from+1, to+1, group, want, timeout, from+1, m.nodes[from].status(t), from+1, m.nodes[from].daemon.Output(), to+1, m.nodes[to].daemon.Output())
 	}
 	return took
+}
+
+// diagnose reports where packets may have been dropped: lcast's counters,
+// lc0's and the UDP stack's in every site.
+func (m *mesh) diagnose(t testing.TB) string {
+	var b strings.Builder
+	for i, n := range m.nodes {
+		fmt.Fprintf(&b, "site %d drops: %v\n", i+1, n.status(t).Drops)
+		out, _ := m.sites[i].Command("ip", "-s", "link", "show", "lc0").CombinedOutput()
+		b.Write(out)
+		out, _ = m.sites[i].Command("nstat", "-az", "Udp6InErrors", "Udp6RcvbufErrors", "Udp6SndbufErrors", "Ip6InDiscards").CombinedOutput()
+		b.Write(out)
+	}
+	return b.String()
 }
 
 var receivedRE = regexp.MustCompile(`received (\d+) unique (\d+) duplicates (\d+) first (\d+) last (\d+) maxgap (\d+)`)
@@ -111,7 +126,7 @@ func TestThreeSitesGoPrograms(t *testing.T) {
 		res := parseReceived(t, r.Output())
 		t.Logf("site %d: %+v", i+2, res)
 		if res.unique != 2000 || res.dups != 0 {
-			t.Errorf("site %d received %d of 2000 unique with %d duplicates", i+2, res.unique, res.dups)
+			t.Errorf("site %d received %d of 2000 unique with %d duplicates\n%s\n%s", i+2, res.unique, res.dups, r.Output(), m.diagnose(t))
 		}
 	}
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,7 +41,7 @@ func TestThreeSitesSocatAndIperf(t *testing.T) {
 		for i := 1; i < 3; i++ {
 			f := filepath.Join(t.TempDir(), "recv")
 			files = append(files, f)
-			r := m.sites[i].Start("socat", "-u", "UDP6-RECV:4242,ipv6-join-group=[ff1e::2]:lc0", "OPEN:"+f+",creat,trunc")
+			r := startSocatRecv(t, m.sites[i].Namespace, "UDP6-RECV:4242,ipv6-join-group=[ff1e::2]:lc0", "OPEN:"+f+",creat,trunc")
 			defer r.Stop()
 			m.waitSubscribed(t, 0, i, "ff1e::2", true, 3*time.Second)
 		}
@@ -69,19 +70,29 @@ func TestThreeSitesSocatAndIperf(t *testing.T) {
 			recvs = append(recvs, startHelper(t, m.sites[i].Namespace, "recv", "ff1e::4", "lc0"))
 			m.waitSubscribed(t, 0, i, "ff1e::4", true, 3*time.Second)
 		}
-		var data []byte
-		for i := range 500 {
-			d := make([]byte, 1200)
-			binary.BigEndian.PutUint64(d, uint64(i))
-			data = append(data, d...)
-		}
-		f := filepath.Join(t.TempDir(), "send")
-		if err := os.WriteFile(f, data, 0o644); err != nil {
+		// socat sends a datagram per 1200-byte block it reads; the
+		// blocks are written into its standard input 1000 a second.
+		send := m.sites[0].Command("socat", "-u", "-b", "1200", "-", "UDP6-SENDTO:[ff1e::4]:4242")
+		stdin, err := send.StdinPipe()
+		if err != nil {
 			t.Fatal(err)
 		}
-		// socat sends a datagram per 1200-byte block it reads, as fast
-		// as it can: a burst, where the Go sender paces.
-		m.sites[0].Run("socat", "-u", "-b", "1200", "OPEN:"+f, "UDP6-SENDTO:[ff1e::4]:4242")
+		if err := send.Start(); err != nil {
+			t.Fatal(err)
+		}
+		block := make([]byte, 1200)
+		start := time.Now()
+		for i := range 500 {
+			time.Sleep(time.Until(start.Add(time.Duration(i) * time.Millisecond)))
+			binary.BigEndian.PutUint64(block, uint64(i))
+			if _, err := stdin.Write(block); err != nil {
+				t.Fatal(err)
+			}
+		}
+		stdin.Close()
+		if err := send.Wait(); err != nil {
+			t.Fatalf("socat sender: %v", err)
+		}
 		for i, r := range recvs {
 			waitExit(t, r, 5*time.Second, "receiver")
 			res := parseReceived(t, r.Output())
@@ -140,7 +151,7 @@ func TestLibrecastChannels(t *testing.T) {
 	// The channel's group is what both ends joined: find it from status.
 	var group string
 	netlab.Poll(3*time.Second, func() bool {
-		for _, g := range m.nodes[1].status().LocalGroups {
+		for _, g := range m.nodes[1].status(t).LocalGroups {
 			if strings.HasPrefix(g.Group, "ff1e:") {
 				group = g.Group
 			}
@@ -176,7 +187,7 @@ func (m *mesh) rxBytes(t *testing.T, i int) int {
 
 func (m *mesh) txPackets(t *testing.T, from, to int) uint64 {
 	toKey := m.nodes[to].key.PublicKey().String()
-	for _, p := range m.nodes[from].status().Peers {
+	for _, p := range m.nodes[from].status(t).Peers {
 		if p.PublicKey == toKey {
 			return p.TxPackets
 		}
@@ -267,9 +278,9 @@ func TestForgedSourceDropped(t *testing.T) {
 	forged := peer.OverlayAddr(newKey(t).PublicKey()).String()
 	m.sites[0].Run("ip", "addr", "add", forged+"/128", "dev", "lc0", "nodad")
 	waitExit(t, m.send(0, "ff1e::8", "100", "1000", "200", forged), 5*time.Second, "sender")
-	_, ok := netlab.Poll(2*time.Second, func() bool { return m.nodes[1].status().Drops["forged_source"] >= 100 })
+	_, ok := netlab.Poll(2*time.Second, func() bool { return m.nodes[1].status(t).Drops["forged_source"] >= 100 })
 	if !ok {
-		t.Fatalf("drops: %v", m.nodes[1].status().Drops)
+		t.Fatalf("drops: %v", m.nodes[1].status(t).Drops)
 	}
 }
 
@@ -277,7 +288,7 @@ func TestForgedSourceDropped(t *testing.T) {
 func TestUnicastBetweenOverlayAddresses(t *testing.T) {
 	netlab.Require(t, "socat")
 	m := newMesh(t, 3)
-	addr1 := m.nodes[0].status().Address
+	addr1 := m.nodes[0].status(t).Address
 	recv := m.sites[0].Start("socat", "-u", "UDP6-RECV:5000,bind=["+addr1+"]", "-")
 	time.Sleep(200 * time.Millisecond)
 	cmd := m.sites[2].Command("socat", "-u", "-", "UDP6-SENDTO:["+addr1+"]:5000")
@@ -287,5 +298,74 @@ func TestUnicastBetweenOverlayAddresses(t *testing.T) {
 	}
 	if !recv.WaitOutput("hello from site 3", 3*time.Second) {
 		t.Fatalf("unicast did not arrive; site 1 printed %q", recv.Output())
+	}
+}
+
+// Link-scope application groups (mDNS's ff02::fb here) cross only between
+// sites that set forward_link_scope, carrying each node's link-local source.
+func TestLinkScopeOptIn(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		extra   string
+		crosses bool
+	}{
+		{"default", "", false},
+		{"forward_link_scope", "forward_link_scope = true\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMeshSitesOnly(t, 2)
+			for _, n := range m.nodes {
+				doc, _ := os.ReadFile(n.cfg)
+				os.WriteFile(n.cfg, append([]byte(tc.extra), doc...), 0o600)
+				n.up()
+			}
+			recv := startHelper(t, m.sites[1].Namespace, "recv", "ff02::fb", "lc0", "1s")
+			m.nodes[1].waitGroup(t, "ff02::fb", true, time.Second)
+			if tc.crosses {
+				m.waitSubscribed(t, 0, 1, "ff02::fb", true, 3*time.Second)
+			} else {
+				time.Sleep(1500 * time.Millisecond) // time to (wrongly) subscribe
+			}
+			waitExit(t, m.send(0, "ff02::fb%lc0", "50", "1000", "100"), 5*time.Second, "sender")
+			if !tc.crosses {
+				time.Sleep(500 * time.Millisecond)
+				if strings.Contains(recv.Output(), "first ") {
+					t.Fatalf("link-scope traffic crossed without forward_link_scope:\n%s", recv.Output())
+				}
+				return
+			}
+			waitExit(t, recv, 5*time.Second, "receiver")
+			if res := parseReceived(t, recv.Output()); res.unique != 50 {
+				t.Fatalf("received %+v, want 50", res)
+			}
+		})
+	}
+}
+
+// A node whose key the receiving node does not list never gets a packet
+// into its lc0, even knowing its overlay address and port.
+func TestUnknownKeyNeverReachesLc0(t *testing.T) {
+	netlab.Require(t, "socat")
+	inet := netlab.NewInternet(t)
+	s1, s2 := inet.AddSite("lcast-known"), inet.AddSite("lcast-stranger")
+	k1, k2 := newKey(t), newKey(t)
+	n1 := newNodeWithKey(t, s1.Namespace, k1, "")
+	n2 := newNodeWithKey(t, s2.Namespace, k2, fmt.Sprintf("[[peer]]\npublic_key = %q\nendpoint = \"[%s]:%d\"\n", k1.PublicKey(), s1.Addr, listenPort))
+	n1.up()
+	n2.up()
+	addr1 := peer.OverlayAddr(k1.PublicKey()).String()
+	recv := s1.Start("socat", "-u", "UDP6-RECV:5000,bind=["+addr1+"]", "-")
+	for range 20 {
+		cmd := s2.Command("socat", "-u", "-", "UDP6-SENDTO:["+addr1+"]:5000")
+		cmd.Stdin = strings.NewReader("from a stranger\n")
+		cmd.Run()
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if recv.Output() != "" {
+		t.Fatalf("a packet from an unknown key reached lc0: %q", recv.Output())
+	}
+	if st := n2.status(t); st.Peers[0].Connected || st.Peers[0].LastHandshake != nil {
+		t.Fatalf("the stranger completed a handshake: %+v", st.Peers[0])
 	}
 }

@@ -68,6 +68,15 @@ func recvHelper(args []string) int {
 		last = seq
 	}
 	fmt.Printf("received %d unique %d duplicates %d first %d last %d maxgap %d\n", total, len(seen), dups, first, last, maxGap.Milliseconds())
+	var missing []uint64
+	for seq := first; seq <= last && len(missing) < 10; seq++ {
+		if !seen[seq] {
+			missing = append(missing, seq)
+		}
+	}
+	if len(missing) > 0 {
+		fmt.Printf("missing %v\n", missing)
+	}
 	return 0
 }
 
@@ -83,7 +92,13 @@ func sendHelper(args []string) int {
 	if len(args) > 4 {
 		laddr = &net.UDPAddr{IP: net.ParseIP(args[4])}
 	}
-	c, err := net.DialUDP("udp6", laddr, &net.UDPAddr{IP: net.ParseIP(args[0]), Port: 4242})
+	// GROUP may carry a zone (ff02::fb%lc0): link-scope groups need one.
+	raddr, err := net.ResolveUDPAddr("udp6", net.JoinHostPort(args[0], "4242"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	c, err := net.DialUDP("udp6", laddr, raddr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
