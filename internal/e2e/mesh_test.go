@@ -2,9 +2,9 @@ package e2e
 
 import (
 	"fmt"
-	"strings"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
