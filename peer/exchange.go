@@ -34,8 +34,9 @@ const (
 )
 
 // Exchange keeps this node's subscriptions known to its peers and learns
-// theirs, as soft state: full states on change, hellos every HelloInterval,
-// a full state on request, and expiry after HoldTime of silence.
+// theirs, as soft state: a full state on every change, sent again each
+// HelloInterval until the peer acknowledges it (a hello otherwise), a full
+// state on request, and expiry after HoldTime of silence.
 type Exchange struct {
 	conn    *net.UDPConn
 	self    netip.Addr
@@ -64,6 +65,10 @@ type remote struct {
 	pending   uint64 // generation being assembled
 	parts     map[uint16][]mld.GroupState
 	lastHeard time.Time
+	// acked is this node's generation the peer acknowledged having
+	// applied, valid while ackedOK (the peer knows this node's epoch).
+	acked   uint64
+	ackedOK bool
 }
 
 // NewExchange listens on [self]:SubscriptionPort. self must be an address of
@@ -135,9 +140,13 @@ func (x *Exchange) tick(ctx context.Context) {
 	for {
 		x.mu.Lock()
 		now := time.Now()
-		var hellos []netip.Addr
+		var hellos, states []netip.Addr
 		for a, r := range x.peers {
-			hellos = append(hellos, a)
+			if r.ackedOK && r.acked == x.gen {
+				hellos = append(hellos, a)
+			} else {
+				states = append(states, a)
+			}
 			if r.epoch != 0 && now.Sub(r.lastHeard) > HoldTime {
 				// Forget the peer: its next message starts afresh.
 				x.log.Info("peer silent, dropping its subscriptions", "peer", a, "silent_for", now.Sub(r.lastHeard).Round(time.Second))
@@ -148,6 +157,9 @@ func (x *Exchange) tick(ctx context.Context) {
 		x.mu.Unlock()
 		for _, a := range hellos {
 			x.send(a, 0, false)
+		}
+		for _, a := range states {
+			x.sendState(a)
 		}
 		select {
 		case <-ctx.Done():
@@ -173,6 +185,9 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 		return
 	}
 	r.lastHeard = time.Now()
+	if m.PeerEpoch == x.epoch {
+		r.acked, r.ackedOK = m.PeerGeneration, true
+	}
 	if m.Epoch != r.epoch {
 		// The peer (re)started: its state is to be learnt afresh. What it
 		// subscribed to before stays until the new state is complete.
@@ -241,6 +256,9 @@ func (x *Exchange) send(addr netip.Addr, part int, want bool) {
 		return
 	}
 	m := Message{Want: want, Epoch: x.epoch, PeerEpoch: r.epoch, Generation: x.gen}
+	if r.applied {
+		m.PeerGeneration = r.gen
+	}
 	if part > 0 {
 		m.Part, m.Parts, m.Groups = uint16(part-1), uint16(len(x.local)), x.local[part-1]
 	}

@@ -16,22 +16,25 @@ import (
 //
 // A node's state has an epoch (random, per start) and a generation (raised
 // on every change). A full state is sent as one or more parts; a message
-// without parts is a hello that only announces epoch and generation.
+// without parts is a hello that only announces epoch and generation. Every
+// message also acknowledges the receiver's state: its epoch and the
+// generation last applied from it.
 //
-//	0  "LCS" 1        magic and version
-//	4  flags          bit 0: want (send me your full state)
-//	5  0              reserved
-//	6  part, parts    uint16 each; parts 0: a hello
-//	10 epoch          uint64: the sender's
-//	18 peer epoch     uint64: the receiver's, as last heard (0: none)
-//	26 generation     uint64
-//	34 count          uint16: groups that follow
-//	36 per group:     address (16), mode (1: 0 include, 1 exclude),
-//	                  source count (uint16), sources (16 each)
+//	0  "LCS" 1          magic and version
+//	4  flags            bit 0: want (send me your full state)
+//	5  0                reserved
+//	6  part, parts      uint16 each; parts 0: a hello
+//	10 epoch            uint64: the sender's
+//	18 peer epoch       uint64: the receiver's, as last heard (0: none)
+//	26 generation       uint64: the sender's
+//	34 peer generation  uint64: the receiver's, as last applied
+//	42 count            uint16: groups that follow
+//	44 per group:       address (16), mode (1: 0 include, 1 exclude),
+//	                    source count (uint16), sources (16 each)
 const SubscriptionPort = 847
 
 const (
-	msgHeaderLen  = 36
+	msgHeaderLen  = 44
 	msgVersion    = 1
 	groupHdrLen   = 19
 	flagWant      = 1
@@ -51,7 +54,10 @@ type Message struct {
 	Epoch      uint64
 	PeerEpoch  uint64
 	Generation uint64
-	Groups     []mld.GroupState
+	// PeerGeneration is the receiver's generation the sender last applied
+	// (meaningful when PeerEpoch is the receiver's epoch).
+	PeerGeneration uint64
+	Groups         []mld.GroupState
 }
 
 // AppendMessage encodes m; its groups must fit (see SplitGroups).
@@ -67,6 +73,7 @@ func AppendMessage(b []byte, m *Message) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.Epoch)
 	b = binary.BigEndian.AppendUint64(b, m.PeerEpoch)
 	b = binary.BigEndian.AppendUint64(b, m.Generation)
+	b = binary.BigEndian.AppendUint64(b, m.PeerGeneration)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(m.Groups)))
 	for _, g := range m.Groups {
 		b = append(b, g.Group.AsSlice()...)
@@ -85,17 +92,18 @@ func ParseMessage(b []byte) (*Message, error) {
 		return nil, ErrBadMessage
 	}
 	m := &Message{
-		Want:       b[4]&flagWant != 0,
-		Part:       binary.BigEndian.Uint16(b[6:8]),
-		Parts:      binary.BigEndian.Uint16(b[8:10]),
-		Epoch:      binary.BigEndian.Uint64(b[10:18]),
-		PeerEpoch:  binary.BigEndian.Uint64(b[18:26]),
-		Generation: binary.BigEndian.Uint64(b[26:34]),
+		Want:           b[4]&flagWant != 0,
+		Part:           binary.BigEndian.Uint16(b[6:8]),
+		Parts:          binary.BigEndian.Uint16(b[8:10]),
+		Epoch:          binary.BigEndian.Uint64(b[10:18]),
+		PeerEpoch:      binary.BigEndian.Uint64(b[18:26]),
+		Generation:     binary.BigEndian.Uint64(b[26:34]),
+		PeerGeneration: binary.BigEndian.Uint64(b[34:42]),
 	}
 	if m.Epoch == 0 || (m.Parts > 0 && m.Part >= m.Parts) {
 		return nil, ErrBadMessage
 	}
-	n := int(binary.BigEndian.Uint16(b[34:36]))
+	n := int(binary.BigEndian.Uint16(b[42:44]))
 	if m.Parts == 0 && n > 0 {
 		return nil, ErrBadMessage
 	}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -110,7 +111,8 @@ func TestCleanStopLeavesNothing(t *testing.T) {
 
 // Two daemons with the same configuration in two namespaces do not collide.
 func TestNamespacesDoNotCollide(t *testing.T) {
-	a := newNode(t, netlab.NewNamespace(t, "lcast-a"), "")
+	// The default control socket, asked through `lcast status`.
+	a := newNode(t, netlab.NewNamespace(t, "lcast-a"), "control_socket = \"@lcast/lc0\"\n")
 	b := &node{t: t, ns: netlab.NewNamespace(t, "lcast-b"), key: a.key, cfg: a.cfg}
 	a.up()
 	b.up()
@@ -162,7 +164,9 @@ func TestStartErrors(t *testing.T) {
 	t.Run("bad config", func(t *testing.T) {
 		n := newNode(t, ns, "listen_prot = 5\n")
 		out := run(t, n.cfg)
-		if !strings.Contains(out, n.cfg+":2: listen_prot: unknown key") {
+		doc, _ := os.ReadFile(n.cfg)
+		line := 1 + strings.Count(string(doc[:strings.Index(string(doc), "listen_prot")]), "\n")
+		if !strings.Contains(out, fmt.Sprintf("%s:%d: listen_prot: unknown key", n.cfg, line)) {
 			t.Fatalf("message: %s", out)
 		}
 		if left := leftovers(ns, "lc0"); len(left) > 0 {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -94,9 +95,13 @@ func helper(mode string, args []string) int {
 
 // node is one lcast daemon in a namespace.
 type node struct {
-	t      testing.TB
-	ns     *netlab.Namespace
-	cfg    string // config file path
+	t   testing.TB
+	ns  *netlab.Namespace
+	cfg string // config file path
+	// sock is the control socket's path, which the test asks directly
+	// (paths are shared across namespaces); empty when the config names
+	// its own socket, which `lcast status` in the namespace then asks.
+	sock   string
 	key    peer.Key
 	daemon *netlab.Process
 }
@@ -117,8 +122,14 @@ func newKey(t testing.TB) peer.Key {
 
 func newNodeWithKey(t testing.TB, ns *netlab.Namespace, key peer.Key, extra string) *node {
 	t.Helper()
-	n := &node{t: t, ns: ns, key: key, cfg: filepath.Join(t.TempDir(), "lcast.toml")}
-	doc := fmt.Sprintf("private_key = %q\n%s", key, extra)
+	dir := t.TempDir()
+	n := &node{t: t, ns: ns, key: key, cfg: filepath.Join(dir, "lcast.toml")}
+	doc := fmt.Sprintf("private_key = %q\n", key)
+	if !strings.Contains(extra, "control_socket") {
+		n.sock = filepath.Join(dir, "lcast.sock")
+		doc += fmt.Sprintf("control_socket = %q\n", n.sock)
+	}
+	doc += extra
 	if err := os.WriteFile(n.cfg, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -139,6 +150,11 @@ func (n *node) up() {
 }
 
 func (n *node) tryStatus() (*control.Status, error) {
+	if n.sock != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return control.GetStatus(ctx, n.sock)
+	}
 	out, err := n.ns.Command(lcastBin, "status", "-c", n.cfg, "--json").Output()
 	if err != nil {
 		return nil, err

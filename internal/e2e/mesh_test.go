@@ -51,6 +51,24 @@ func newMeshSitesOnly(t testing.TB, n int) *mesh {
 	return m
 }
 
+// waitConnected waits until every node has a session with every peer.
+func (m *mesh) waitConnected(t testing.TB) {
+	t.Helper()
+	_, ok := netlab.Poll(10*time.Second, func() bool {
+		for _, n := range m.nodes {
+			for _, p := range n.status(t).Peers {
+				if !p.Connected {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	if !ok {
+		t.Fatalf("peers did not connect:\n%s", m.diagnose(t))
+	}
+}
+
 // waitSubscribed waits until node from knows that node to subscribed to group.
 func (m *mesh) waitSubscribed(t testing.TB, from, to int, group string, want bool, timeout time.Duration) time.Duration {
 	t.Helper()

@@ -369,3 +369,26 @@ func TestUnknownKeyNeverReachesLc0(t *testing.T) {
 		t.Fatalf("the stranger completed a handshake: %+v", st.Peers[0])
 	}
 }
+
+// With 30% of the peer traffic lost both ways on a site's underlay (random
+// drops by nftables), its subscriptions still converge at the sender's site,
+// on join and on leave.
+func TestSubscriptionsConvergeUnderLoss(t *testing.T) {
+	netlab.Require(t, "nft")
+	m := newMesh(t, 2)
+	m.waitConnected(t) // measure the subscription exchange, not a handshake retry
+	s := m.sites[1]
+	s.Run("nft", "add", "table", "inet", "lossy")
+	for _, hook := range []string{"input", "output"} {
+		s.Run("nft", "add", "chain", "inet", "lossy", hook, "{ type filter hook "+hook+" priority 0; }")
+		s.Run("nft", "add", "rule", "inet", "lossy", hook, "udp", "dport", strconv.Itoa(listenPort), "numgen", "random", "mod", "100", "lt", "30", "drop")
+	}
+	for round := range 3 {
+		group := fmt.Sprintf("ff1e::a:%d", round)
+		recv := startHelper(t, s.Namespace, "join", group, "lc0")
+		joined := m.waitSubscribed(t, 0, 1, group, true, 10*time.Second)
+		recv.Stop()
+		left := m.waitSubscribed(t, 0, 1, group, false, 10*time.Second)
+		t.Logf("round %d with 30%% loss: join known after %v, leave after %v", round+1, joined.Round(time.Millisecond), left.Round(time.Millisecond))
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -26,7 +27,11 @@ func recvHelper(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	c.SetReadBuffer(4 << 20)
+	// A large receive buffer (root may exceed rmem_max), so that a test
+	// machine's pause does not drop datagrams at this program's socket.
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, 8<<20) })
+	}
 	idle := 2 * time.Second
 	if len(args) > 2 {
 		d, _ := time.ParseDuration(args[2])
