@@ -15,10 +15,10 @@ help: ## list the targets
 build: ## build ./lcast
 	$(GO) build -o lcast ./cmd/lcast
 
-test: ## run every test (as root: namespace tests too), then each fuzzer briefly
+test: ## run each fuzzer briefly, then every test (as root: namespace tests too)
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./...
 	$(MAKE) --no-print-directory fuzz
+	$(GO) test -race -count=1 ./...
 
 fuzz: ## run each fuzz test for FUZZTIME (default 5s)
 	@for pkg in $$($(GO) list ./...); do \

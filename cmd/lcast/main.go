@@ -114,11 +114,16 @@ func pubkey(c *cli.Context) error {
 	return nil
 }
 
-func up(c *cli.Context) error {
+// loadConfig reads the --config file of a command that takes no arguments.
+func loadConfig(c *cli.Context) (*config.Config, error) {
 	if c.NArg() > 0 {
-		return fmt.Errorf("up takes no arguments, got %q", c.Args().Slice())
+		return nil, fmt.Errorf("%s takes no arguments, got %q", c.Command.Name, c.Args().Slice())
 	}
-	cfg, err := config.Load(c.String("config"))
+	return config.Load(c.String("config"))
+}
+
+func up(c *cli.Context) error {
+	cfg, err := loadConfig(c)
 	if err != nil {
 		return err
 	}
@@ -133,10 +138,7 @@ func up(c *cli.Context) error {
 }
 
 func status(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return fmt.Errorf("status takes no arguments, got %q", c.Args().Slice())
-	}
-	cfg, err := config.Load(c.String("config"))
+	cfg, err := loadConfig(c)
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,8 @@ func TestCLIMisuse(t *testing.T) {
 		{"status without config", "", []string{"status"}, 1, `Required flag "config" not set`},
 		{"missing config file", "", []string{"status", "-c", "/nonexistent.toml"}, 1, "read config: open /nonexistent.toml"},
 		{"unknown flag", "", []string{"up", "--bogus"}, 1, "flag provided but not defined: -bogus"},
+		{"up with arguments", "", []string{"up", "-c", "x.toml", "extra"}, 1, `up takes no arguments, got ["extra"]`},
+		{"status with arguments", "", []string{"status", "-c", "x.toml", "a"}, 1, `status takes no arguments, got ["a"]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
