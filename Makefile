@@ -5,17 +5,29 @@ BINDIR  := $(PREFIX)/bin
 GO      ?= go
 FUZZTIME ?= 5s
 
-.PHONY: all build test fuzz bench demo install uninstall clean help
+.PHONY: all build deps test fuzz bench demo install uninstall clean help
+
+# What the demo and the tests run besides lcast, as Debian packages.
+DEB_DEPS = iproute2 iputils-ping procps util-linux socat iperf nftables gcc liblibrecast-dev libsodium-dev
 
 all: build
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
+deps: ## as root on Debian: install what the demo and the tests need, if missing
+	@missing=; for c in ip ping sysctl unshare socat iperf nft gcc; do command -v $$c >/dev/null || missing=1; done; \
+	[ -f /usr/include/librecast.h ] && [ -f /usr/include/sodium.h ] || missing=1; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(DEB_DEPS)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_DEPS) >/dev/null; \
+	  else echo "some test tools are missing; as root on Debian run: make deps" >&2; fi; \
+	fi
+
 build: ## build ./lcast
 	$(GO) build -o lcast ./cmd/lcast
 
-test: ## run each fuzzer briefly, then every test (as root: namespace tests too)
+test: deps ## run each fuzzer briefly, then every test (as root: namespace tests too)
 	$(GO) vet ./...
 	$(MAKE) --no-print-directory fuzz
 	$(GO) test -race -count=1 ./...
@@ -28,7 +40,7 @@ fuzz: ## run each fuzz test for FUZZTIME (default 5s)
 	  done; \
 	done
 
-demo: build ## as root: run lcast in network namespaces with real programs
+demo: deps build ## as root: run lcast in network namespaces with real programs
 	LCAST=./lcast demo/demo.sh
 
 bench: ## as root: micro-benchmarks, then lcast against kernel VXLAN on namespaced sites
