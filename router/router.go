@@ -330,17 +330,23 @@ func isLinkLocalOf(a [16]byte, overlay netip.Addr) bool {
 }
 
 // port is the transport's side of the router, a tun.Device: Read hands out
-// packets for peers, routed from lc0 reads; Write takes packets from peers.
-// The transport calls Read from one goroutine only.
+// packets for peers, routed from lc0; Write takes packets from peers.
+//
+// A goroutine (readLc0) reads lc0 into a bounded set of batches, so that
+// when the transport is busy the packets that arrive meanwhile are routed
+// and handed over together: lc0 yields one datagram per read, and the
+// transport encrypts and sends a batch far cheaper than as many single
+// packets. The goroutine ends when lc0 is closed.
 type port struct {
 	r *Router
 
-	// Read state, owned by the single reader.
-	in    [][]byte
-	sizes []int
-	n     int // packets in the current lc0 batch
-	pkt   int // packet being routed
-	next  int // its next subscriber
+	free chan *batch // batches readLc0 may fill
+	full chan *batch // filled batches, in order; closed when lc0 is
+
+	// Read state, owned by the transport's single reader.
+	cur  *batch // batch being routed
+	pkt  int    // packet of cur being routed
+	next int    // its next subscriber
 
 	writeMu sync.Mutex
 	wrapped [][]byte
@@ -350,27 +356,94 @@ type port struct {
 	closeOnce sync.Once
 }
 
-func (p *port) init(r *Router) {
-	p.r = r
-	batch := r.lc0.BatchSize()
-	p.in = make([][]byte, batch)
-	for i := range p.in {
-		p.in[i] = make([]byte, 65535)
-	}
-	p.sizes = make([]int, batch)
-	p.events = make(chan wgtun.Event, 1)
-	p.events <- wgtun.EventUp
+// batch is packets read from lc0 together.
+type batch struct {
+	bufs  [][]byte
+	sizes []int
+	n     int
 }
 
-// Read fills bufs (from offset) with packets for peers. It blocks reading
-// lc0 until it has at least one, and returns os.ErrClosed once lc0 is closed.
+const (
+	batchesInFlight = 64  // bounds the packets between lc0 and the transport
+	lc0ReadSize     = 16  // segments one lc0 read may return (GSO)
+	transportBatch  = 128 // packets one Read may return (wireguard-go's ideal batch)
+)
+
+func (p *port) init(r *Router) {
+	p.r = r
+	mtu, err := r.lc0.MTU()
+	if err != nil || mtu <= 0 {
+		mtu = 65535
+	}
+	p.free = make(chan *batch, batchesInFlight)
+	p.full = make(chan *batch, batchesInFlight)
+	for range batchesInFlight {
+		b := &batch{bufs: make([][]byte, lc0ReadSize), sizes: make([]int, lc0ReadSize)}
+		for i := range b.bufs {
+			b.bufs[i] = make([]byte, mtu)
+		}
+		p.free <- b
+	}
+	p.events = make(chan wgtun.Event, 1)
+	p.events <- wgtun.EventUp
+	go p.readLc0()
+}
+
+// readLc0 fills free batches from lc0 until lc0 is closed.
+func (p *port) readLc0() {
+	defer close(p.full)
+	for b := range p.free {
+		n, err := p.r.lc0.Read(b.bufs, b.sizes, 0)
+		if errors.Is(err, os.ErrClosed) {
+			return
+		}
+		if err != nil {
+			p.r.drops[dLc0Read].Add(1)
+		}
+		if n == 0 {
+			p.free <- b
+			continue
+		}
+		b.n = n
+		p.full <- b
+	}
+}
+
+// Read fills bufs (from offset) with packets for peers, from as many lc0
+// batches as are waiting. It blocks until it has at least one packet, and
+// returns os.ErrClosed once lc0 is closed.
 func (p *port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	r := p.r
-	t := r.table.Load()
+	// The table is loaded after the wait for packets, never before: a
+	// subscription that arrives during the wait applies to them.
+	var t *table
 	count := 0
-	for count == 0 {
-		for p.pkt < p.n && count < len(bufs) {
-			n := r.route(t, p.in[p.pkt][:p.sizes[p.pkt]], &p.next, bufs[count][offset:])
+	for count < len(bufs) {
+		if p.cur == nil {
+			var b *batch
+			var ok bool
+			if count == 0 {
+				b, ok = <-p.full
+			} else {
+				select {
+				case b, ok = <-p.full:
+				default:
+					return count, nil
+				}
+			}
+			if !ok {
+				if count > 0 {
+					return count, nil
+				}
+				return 0, os.ErrClosed
+			}
+			p.cur, p.pkt, p.next = b, 0, 0
+			t = p.r.table.Load()
+		}
+		if t == nil {
+			t = p.r.table.Load() // resuming a batch begun in an earlier Read
+		}
+		for p.pkt < p.cur.n && count < len(bufs) {
+			n := p.r.route(t, p.cur.bufs[p.pkt][:p.cur.sizes[p.pkt]], &p.next, bufs[count][offset:])
 			if n == 0 {
 				p.pkt++
 				p.next = 0
@@ -379,18 +452,10 @@ func (p *port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			sizes[count] = n
 			count++
 		}
-		if count > 0 {
-			break
+		if p.pkt == p.cur.n {
+			p.free <- p.cur
+			p.cur = nil
 		}
-		n, err := r.lc0.Read(p.in, p.sizes, 0)
-		if errors.Is(err, os.ErrClosed) {
-			return 0, os.ErrClosed
-		}
-		if err != nil {
-			r.drops[dLc0Read].Add(1)
-		}
-		p.n, p.pkt, p.next = n, 0, 0
-		t = r.table.Load()
 	}
 	return count, nil
 }
@@ -432,7 +497,7 @@ func (p *port) File() *os.File             { return nil }
 func (p *port) MTU() (int, error)          { mtu, err := p.r.lc0.MTU(); return mtu + WrapLen, err }
 func (p *port) Name() (string, error)      { return "lcast-router", nil }
 func (p *port) Events() <-chan wgtun.Event { return p.events }
-func (p *port) BatchSize() int             { return p.r.lc0.BatchSize() }
+func (p *port) BatchSize() int             { return transportBatch }
 func (p *port) Close() error {
 	p.closeOnce.Do(func() { close(p.events) })
 	return nil

@@ -318,3 +318,28 @@ func BenchmarkRouteFanOut8(b *testing.B) {
 		}
 	}
 }
+
+// A subscription that arrives while the transport waits in Read applies to
+// the packets that end the wait.
+func TestSubscriptionDuringReadApplies(t *testing.T) {
+	lc0 := tuntest.NewChannelTUN()
+	r := New(lc0.TUN(), self, ScopePolicy{}, func([]byte) {})
+	r.SetPeers([]netip.Addr{peerA})
+	got := make(chan int, 1)
+	go func() {
+		bufs, sizes := [][]byte{make([]byte, 2048)}, []int{0}
+		n, _ := r.Port().Read(bufs, sizes, 0)
+		got <- n
+	}()
+	time.Sleep(50 * time.Millisecond) // Read is waiting for lc0
+	r.SetSubscriptions(peerA, []Subscription{sub(grp1, mld.Exclude)})
+	lc0.Outbound <- udpPacket(self, grp1, "x")
+	select {
+	case n := <-got:
+		if n != 1 {
+			t.Fatalf("Read returned %d packets", n)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatalf("the packet was not routed with the new subscription; drops %v", r.Drops())
+	}
+}

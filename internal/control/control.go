@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,6 +68,10 @@ type uidKey struct{}
 // root get 403; unknown paths 404; methods other than GET 405.
 func NewServer(status StatusFunc, log *slog.Logger) *http.Server {
 	mux := http.NewServeMux()
+	// Go's profiler, for operators chasing where the time goes:
+	// curl --unix-socket SOCKET http://lcast/debug/pprof/profile?seconds=10
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET "+StatusPath, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		if err := json.NewEncoder(w).Encode(status()); err != nil {
@@ -77,7 +82,7 @@ func NewServer(status StatusFunc, log *slog.Logger) *http.Server {
 		Handler:           rootOnly(mux),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      10 * time.Second,
+		WriteTimeout:      70 * time.Second, // a CPU profile takes its time
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {

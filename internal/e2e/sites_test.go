@@ -122,7 +122,7 @@ func TestThreeSitesSocatAndIperf(t *testing.T) {
 			t.Logf("iperf2 in site %d: lost/total %s/%s, client sent %s", i+2, got[1], got[2], sent[1])
 			total, _ := strconv.Atoi(got[2])
 			if got[1] != "0" || total < 2990 {
-				t.Errorf("iperf2 in site %d: lost %s of %s", i+2, got[1], got[2])
+				t.Errorf("iperf2 in site %d: lost %s of %s\n%s", i+2, got[1], got[2], m.diagnose(t))
 			}
 		}
 	})
@@ -280,7 +280,7 @@ func TestForgedSourceDropped(t *testing.T) {
 	waitExit(t, m.send(0, "ff1e::8", "100", "1000", "200", forged), 5*time.Second, "sender")
 	_, ok := netlab.Poll(2*time.Second, func() bool { return m.nodes[1].status(t).Drops["forged_source"] >= 100 })
 	if !ok {
-		t.Fatalf("drops: %v", m.nodes[1].status(t).Drops)
+		t.Fatalf("drops: %v\n%s", m.nodes[1].status(t).Drops, m.diagnose(t))
 	}
 }
 
