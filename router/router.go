@@ -25,7 +25,7 @@ const (
 	wrapHopLimit   = 64
 )
 
-// Drop reasons, as counted in Stats.
+// Drop reasons, as Drops counts them (and lcast status shows them).
 const (
 	DropScope        = "scope"          // a group whose scope does not cross between peers
 	DropNoSubscriber = "no_subscriber"  // from lc0: no peer wants it

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -247,5 +246,3 @@ func leftovers(ns *netlab.Namespace, ifname string) []string {
 	}
 	return out
 }
-
-func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
