@@ -207,6 +207,7 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 			x.log.Warn("peer subscribed to too many groups; keeping the first ones", "peer", addr, "groups", len(changed), "cap", MaxGroupsPerPeer)
 			changed = changed[:MaxGroupsPerPeer]
 		}
+		x.log.Debug("peer subscriptions", "peer", addr, "generation", m.Generation, "groups", len(changed))
 		x.apply(addr, changed)
 	}
 	if sendState {

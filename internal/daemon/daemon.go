@@ -191,6 +191,7 @@ func (d *Daemon) announce(ctx context.Context) {
 			return
 		case <-d.changed:
 			groups := d.link.Groups()
+			d.log.Debug("local memberships changed", "groups", len(groups))
 			d.router.SetLocal(groups)
 			d.exchange.SetLocal(forwarded(d.scope, groups))
 		}
