@@ -114,7 +114,9 @@ func BenchmarkFanOut1to2(b *testing.B) {
 						knee[sys.name] = float64(rate)
 						break
 					}
-					done[sys.name] = try == 1
+					if try == 1 {
+						done[sys.name] = true
+					}
 				}
 			}
 		}
