@@ -177,7 +177,8 @@ func (ifc *Interface) remove() error {
 			errs = append(errs, fmt.Errorf("delete route %s: %w", r.Dst, err))
 		}
 	}
-	if err := ifc.setPersist(false); err != nil {
+	// EBADFD: the interface is already gone (deleted under us).
+	if err := ifc.setPersist(false); err != nil && !errors.Is(err, unix.EBADFD) {
 		errs = append(errs, fmt.Errorf("clear persistence of %s: %w", ifc.cfg.Name, err))
 	}
 	if err := ifc.Device.Close(); err != nil {

@@ -98,6 +98,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	if d.exchange, err = peer.NewExchange(d.addr, d.peerAddrs, d.router.SetSubscriptions, log); err != nil {
 		return fmt.Errorf("subscription socket: %w", err)
 	}
+	undo = nil // started: from here on, shutdown below cleans up
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

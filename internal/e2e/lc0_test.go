@@ -174,3 +174,22 @@ func TestStartErrors(t *testing.T) {
 		}
 	})
 }
+
+// Someone deletes lc0 under the running daemon: it exits at once with a
+// clear error, leaving no route behind.
+func TestLc0DeletedUnderDaemon(t *testing.T) {
+	ns := netlab.NewNamespace(t, "lcast-del")
+	n := newNode(t, ns, "")
+	n.up()
+	ns.Run("ip", "link", "del", "lc0")
+	exited, err := n.daemon.Wait(3 * time.Second)
+	if !exited || err == nil {
+		t.Fatalf("daemon after lc0 was deleted: exited=%v err=%v", exited, err)
+	}
+	if out := n.daemon.Output(); !strings.Contains(out, "interface lc0 was removed or failed under lcast") || strings.Count(out, "lcast: ") != 1 {
+		t.Fatalf("want one clear error, got:\n%s", out)
+	}
+	if left := leftovers(ns, "lc0"); len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+}
