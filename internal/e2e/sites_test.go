@@ -392,3 +392,30 @@ func TestSubscriptionsConvergeUnderLoss(t *testing.T) {
 		t.Logf("round %d with 30%% loss: join known after %v, leave after %v", round+1, joined.Round(time.Millisecond), left.Round(time.Millisecond))
 	}
 }
+
+// A peer listed without an endpoint is one that connects to us: once it
+// has, multicast flows both ways.
+func TestPeerWithoutEndpoint(t *testing.T) {
+	inet := netlab.NewInternet(t)
+	s1, s2 := inet.AddSite("lcast-public"), inet.AddSite("lcast-hidden")
+	k1, k2 := newKey(t), newKey(t)
+	// Site 1 does not know where site 2 is; site 2 knows site 1.
+	n1 := newNodeWithKey(t, s1.Namespace, k1, fmt.Sprintf("[[peer]]\npublic_key = %q\n", k2.PublicKey()))
+	n2 := newNodeWithKey(t, s2.Namespace, k2, fmt.Sprintf("[[peer]]\npublic_key = %q\nendpoint = \"[%s]:%d\"\n", k1.PublicKey(), s1.Addr, listenPort))
+	m := &mesh{inet: inet, sites: []*netlab.Site{s1, s2}, nodes: []*node{n1, n2}}
+	n1.up()
+	n2.up()
+	for _, dir := range []struct{ from, to int }{{0, 1}, {1, 0}} {
+		group := fmt.Sprintf("ff1e::b:%d", dir.from)
+		recv := startHelper(t, m.sites[dir.to].Namespace, "recv", group, "lc0", "1s")
+		m.waitSubscribed(t, dir.from, dir.to, group, true, 5*time.Second)
+		waitExit(t, m.send(dir.from, group, "200", "1000", "500"), 5*time.Second, "sender")
+		waitExit(t, recv, 5*time.Second, "receiver")
+		if res := parseReceived(t, recv.Output()); res.unique != 200 {
+			t.Fatalf("site %d → site %d: %+v", dir.from+1, dir.to+1, res)
+		}
+	}
+	if ep := n1.status(t).Peers[0].Endpoint; ep != fmt.Sprintf("[%s]:%d", s2.Addr, listenPort) {
+		t.Fatalf("site 1 learnt endpoint %q for site 2", ep)
+	}
+}
