@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,19 +17,32 @@ import (
 // start and end, lost and total datagrams.
 var iperfIntervalRE = regexp.MustCompile(`(\d+\.\d+)-(\d+\.\d+) sec .* (\d+)/(\d+) +\(`)
 
+// fanOutResult is what one fan-out run measured.
+type fanOutResult struct {
+	pps, loss []float64 // per receiver: datagrams/s received, loss in percent
+	// Of the sending site's lcast daemon (zero for VXLAN, which the
+	// kernel does): CPU time per datagram delivered to a receiver, and
+	// resident memory after the run.
+	cpuPerPacket time.Duration
+	rssMiB       float64
+}
+
 // fanOut streams 1200-byte datagrams from site 1 to group at rate (iperf2
-// -b syntax) for secs seconds, with iperf2
-// servers joined on ifname in sites 2 and 3, and returns the datagrams per
-// second each server received and its loss in percent.
-func fanOut(b *testing.B, m *mesh, ifname, group, rate string, secs int) (pps, loss []float64) {
+// -b syntax) for secs seconds, with iperf2 servers joined on ifname in
+// sites 2 and 3.
+func fanOut(b *testing.B, m *mesh, ifname, group, rate string, secs int) fanOutResult {
 	b.Helper()
+	var res fanOutResult
 	var servers []*netlab.Process
 	for i := 1; i < 3; i++ {
 		servers = append(servers, m.sites[i].Start("iperf", "-s", "-u", "-V", "-B", group+"%"+ifname, "-e", "-t", strconv.Itoa(secs+3), "-i", "1"))
 	}
 	time.Sleep(time.Second) // joins reach the sending site
+	daemon := m.nodes[0].daemon.Cmd.Process.Pid
+	cpuBefore, _ := procUsage(daemon)
 	client := m.sites[0].Start("iperf", "-c", group, "-u", "-V", "-l", "1200", "-b", rate, "-t", strconv.Itoa(secs), "-T", "1")
 	client.Wait(time.Duration(secs+5) * time.Second)
+	delivered := 0
 	for _, s := range servers {
 		s.Wait(time.Duration(secs+5) * time.Second)
 		// Sum the one-second reports: under overload the sender's final
@@ -47,10 +62,47 @@ func fanOut(b *testing.B, m *mesh, ifname, group, rate string, secs int) (pps, l
 		if dur == 0 {
 			b.Fatalf("no iperf2 reports:\n%s\nclient:\n%s", s.Output(), client.Output())
 		}
-		pps = append(pps, float64(total-lost)/dur)
-		loss = append(loss, 100*float64(lost)/float64(max(total, 1)))
+		res.pps = append(res.pps, float64(total-lost)/dur)
+		res.loss = append(res.loss, 100*float64(lost)/float64(max(total, 1)))
+		delivered += total - lost
 	}
-	return pps, loss
+	if ifname == "lc0" {
+		cpuAfter, rss := procUsage(daemon)
+		res.cpuPerPacket = (cpuAfter - cpuBefore) / time.Duration(max(delivered, 1))
+		res.rssMiB = float64(rss) / 1024
+	}
+	return res
+}
+
+// procUsage returns the CPU time (user and system) a process has used and
+// its resident memory in KiB, from /proc.
+func procUsage(pid int) (time.Duration, int) {
+	stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	// Fields after the command name, which is in parentheses: state is
+	// the first, utime the 12th and stime the 13th (clock ticks of 10 ms).
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	var cpu time.Duration
+	if len(fields) > 12 {
+		ut, _ := strconv.Atoi(fields[11])
+		st, _ := strconv.Atoi(fields[12])
+		cpu = time.Duration(ut+st) * 10 * time.Millisecond
+	}
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	rss := 0
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			rss, _ = strconv.Atoi(strings.Fields(line)[1])
+		}
+	}
+	return cpu, rss
+}
+
+// daemonUsage describes the sending daemon's CPU and memory, if measured.
+func (r fanOutResult) daemonUsage() string {
+	if r.rssMiB == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; sender's lcast: %.2f us CPU per delivered datagram, RSS %.1f MiB", float64(r.cpuPerPacket.Nanoseconds())/1000, r.rssMiB)
 }
 
 // addVXLAN gives every site of m a VXLAN interface vx0 with head-end
@@ -108,9 +160,9 @@ func BenchmarkFanOut1to2(b *testing.B) {
 					continue
 				}
 				for try := range 2 {
-					pps, loss := fanOut(b, m, sys.ifname, sys.group, fmt.Sprintf("%dpps", rate), 3)
-					fmt.Printf("%s offered %d/s: per receiver %.0f, %.0f datagrams/s, loss %.3f%%, %.3f%%\n", sys.name, rate, pps[0], pps[1], loss[0], loss[1])
-					if loss[0] <= 0.1 && loss[1] <= 0.1 {
+					r := fanOut(b, m, sys.ifname, sys.group, fmt.Sprintf("%dpps", rate), 3)
+					fmt.Printf("%s offered %d/s: per receiver %.0f, %.0f datagrams/s, loss %.3f%%, %.3f%%%s\n", sys.name, rate, r.pps[0], r.pps[1], r.loss[0], r.loss[1], r.daemonUsage())
+					if r.loss[0] <= 0.1 && r.loss[1] <= 0.1 {
 						knee[sys.name] = float64(rate)
 						break
 					}
@@ -127,9 +179,9 @@ func BenchmarkFanOut1to2(b *testing.B) {
 		sat := map[string][]float64{}
 		for r := range 3 {
 			for _, sys := range systems {
-				pps, loss := fanOut(b, m, sys.ifname, sys.group, saturate, 4)
-				sat[sys.name] = append(sat[sys.name], pps...)
-				fmt.Printf("saturation round %d %s: per receiver %.0f, %.0f datagrams/s, loss %.1f%%, %.1f%%\n", r+1, sys.name, pps[0], pps[1], loss[0], loss[1])
+				res := fanOut(b, m, sys.ifname, sys.group, saturate, 4)
+				sat[sys.name] = append(sat[sys.name], res.pps...)
+				fmt.Printf("saturation round %d %s: per receiver %.0f, %.0f datagrams/s, loss %.1f%%, %.1f%%%s\n", r+1, sys.name, res.pps[0], res.pps[1], res.loss[0], res.loss[1], res.daemonUsage())
 			}
 		}
 		b.ReportMetric(median(sat["lcast"]), "lcast-sat-pps/receiver")
