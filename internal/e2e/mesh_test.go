@@ -28,6 +28,9 @@ func newMesh(t testing.TB, n int) *mesh {
 	for _, nd := range m.nodes {
 		nd.up()
 	}
+	// A first handshake lost on the way is retried by WireGuard only
+	// after 5 s: tests start timing once every session is up.
+	m.waitConnected(t)
 	return m
 }
 
@@ -48,13 +51,26 @@ func newMeshSitesOnly(t testing.TB, n int) *mesh {
 		}
 		m.nodes = append(m.nodes, newNodeWithKey(t, m.sites[i].Namespace, keys[i], extra))
 	}
+	// The underlay carries unicast between every pair of sites.
+	for _, a := range m.sites {
+		for _, b := range m.sites {
+			if a == b {
+				continue
+			}
+			if _, ok := netlab.Poll(5*time.Second, func() bool {
+				return a.Command("ping", "-6", "-c1", "-W1", b.Addr.String()).Run() == nil
+			}); !ok {
+				t.Fatalf("%s cannot reach %s over the underlay", a.Name, b.Addr)
+			}
+		}
+	}
 	return m
 }
 
 // waitConnected waits until every node has a session with every peer.
 func (m *mesh) waitConnected(t testing.TB) {
 	t.Helper()
-	_, ok := netlab.Poll(10*time.Second, func() bool {
+	_, ok := netlab.Poll(12*time.Second, func() bool {
 		for _, n := range m.nodes {
 			for _, p := range n.status(t).Peers {
 				if !p.Connected {

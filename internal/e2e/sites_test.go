@@ -319,6 +319,7 @@ func TestLinkScopeOptIn(t *testing.T) {
 				os.WriteFile(n.cfg, append([]byte(tc.extra), doc...), 0o600)
 				n.up()
 			}
+			m.waitConnected(t)
 			recv := startHelper(t, m.sites[1].Namespace, "recv", "ff02::fb", "lc0", "1s")
 			m.nodes[1].waitGroup(t, "ff02::fb", true, time.Second)
 			if tc.crosses {
@@ -375,8 +376,7 @@ func TestUnknownKeyNeverReachesLc0(t *testing.T) {
 // on join and on leave.
 func TestSubscriptionsConvergeUnderLoss(t *testing.T) {
 	netlab.Require(t, "nft")
-	m := newMesh(t, 2)
-	m.waitConnected(t) // measure the subscription exchange, not a handshake retry
+	m := newMesh(t, 2) // connected: the rounds time the subscription exchange only
 	s := m.sites[1]
 	s.Run("nft", "add", "table", "inet", "lossy")
 	for _, hook := range []string{"input", "output"} {
@@ -405,6 +405,7 @@ func TestPeerWithoutEndpoint(t *testing.T) {
 	m := &mesh{inet: inet, sites: []*netlab.Site{s1, s2}, nodes: []*node{n1, n2}}
 	n1.up()
 	n2.up()
+	m.waitConnected(t)
 	for _, dir := range []struct{ from, to int }{{0, 1}, {1, 0}} {
 		group := fmt.Sprintf("ff1e::b:%d", dir.from)
 		recv := startHelper(t, m.sites[dir.to].Namespace, "recv", group, "lc0", "1s")
