@@ -72,6 +72,13 @@ func Open(cfg Config, log *slog.Logger) (ifc *Interface, err error) {
 		return nil, explainCreate(cfg.Name, err)
 	}
 	ifc = &Interface{Device: dev, Adopted: adopted, cfg: cfg, log: log}
+	// wireguard-go's link watchers send up/down and MTU events and block
+	// once nobody reads them; lcast needs none, so they are drained until
+	// Close ends the watchers.
+	go func() {
+		for range dev.Events() {
+		}
+	}()
 	if adopted {
 		log.Info("adopted interface left by an earlier lcast", "interface", cfg.Name)
 	} else {
@@ -181,7 +188,8 @@ func (ifc *Interface) remove() error {
 	if err := ifc.setPersist(false); err != nil && !errors.Is(err, unix.EBADFD) {
 		errs = append(errs, fmt.Errorf("clear persistence of %s: %w", ifc.cfg.Name, err))
 	}
-	if err := ifc.Device.Close(); err != nil {
+	// os.ErrClosed: wireguard-go's link watcher may close its half first.
+	if err := ifc.Device.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		errs = append(errs, fmt.Errorf("close %s: %w", ifc.cfg.Name, err))
 	}
 	// A non-persistent TUN disappears with its last file descriptor; make sure.

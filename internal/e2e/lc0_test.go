@@ -94,7 +94,7 @@ func TestCleanStopLeavesNothing(t *testing.T) {
 			n := newNode(t, ns, "control_socket = \""+sock+"\"\n")
 			n.up()
 			startHelper(t, ns, "join", "ff1e::1", "lc0")
-			n.waitGroup(t, "ff1e::1", true, time.Second)
+			n.waitGroup(t, "ff1e::1", true, 5*time.Second) // setup, through the slower CLI
 			n.stop(sig)
 			if left := leftovers(ns, "lc0"); len(left) > 0 {
 				t.Fatalf("left behind: %v", left)
@@ -117,7 +117,7 @@ func TestNamespacesDoNotCollide(t *testing.T) {
 	a.up()
 	b.up()
 	startHelper(t, a.ns, "join", "ff1e::a", "lc0")
-	a.waitGroup(t, "ff1e::a", true, time.Second)
+	a.waitGroup(t, "ff1e::a", true, 5*time.Second) // setup, through the slower CLI
 	if _, has := b.group(t, "ff1e::a"); has {
 		t.Fatal("b's status shows a's group")
 	}
