@@ -2,9 +2,11 @@ package router
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -341,5 +343,31 @@ func TestSubscriptionDuringReadApplies(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatalf("the packet was not routed with the new subscription; drops %v", r.Drops())
+	}
+}
+
+// When lc0 closes, the goroutine reading it ends and the transport's Read
+// reports os.ErrClosed, so the transport stops.
+func TestPortEndsWhenLc0Closes(t *testing.T) {
+	lc0 := tuntest.NewChannelTUN()
+	r := New(lc0.TUN(), self, ScopePolicy{}, func([]byte) {})
+	done := make(chan error, 1)
+	go func() {
+		bufs, sizes := [][]byte{make([]byte, 2048)}, []int{0}
+		_, err := r.Port().Read(bufs, sizes, 0)
+		done <- err
+	}()
+	lc0.TUN().Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrClosed) {
+			t.Fatalf("Read after lc0 closed: %v, want os.ErrClosed", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Read still blocks after lc0 closed")
+	}
+	// Later reads say the same, at once.
+	if _, err := r.Port().Read([][]byte{make([]byte, 2048)}, []int{0}, 0); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("second Read: %v", err)
 	}
 }
