@@ -118,6 +118,9 @@ func (m *mesh) diagnose(t testing.TB) string {
 		b.Write(out)
 		out, _ = m.sites[i].Command("nstat", "-az", "Udp6InErrors", "Udp6RcvbufErrors", "Udp6SndbufErrors", "Ip6InDiscards").CombinedOutput()
 		b.Write(out)
+		if log := n.daemon.Output(); strings.Contains(log, "level=WARN") || strings.Contains(log, "level=ERROR") {
+			fmt.Fprintf(&b, "site %d log:\n%s", i+1, log)
+		}
 	}
 	return b.String()
 }
@@ -160,7 +163,7 @@ func TestThreeSitesGoPrograms(t *testing.T) {
 		res := parseReceived(t, r.Output())
 		t.Logf("site %d: %+v", i+2, res)
 		if res.unique != 2000 || res.dups != 0 {
-			t.Errorf("site %d received %d of 2000 unique with %d duplicates\n%s\n%s", i+2, res.unique, res.dups, r.Output(), m.diagnose(t))
+			t.Errorf("site %d received %d of 2000 unique with %d duplicates\n%s\nsender printed: %s\n%s", i+2, res.unique, res.dups, r.Output(), send.Output(), m.diagnose(t))
 		}
 	}
 }

@@ -88,7 +88,7 @@ func recvHelper(args []string) int {
 // sendHelper: "send GROUP COUNT RATE SIZE [SOURCE]": send COUNT datagrams
 // of SIZE bytes to [GROUP]:4242 at RATE per second, naming no interface
 // (but binding SOURCE if given); each starts with its sequence number
-// (from 0). Prints "sent N".
+// (from 0). Prints "sent N, F refused by the kernel".
 func sendHelper(args []string) int {
 	count, _ := strconv.Atoi(args[1])
 	rate, _ := strconv.Atoi(args[2])
@@ -109,6 +109,7 @@ func sendHelper(args []string) int {
 		return 1
 	}
 	buf := make([]byte, max(size, 8))
+	failed := 0
 	start := time.Now()
 	for i := range count {
 		if d := time.Until(start.Add(time.Duration(i) * time.Second / time.Duration(rate))); d > 0 {
@@ -118,9 +119,10 @@ func sendHelper(args []string) int {
 		if _, err := c.Write(buf); err != nil {
 			// A send can fail while the local lcast restarts (no route
 			// for a moment); the sequence gap shows at the receivers.
-			fmt.Fprintln(os.Stderr, err)
+			fmt.Fprintf(os.Stderr, "datagram %d: %v\n", i, err)
+			failed++
 		}
 	}
-	fmt.Printf("sent %d\n", count)
+	fmt.Printf("sent %d, %d refused by the kernel\n", count-failed, failed)
 	return 0
 }
