@@ -170,8 +170,8 @@ func (r *Router) update(fill func(old, t *table)) {
 		local:  old.local,
 	}
 	fill(old, t)
-	for a, subs := range t.subs {
-		for _, s := range subs {
+	for _, a := range slices.SortedFunc(maps.Keys(t.subs), netip.Addr.Compare) {
+		for _, s := range t.subs[a] {
 			if r.scope.Forwards(s.Group) {
 				t.groups[s.Group] = append(t.groups[s.Group], subscriber{peer: t.peers[a], sub: s})
 			}
@@ -345,8 +345,9 @@ type port struct {
 
 	// Read state, owned by the transport's single reader.
 	cur  *batch // batch being routed
+	tab  *table // the table cur is routed with, loaded when it was taken
 	pkt  int    // packet of cur being routed
-	next int    // its next subscriber
+	next int    // its next subscriber in tab
 
 	writeMu sync.Mutex
 	wrapped [][]byte
@@ -413,9 +414,10 @@ func (p *port) readLc0() {
 // batches as are waiting. It blocks until it has at least one packet, and
 // returns os.ErrClosed once lc0 is closed.
 func (p *port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	// The table is loaded after the wait for packets, never before: a
-	// subscription that arrives during the wait applies to them.
-	var t *table
+	// The table is loaded after the wait for packets, never before, so a
+	// subscription that arrives during the wait applies to them; a batch
+	// keeps its table until it is routed, so a packet's fan-out that spans
+	// two Reads sees one list of subscribers.
 	count := 0
 	for count < len(bufs) {
 		if p.cur == nil {
@@ -436,14 +438,10 @@ func (p *port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 				}
 				return 0, os.ErrClosed
 			}
-			p.cur, p.pkt, p.next = b, 0, 0
-			t = p.r.table.Load()
-		}
-		if t == nil {
-			t = p.r.table.Load() // resuming a batch begun in an earlier Read
+			p.cur, p.tab, p.pkt, p.next = b, p.r.table.Load(), 0, 0
 		}
 		for p.pkt < p.cur.n && count < len(bufs) {
-			n := p.r.route(t, p.cur.bufs[p.pkt][:p.cur.sizes[p.pkt]], &p.next, bufs[count][offset:])
+			n := p.r.route(p.tab, p.cur.bufs[p.pkt][:p.cur.sizes[p.pkt]], &p.next, bufs[count][offset:])
 			if n == 0 {
 				p.pkt++
 				p.next = 0
@@ -454,7 +452,7 @@ func (p *port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		}
 		if p.pkt == p.cur.n {
 			p.free <- p.cur
-			p.cur = nil
+			p.cur, p.tab = nil, nil
 		}
 	}
 	return count, nil

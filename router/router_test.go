@@ -371,3 +371,29 @@ func TestPortEndsWhenLc0Closes(t *testing.T) {
 		t.Fatalf("second Read: %v", err)
 	}
 }
+
+// A packet's fan-out that spans two Reads goes to each subscriber once,
+// even if the table changes between them (here a peer whose address sorts
+// first subscribes, shifting the others).
+func TestFanOutAcrossReadsWithNewTable(t *testing.T) {
+	lc0 := tuntest.NewChannelTUN()
+	r := New(lc0.TUN(), self, ScopePolicy{}, func([]byte) {})
+	early := netip.MustParseAddr("fd6c:6361:7374::9")
+	r.SetPeers([]netip.Addr{early, peerA, peerB})
+	r.SetSubscriptions(peerA, []Subscription{sub(grp1, mld.Exclude)})
+	r.SetSubscriptions(peerB, []Subscription{sub(grp1, mld.Exclude)})
+	go func() { lc0.Outbound <- udpPacket(self, grp1, "x") }()
+	bufs, sizes := [][]byte{make([]byte, 2048)}, []int{0}
+	read := func() netip.Addr {
+		if n, err := r.Port().Read(bufs, sizes, 0); n != 1 || err != nil {
+			t.Fatalf("Read = %d, %v", n, err)
+		}
+		return dstOf(bufs[0][:sizes[0]])
+	}
+	first := read()
+	r.SetSubscriptions(early, []Subscription{sub(grp1, mld.Exclude)})
+	second := read()
+	if first != peerA || second != peerB {
+		t.Fatalf("copies went to %s and %s, want %s and %s", first, second, peerA, peerB)
+	}
+}
