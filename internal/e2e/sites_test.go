@@ -45,7 +45,8 @@ func TestThreeSitesSocatAndIperf(t *testing.T) {
 			defer r.Stop()
 			m.waitSubscribed(t, 0, i, "ff1e::2", true, 3*time.Second)
 		}
-		waitExit(t, m.send(0, "ff1e::2", "2000", "1000", "1200"), 10*time.Second, "sender")
+		send := m.send(0, "ff1e::2", "2000", "1000", "1200")
+		waitExit(t, send, 10*time.Second, "sender")
 		time.Sleep(300 * time.Millisecond)
 		for i, f := range files {
 			data, err := os.ReadFile(f)
@@ -59,7 +60,14 @@ func TestThreeSitesSocatAndIperf(t *testing.T) {
 			dups := len(data)/1200 - len(seen)
 			t.Logf("socat in site %d: %d datagrams, %d unique", i+2, len(data)/1200, len(seen))
 			if len(seen) != 2000 || dups != 0 || len(data)%1200 != 0 {
-				t.Errorf("socat in site %d got %d bytes: %d unique of 2000, %d duplicates", i+2, len(data), len(seen), dups)
+				var missing []int
+				for seq := range 2000 {
+					if seen[uint64(seq)] == 0 && len(missing) < 10 {
+						missing = append(missing, seq)
+					}
+				}
+				t.Errorf("socat in site %d got %d bytes: %d unique of 2000, %d duplicates, missing %v\nsender printed: %s\n%s",
+					i+2, len(data), len(seen), dups, missing, send.Output(), m.diagnose(t))
 			}
 		}
 	})
