@@ -61,6 +61,18 @@ type PeerCounters struct {
 	RxPackets, RxBytes, TxPackets, TxBytes atomic.Uint64
 }
 
+// sent counts one packet of n bytes to the peer.
+func (c *PeerCounters) sent(n int) {
+	c.TxPackets.Add(1)
+	c.TxBytes.Add(uint64(n))
+}
+
+// received counts one packet of n bytes from the peer.
+func (c *PeerCounters) received(n int) {
+	c.RxPackets.Add(1)
+	c.RxBytes.Add(uint64(n))
+}
+
 // routerPeer is a peer as the data path sees it. It lives as long as the
 // peer is configured, across table rebuilds, so its counters are never lost.
 type routerPeer struct {
@@ -232,8 +244,7 @@ func (r *Router) route(t *table, pkt []byte, next *int, out []byte) int {
 			return 0
 		}
 		n := copy(out, pkt)
-		p.counters.TxPackets.Add(1)
-		p.counters.TxBytes.Add(uint64(n))
+		p.counters.sent(n)
 		return n
 	}
 	if !r.scope.Forwards(dst) {
@@ -260,8 +271,7 @@ func (r *Router) route(t *table, pkt []byte, next *int, out []byte) int {
 		}
 		wrap(out, r.self, s.peer.addr, len(pkt))
 		n := WrapLen + copy(out[WrapLen:], pkt)
-		s.peer.counters.TxPackets.Add(1)
-		s.peer.counters.TxBytes.Add(uint64(n))
+		s.peer.counters.sent(n)
 		return n
 	}
 	return 0
@@ -293,8 +303,7 @@ func (r *Router) deliver(t *table, pkt []byte) int {
 		r.drops[dForgedSource].Add(1)
 		return -1
 	}
-	p.counters.RxPackets.Add(1)
-	p.counters.RxBytes.Add(uint64(len(pkt)))
+	p.counters.received(len(pkt))
 	if pkt[6] != protoIPv6Encap {
 		return 0 // unicast to us: the transport checked the destination
 	}

@@ -143,7 +143,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 }
 
 // resolvePeers turns the configured peers into the transport's, resolving
-// endpoint names.
+// endpoint names, and records their overlay addresses in d.peerAddrs (in
+// the configuration's order, which Status relies on).
 func (d *Daemon) resolvePeers(ctx context.Context) ([]peer.Config, error) {
 	out := make([]peer.Config, len(d.cfg.Peers))
 	for i, p := range d.cfg.Peers {
