@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,11 @@ type Daemon struct {
 	exchange  *peer.Exchange
 	changed   chan struct{} // local memberships changed
 
+	// provisional holds the groups the kernel announced joined on lc0
+	// whose MLD report has not come yet, with when they stop counting.
+	provMu      sync.Mutex
+	provisional map[netip.Addr]time.Time
+
 	mldMalformed atomic.Uint64
 	linkMsg      mld.Message // used only by the router's reader
 }
@@ -54,6 +60,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		log:     log,
 		addr:    peer.OverlayAddr(cfg.Key.PublicKey()),
 		changed: make(chan struct{}, 1),
+
+		provisional: map[netip.Addr]time.Time{},
 	}
 	d.link = mld.NewLink(mld.DefaultTiming, d.localChanged)
 	peers, err := d.resolvePeers(ctx)
@@ -109,6 +117,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		Timing: mld.DefaultTiming,
 		Send:   d.writeToLink,
 		Log:    log,
+	}
+	if err := d.ifc.WatchMemberships(ctx, d.membershipHint); err != nil {
+		log.Info("joins take effect when the kernel's MLD reports come", "reason", err)
 	}
 	wg.Go(func() { querier.Run(ctx) })
 	wg.Go(func() { d.exchange.Run(ctx) })
@@ -192,12 +203,65 @@ func (d *Daemon) announce(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-d.changed:
-			groups := d.link.Groups()
+			groups := d.withProvisional(d.link.Groups())
 			d.log.Debug("local memberships changed", "groups", len(groups))
 			d.router.SetLocal(groups)
 			d.exchange.SetLocal(forwarded(d.scope, groups))
 		}
 	}
+}
+
+// provisionalHold is how long a join the kernel announced on rtnetlink
+// counts while its MLD report has not come.
+const provisionalHold = 2 * time.Second
+
+// membershipHint takes the kernel's rtnetlink announcement that group was
+// joined on lc0 or left. The kernel writes its MLD report of a join about
+// 10 ms later; until then the group counts as joined for any source, so
+// that peers start sending at once. The report then replaces it with the
+// real filter (a source-specific join of a group outside the SSM range
+// gets other sources' traffic for those milliseconds, which the kernel
+// does not deliver to the program). SSM-range groups wait for their report.
+func (d *Daemon) membershipHint(group netip.Addr, joined bool) {
+	if joined && (!d.scope.Forwards(group) || isSSM(group)) {
+		return
+	}
+	d.provMu.Lock()
+	if joined {
+		d.provisional[group] = time.Now().Add(provisionalHold)
+	} else {
+		delete(d.provisional, group)
+	}
+	d.provMu.Unlock()
+	if joined {
+		time.AfterFunc(provisionalHold, d.localChanged)
+	}
+	d.localChanged()
+}
+
+// isSSM reports whether group is in the source-specific range ff3x::/32.
+func isSSM(group netip.Addr) bool { return group.As16()[1]>>4 == 3 }
+
+// withProvisional adds to the groups MLD reported (sorted by address) the
+// provisional joins the reports do not cover yet, and forgets those they
+// cover or that expired.
+func (d *Daemon) withProvisional(groups []mld.GroupState) []mld.GroupState {
+	d.provMu.Lock()
+	defer d.provMu.Unlock()
+	if len(d.provisional) == 0 {
+		return groups
+	}
+	now := time.Now()
+	for g, until := range d.provisional {
+		_, reported := slices.BinarySearchFunc(groups, g, func(s mld.GroupState, g netip.Addr) int { return s.Group.Compare(g) })
+		if reported || now.After(until) {
+			delete(d.provisional, g)
+			continue
+		}
+		groups = append(groups, mld.GroupState{Group: g, Mode: mld.Exclude, Sources: []netip.Addr{}})
+	}
+	slices.SortFunc(groups, func(a, b mld.GroupState) int { return a.Group.Compare(b.Group) })
+	return groups
 }
 
 // forwarded keeps the groups whose traffic may come from peers.
