@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/librecast/lcast/mld"
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 )
 
 // Timing of the subscription exchange.
@@ -31,12 +33,23 @@ const (
 	// that cross on the wire both fail and are retried only after the
 	// 5 s rekey timeout; at a simultaneous start only one side initiates.
 	quietStart = 500 * time.Millisecond
+	// StateRate and stateBurst pace the datagrams of full states, across
+	// all peers: a state of 100,000 groups is 1,640 datagrams per peer,
+	// and sent unpaced on every change it would overflow lc0's queue
+	// (a lost part costs a whole resend) and pile up in the transport.
+	StateRate   = 20000 // datagrams per second
+	stateBurst  = 64
+	stateRcvBuf = 8 << 20 // bytes of receive buffer for incoming states
 )
 
 // Exchange keeps this node's subscriptions known to its peers and learns
 // theirs, as soft state: a full state on every change, sent again each
 // HelloInterval until the peer acknowledges it (a hello otherwise), a full
 // state on request, and expiry after HoldTime of silence.
+//
+// One goroutine sends full states, paced at StateRate: changes that come
+// while it sends coalesce, and a state that changes while it is being
+// sent is sent again from its first part.
 type Exchange struct {
 	conn    *net.UDPConn
 	self    netip.Addr
@@ -51,6 +64,9 @@ type Exchange struct {
 	gen   uint64
 	local [][]mld.GroupState // local state, split into parts
 	peers map[netip.Addr]*remote
+	owed  map[netip.Addr]bool // peers the state sender owes a full state
+	wake  chan struct{}       // wakes the state sender
+	pace  *rate.Limiter
 
 	// BadMessages counts datagrams dropped as malformed, from unknown
 	// addresses or from an unprivileged port.
@@ -78,6 +94,10 @@ func NewExchange(self netip.Addr, peers []netip.Addr, apply func(netip.Addr, []m
 	if err != nil {
 		return nil, err
 	}
+	// A peer's full state arrives as a burst of up to thousands of parts.
+	if rc, err := conn.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, stateRcvBuf) })
+	}
 	var e [8]byte
 	rand.Read(e[:])
 	x := &Exchange{
@@ -89,6 +109,9 @@ func NewExchange(self netip.Addr, peers []netip.Addr, apply func(netip.Addr, []m
 		apply:   apply,
 		local:   SplitGroups(nil),
 		peers:   map[netip.Addr]*remote{},
+		owed:    map[netip.Addr]bool{},
+		wake:    make(chan struct{}, 1),
+		pace:    rate.NewLimiter(StateRate, stateBurst),
 	}
 	for _, p := range peers {
 		x.peers[p] = &remote{}
@@ -101,14 +124,11 @@ func (x *Exchange) SetLocal(groups []mld.GroupState) {
 	x.mu.Lock()
 	x.gen++
 	x.local = SplitGroups(slices.Clone(groups))
-	peers := make([]netip.Addr, 0, len(x.peers))
 	for a := range x.peers {
-		peers = append(peers, a)
+		x.owed[a] = true
 	}
 	x.mu.Unlock()
-	for _, a := range peers {
-		x.sendState(a)
-	}
+	x.wakeSender()
 }
 
 // Run receives messages and sends hellos until ctx is done; it closes the
@@ -120,6 +140,7 @@ func (x *Exchange) Run(ctx context.Context) {
 	}()
 	var wg sync.WaitGroup
 	wg.Go(func() { x.tick(ctx) })
+	wg.Go(func() { x.sendStates(ctx) })
 	buf := make([]byte, 65536)
 	for {
 		n, from, err := x.conn.ReadFromUDPAddrPort(buf)
@@ -140,12 +161,12 @@ func (x *Exchange) tick(ctx context.Context) {
 	for {
 		x.mu.Lock()
 		now := time.Now()
-		var hellos, states []netip.Addr
+		var hellos []netip.Addr
 		for a, r := range x.peers {
 			if r.ackedOK && r.acked == x.gen {
 				hellos = append(hellos, a)
 			} else {
-				states = append(states, a)
+				x.owed[a] = true
 			}
 			if r.epoch != 0 && now.Sub(r.lastHeard) > HoldTime {
 				// Forget the peer: its next message starts afresh.
@@ -155,11 +176,9 @@ func (x *Exchange) tick(ctx context.Context) {
 			}
 		}
 		x.mu.Unlock()
+		x.wakeSender()
 		for _, a := range hellos {
 			x.send(a, 0, false)
-		}
-		for _, a := range states {
-			x.sendState(a)
 		}
 		select {
 		case <-ctx.Done():
@@ -200,6 +219,9 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 	}
 	want := m.Parts == 0 && (!r.applied || r.gen != m.Generation)
 	sendState := m.Want || m.PeerEpoch != x.epoch
+	if sendState {
+		x.owed[addr] = true
+	}
 	x.mu.Unlock()
 
 	if apply {
@@ -207,13 +229,16 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 			x.log.Warn("peer subscribed to too many groups; keeping the first ones", "peer", addr, "groups", len(changed), "cap", MaxGroupsPerPeer)
 			changed = changed[:MaxGroupsPerPeer]
 		}
-		x.log.Debug("peer subscriptions", "peer", addr, "generation", m.Generation, "groups", len(changed))
 		x.apply(addr, changed)
+		x.log.Debug("applied peer subscriptions", "peer", addr, "generation", m.Generation, "groups", len(changed))
 	}
-	if sendState {
-		x.sendState(addr)
-	} else if want {
+	switch {
+	case sendState:
+		x.wakeSender()
+	case want:
 		x.send(addr, 0, true)
+	case apply:
+		x.send(addr, 0, false) // acknowledge at once: the peer stops resending
 	}
 }
 
@@ -237,13 +262,48 @@ func (r *remote) collect(m *Message) ([]mld.GroupState, bool) {
 	return all, true
 }
 
-// sendState sends every part of the local state to the peer at addr.
-func (x *Exchange) sendState(addr netip.Addr) {
-	x.mu.Lock()
-	n := len(x.local)
-	x.mu.Unlock()
-	for i := range n {
-		x.send(addr, i+1, false)
+func (x *Exchange) wakeSender() {
+	select {
+	case x.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sendStates sends the full state to the peers it is owed, paced, until
+// ctx is done.
+func (x *Exchange) sendStates(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-x.wake:
+		}
+		for {
+			x.mu.Lock()
+			var addr netip.Addr
+			for a := range x.owed {
+				addr = a
+				break
+			}
+			delete(x.owed, addr)
+			gen, parts := x.gen, len(x.local)
+			x.mu.Unlock()
+			if !addr.IsValid() {
+				break
+			}
+			for i := range parts {
+				if x.pace.Wait(ctx) != nil {
+					return
+				}
+				x.mu.Lock()
+				changed := x.gen != gen
+				x.mu.Unlock()
+				if changed {
+					break // the peer is owed the new state, from its start
+				}
+				x.send(addr, i+1, false)
+			}
+		}
 	}
 }
 

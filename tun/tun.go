@@ -32,6 +32,9 @@ var (
 	ErrInUse   = errors.New("is in use by another process (is another lcast running?)")
 )
 
+// TxQueueLen is the interface's queue length, in packets.
+const TxQueueLen = 4096
+
 // Config describes the interface to create.
 type Config struct {
 	Name      string
@@ -101,6 +104,11 @@ func Open(cfg Config, log *slog.Logger) (ifc *Interface, err error) {
 	ifc.index = link.Attrs().Index
 	if err := netlink.LinkSetAlias(link, Alias); err != nil {
 		return ifc, fmt.Errorf("mark %s: %w", cfg.Name, err)
+	}
+	// A deeper queue than a TUN's 500 packets absorbs the bursts programs
+	// and the subscription exchange write while lcast's reader is busy.
+	if err := netlink.LinkSetTxQLen(link, TxQueueLen); err != nil {
+		return ifc, fmt.Errorf("set the queue length of %s: %w", cfg.Name, err)
 	}
 	// The kernel must not make a link-local address of its own: the one
 	// lcast sets identifies this node to its peers.
