@@ -8,7 +8,7 @@ FUZZTIME ?= 5s
 .PHONY: all build deps test fuzz bench demo install uninstall clean help
 
 # What the demo and the tests run besides lcast, as Debian packages.
-DEB_DEPS = iproute2 iputils-ping procps util-linux socat iperf nftables gcc liblibrecast-dev libsodium-dev
+DEB_DEPS = iproute2 iputils-ping procps util-linux socat iperf nftables tinc gcc liblibrecast-dev libsodium-dev
 
 all: build
 
@@ -16,7 +16,7 @@ help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 deps: ## as root on Debian: install what the demo and the tests need, if missing
-	@missing=; for c in ip ping sysctl unshare socat iperf nft gcc; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=; for c in ip ping sysctl unshare socat iperf nft tincd gcc; do command -v $$c >/dev/null || missing=1; done; \
 	[ -f /usr/include/librecast.h ] && [ -f /usr/include/sodium.h ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -43,9 +43,9 @@ fuzz: ## run each fuzz test for FUZZTIME (default 5s)
 demo: deps build ## as root: run lcast in network namespaces with real programs
 	LCAST=./lcast demo/demo.sh
 
-bench: ## as root: micro-benchmarks, then lcast against kernel VXLAN on namespaced sites
+bench: deps ## as root: micro-benchmarks, then lcast side by side with unicast, VXLAN and tinc (results in bench-results/)
 	$(GO) test -run '^$$' -bench . -benchmem ./mld ./router
-	$(GO) test -run '^$$' -bench FanOut -benchtime 1x -v ./internal/e2e
+	$(GO) test -run '^$$' -bench SideBySide -benchtime 1x -timeout 60m ./internal/e2e -args -bench.out=$(CURDIR)/bench-results
 
 install: build ## install the binary under $(DESTDIR)$(PREFIX)
 	install -d $(DESTDIR)$(BINDIR)

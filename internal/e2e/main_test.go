@@ -85,6 +85,18 @@ func helper(mode string, args []string) int {
 		return recvHelper(args)
 	case "send":
 		return sendHelper(args)
+	case "blast":
+		return blastHelper(args)
+	case "sink":
+		return sinkHelper(args)
+	case "joinlat":
+		return joinLatencyHelper(args)
+	case "leavelat":
+		return leaveLatencyHelper(args)
+	case "joinmany":
+		return joinManyHelper(args)
+	case "mldinject":
+		return mldInjectHelper(args)
 	default:
 		return fail(fmt.Errorf("unknown helper %q", mode))
 	}
