@@ -421,6 +421,13 @@ func (s *sideBySide) rounds(measure func(sys *benchSystem)) {
 func (s *sideBySide) run() *benchReport {
 	rep := &benchReport{Kernel: strings.TrimSpace(s.m.sites[0].Run("uname", "-r")), CPUs: runtime.NumCPU(), Date: time.Now().UTC().Format(time.RFC3339)}
 	s.runs = nil
+	// Control-plane figures first, while the daemons' memory holds no
+	// traffic's buffers yet.
+	s.joinLeave(rep)
+	s.manyGroups(rep, 10000, "joinmany")
+	for _, n := range []int{10000, 100000} {
+		s.manyGroups(rep, n, "mldinject")
+	}
 	fmt.Println("saturation: the sender sends as fast as it can")
 	s.rounds(func(sys *benchSystem) {
 		for _, k := range fanOuts {
@@ -470,11 +477,6 @@ func (s *sideBySide) run() *benchReport {
 		rep.Rows = append(rep.Rows,
 			benchRow{sys.name, "added latency p50 us", rep.value(sys.name, "one-way latency p50 us") - rep.value("direct", "one-way latency p50 us")},
 			benchRow{sys.name, "added latency p99 us", rep.value(sys.name, "one-way latency p99 us") - rep.value("direct", "one-way latency p99 us")})
-	}
-	s.joinLeave(rep)
-	s.manyGroups(rep, 10000, "joinmany")
-	for _, n := range []int{10000, 100000} {
-		s.manyGroups(rep, n, "mldinject")
 	}
 	return rep
 }

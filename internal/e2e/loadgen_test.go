@@ -316,14 +316,8 @@ func leaveLatencyHelper(args []string) int {
 // watchUnderlay opens a packet socket that sees the IPv6 packets arriving
 // on the interface with index ifindex.
 func watchUnderlay(ifindex int) (int, error) {
-	const ethPIPv6 = 0x86dd
-	proto := int(uint16(ethPIPv6>>8) | uint16(ethPIPv6&0xff)<<8) // network byte order
-	fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_DGRAM, proto)
+	fd, _, err := packetSocket(ifindex)
 	if err != nil {
-		return -1, err
-	}
-	if err := syscall.Bind(fd, &syscall.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifindex}); err != nil {
-		syscall.Close(fd)
 		return -1, err
 	}
 	tv := syscall.NsecToTimeval((10 * time.Millisecond).Nanoseconds())
@@ -332,6 +326,23 @@ func watchUnderlay(ifindex int) (int, error) {
 		return -1, err
 	}
 	return fd, nil
+}
+
+// packetSocket opens a packet socket for IPv6 packets bound to the
+// interface with index ifindex, and returns it with its address.
+func packetSocket(ifindex int) (int, *syscall.SockaddrLinklayer, error) {
+	const ethPIPv6 = 0x86dd
+	proto := uint16(ethPIPv6>>8 | (ethPIPv6&0xff)<<8) // network byte order
+	fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_DGRAM, int(proto))
+	if err != nil {
+		return -1, nil, err
+	}
+	addr := &syscall.SockaddrLinklayer{Protocol: proto, Ifindex: ifindex}
+	if err := syscall.Bind(fd, addr); err != nil {
+		syscall.Close(fd)
+		return -1, nil, err
+	}
+	return fd, addr, nil
 }
 
 // lastDataPacket reads fd until deadline and returns when the last
@@ -358,25 +369,16 @@ func lastDataPacket(fd int, deadline time.Time) time.Time {
 // joinManyHelper: "joinmany -base G -n N -iface IFACE": joins N groups
 // from G upwards on IFACE, with as many sockets as the kernel's per-socket
 // limit needs, prints {"start_ns", "end_ns"} of the joins (and the
-// sockets used) and stays
-// joined until killed.
+// sockets used) and stays joined until killed.
 func joinManyHelper(args []string) int {
-	fs := flag.NewFlagSet("joinmany", flag.ContinueOnError)
-	base := fs.String("base", "ff1e::1:0", "first group")
-	n := fs.Int("n", 1000, "groups")
-	iface := fs.String("iface", "lc0", "interface")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	ifi, err := net.InterfaceByName(*iface)
+	ifi, groups, err := manyGroupsFlags("joinmany", args)
 	if err != nil {
 		return helperFail(err)
 	}
-	g := net.ParseIP(*base).To16()
 	var socks []*net.UDPConn // kept open: closing one leaves its groups
 	var p *ipv6.PacketConn
 	start := time.Now()
-	for i := 0; i < *n; {
+	for i := 0; i < len(groups); {
 		if p == nil {
 			c, err := net.ListenUDP("udp6", nil)
 			if err != nil {
@@ -385,9 +387,7 @@ func joinManyHelper(args []string) int {
 			socks = append(socks, c)
 			p = ipv6.NewPacketConn(c)
 		}
-		addr := slices.Clone(g)
-		binary.BigEndian.PutUint32(addr[12:], binary.BigEndian.Uint32(g[12:])+uint32(i))
-		err := p.JoinGroup(ifi, &net.UDPAddr{IP: addr})
+		err := p.JoinGroup(ifi, &net.UDPAddr{IP: groups[i].AsSlice()})
 		if errors.Is(err, syscall.ENOMEM) || errors.Is(err, syscall.ENOBUFS) {
 			p = nil // this socket's option memory is full: go on with another
 			continue
@@ -409,34 +409,21 @@ func joinManyHelper(args []string) int {
 // {"start_ns", "end_ns"} of the writing, and on SIGTERM writes the leaves
 // and exits.
 func mldInjectHelper(args []string) int {
-	fs := flag.NewFlagSet("mldinject", flag.ContinueOnError)
-	base := fs.String("base", "ff1e::1:0", "first group")
-	n := fs.Int("n", 1000, "groups")
-	iface := fs.String("iface", "lc0", "interface")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	ifi, err := net.InterfaceByName(*iface)
+	ifi, groups, err := manyGroupsFlags("mldinject", args)
 	if err != nil {
 		return helperFail(err)
 	}
-	const ethPIPv6 = 0x86dd
-	proto := uint16(ethPIPv6>>8 | (ethPIPv6&0xff)<<8) // network byte order
-	fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_DGRAM, int(proto))
+	fd, to, err := packetSocket(ifi.Index)
 	if err != nil {
 		return helperFail(err)
 	}
-	to := &syscall.SockaddrLinklayer{Protocol: proto, Ifindex: ifi.Index}
-	first := netip.MustParseAddr(*base).As16()
 	src := netip.MustParseAddr("fe80::6c:6361:7374:1")
 	write := func(typ mld.RecordType) error {
 		const perReport = 64 // records of 20 bytes fit lc0's MTU
 		var records []mld.ReportRecord
-		for i := 0; i < *n; i++ {
-			g := first
-			binary.BigEndian.PutUint32(g[12:], binary.BigEndian.Uint32(first[12:])+uint32(i))
-			records = append(records, mld.ReportRecord{Type: typ, Group: netip.AddrFrom16(g)})
-			if len(records) == perReport || i == *n-1 {
+		for i, g := range groups {
+			records = append(records, mld.ReportRecord{Type: typ, Group: g})
+			if len(records) == perReport || i == len(groups)-1 {
 				if err := syscall.Sendto(fd, mld.AppendV2Report(nil, src, records), 0, to); err != nil {
 					return err
 				}
@@ -460,6 +447,33 @@ func mldInjectHelper(args []string) int {
 		return helperFail(err)
 	}
 	return 0
+}
+
+// manyGroupsFlags parses "-base G -n N -iface IFACE" and returns the
+// interface and the N groups from G upwards.
+func manyGroupsFlags(mode string, args []string) (*net.Interface, []netip.Addr, error) {
+	fs := flag.NewFlagSet(mode, flag.ContinueOnError)
+	base := fs.String("base", "ff1e::1:0", "first group")
+	n := fs.Int("n", 1000, "groups")
+	iface := fs.String("iface", "lc0", "interface")
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	ifi, err := net.InterfaceByName(*iface)
+	if err != nil {
+		return nil, nil, err
+	}
+	first, err := netip.ParseAddr(*base)
+	if err != nil {
+		return nil, nil, err
+	}
+	groups := make([]netip.Addr, *n)
+	for i := range groups {
+		g := first.As16()
+		binary.BigEndian.PutUint32(g[12:], binary.BigEndian.Uint32(g[12:])+uint32(i))
+		groups[i] = netip.AddrFrom16(g)
+	}
+	return ifi, groups, nil
 }
 
 func helperFail(err error) int {
