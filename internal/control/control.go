@@ -122,14 +122,20 @@ func peerUID(c net.Conn) int {
 	return uid
 }
 
-// GetStatus asks the daemon listening on the control socket at path.
-func GetStatus(ctx context.Context, path string) (*Status, error) {
-	client := &http.Client{Transport: &http.Transport{
+// Client returns an HTTP client that reaches the control API on the unix
+// socket at path, whatever host a URL names (http://lcast/... by custom).
+func Client(path string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		},
 	}}
+}
+
+// GetStatus asks the daemon listening on the control socket at path.
+func GetStatus(ctx context.Context, path string) (*Status, error) {
+	client := Client(path)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://lcast"+StatusPath, nil)
 	if err != nil {
 		return nil, err

@@ -1,13 +1,10 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/librecast/lcast/internal/control"
 	"github.com/librecast/lcast/internal/netlab"
 	"github.com/librecast/lcast/peer"
 )
@@ -289,13 +287,7 @@ func (s *sideBySide) load(sys *benchSystem, k, rate int, dur time.Duration) load
 // socket is sock, starting a quarter second from now.
 func (s *sideBySide) profile(sock, path string, d time.Duration) {
 	time.Sleep(250 * time.Millisecond)
-	client := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var dl net.Dialer
-			return dl.DialContext(ctx, "unix", sock)
-		},
-	}}
-	resp, err := client.Get(fmt.Sprintf("http://lcast/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)))
+	resp, err := control.Client(sock).Get(fmt.Sprintf("http://lcast/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)))
 	if err != nil {
 		s.b.Errorf("profile: %v", err)
 		return
