@@ -216,16 +216,6 @@ func (s *sideBySide) addLcast() {
 	s.systems = append(s.systems, sys)
 }
 
-func (s *sideBySide) system(name string) *benchSystem {
-	for _, sys := range s.systems {
-		if sys.name == name {
-			return sys
-		}
-	}
-	s.b.Fatalf("no system %s", name)
-	return nil
-}
-
 // load streams 1200-byte datagrams from site 1 through sys to k receiver
 // sites at rate (0: as fast as the sender can) for dur.
 func (s *sideBySide) load(sys *benchSystem, k, rate int, dur time.Duration) loadRun {
@@ -238,7 +228,7 @@ func (s *sideBySide) load(sys *benchSystem, k, rate int, dur time.Duration) load
 		if g := sys.group(k); g != "" {
 			args = append(args, "-group", g)
 		}
-		sinks = append(sinks, startLoadHelper(b, r.Namespace, "ready", args...))
+		sinks = append(sinks, startHelperUntil(b, r.Namespace, "ready", args...))
 	}
 	if sys.name == "lcast" {
 		group, _, _ := strings.Cut(sys.group(k), "%")
@@ -256,7 +246,7 @@ func (s *sideBySide) load(sys *benchSystem, k, rate int, dur time.Duration) load
 			profiling.Go(func() { s.profile(s.m.nodes[i].sock, path, dur/2) })
 		}
 	}
-	blast := s.m.sites[0].Start("env", helperEnv+"=blast", lcastTestBinary(), "-to", sys.to(k), "-rate", strconv.Itoa(rate), "-dur", dur.String())
+	blast := startHelperUntil(b, s.m.sites[0].Namespace, "", "blast", "-to", sys.to(k), "-rate", strconv.Itoa(rate), "-dur", dur.String())
 	if exited, err := blast.Wait(dur + 10*time.Second); !exited || err != nil {
 		b.Fatalf("%s: sender: exited %v, %v\n%s", sys.name, exited, err, blast.Output())
 	}
@@ -317,17 +307,6 @@ func offered(rate int) string {
 
 func perPacketUS(d time.Duration, packets int) float64 {
 	return float64(d.Nanoseconds()) / 1e3 / float64(max(packets, 1))
-}
-
-// startLoadHelper starts a helper mode of this binary in ns and waits until
-// it prints ready.
-func startLoadHelper(t testing.TB, ns *netlab.Namespace, ready string, args ...string) *netlab.Process {
-	t.Helper()
-	p := ns.Start("env", append([]string{helperEnv + "=" + args[0], lcastTestBinary()}, args[1:]...)...)
-	if ready != "" && !p.WaitOutput(ready, 5*time.Second) {
-		t.Fatalf("helper %v did not start:\n%s", args, p.Output())
-	}
-	return p
 }
 
 // decodeHelperJSON decodes the last line a helper printed into v.
@@ -494,17 +473,16 @@ func (s *sideBySide) median(system string, k, rate int, f func(loadRun) float64)
 // flood every site whatever it joined, and have neither figure.)
 func (s *sideBySide) joinLeave(rep *benchReport) {
 	const group = "ff1e::4:1"
-	sys := s.system("lcast")
-	blast := s.m.sites[0].Start("env", helperEnv+"=blast", lcastTestBinary(), "-to", group, "-rate", "10000", "-dur", "60s")
+	blast := startHelperUntil(s.b, s.m.sites[0].Namespace, "", "blast", "-to", group, "-rate", "10000", "-dur", "60s")
 	defer blast.Stop()
 	site := s.m.sites[1]
 	var join, leave []float64
-	p := startLoadHelper(s.b, site.Namespace, "", "joinlat", "-group", group+"%lc0", "-n", strconv.Itoa(joinSamples), "-gap", "300ms")
+	p := startHelperUntil(s.b, site.Namespace, "", "joinlat", "-group", group+"%lc0", "-n", strconv.Itoa(joinSamples), "-gap", "300ms")
 	if exited, err := p.Wait(30 * time.Second); !exited || err != nil {
 		s.b.Fatalf("joinlat: %v %v\n%s", exited, err, p.Output())
 	}
 	decodeHelperJSON(s.b, p, &join)
-	p = startLoadHelper(s.b, site.Namespace, "", "leavelat", "-group", group+"%lc0", "-n", strconv.Itoa(leaveSamples))
+	p = startHelperUntil(s.b, site.Namespace, "", "leavelat", "-group", group+"%lc0", "-n", strconv.Itoa(leaveSamples))
 	if exited, err := p.Wait(30 * time.Second); !exited || err != nil {
 		s.b.Fatalf("leavelat: %v %v\n%s", exited, err, p.Output())
 	}
@@ -513,10 +491,10 @@ func (s *sideBySide) joinLeave(rep *benchReport) {
 	slices.Sort(leave)
 	rep.JoinUS, rep.LeaveUS = join, leave
 	rep.Rows = append(rep.Rows,
-		benchRow{sys.name, "join to first packet p50 ms", join[len(join)/2] / 1e3},
-		benchRow{sys.name, "join to first packet max ms", join[len(join)-1] / 1e3},
-		benchRow{sys.name, "leave to stop p50 ms", leave[len(leave)/2] / 1e3},
-		benchRow{sys.name, "leave to stop max ms", leave[len(leave)-1] / 1e3})
+		benchRow{"lcast", "join to first packet p50 ms", join[len(join)/2] / 1e3},
+		benchRow{"lcast", "join to first packet max ms", join[len(join)-1] / 1e3},
+		benchRow{"lcast", "leave to stop p50 ms", leave[len(leave)/2] / 1e3},
+		benchRow{"lcast", "leave to stop max ms", leave[len(leave)-1] / 1e3})
 	fmt.Printf("join to first packet (us, sorted): %v\nleave to stop (us, sorted): %v\n", join, leave)
 }
 
@@ -534,7 +512,7 @@ func (s *sideBySide) manyGroups(rep *benchReport, n int, how string) {
 	b := s.b
 	joiner := s.m.nodes[1]
 	self := peer.OverlayAddr(joiner.key.PublicKey())
-	p := startLoadHelper(b, s.m.sites[1].Namespace, "", how, "-base", "ff1e::1:0:0", "-n", strconv.Itoa(n), "-iface", "lc0")
+	p := startHelperUntil(b, s.m.sites[1].Namespace, "", how, "-base", "ff1e::1:0:0", "-n", strconv.Itoa(n), "-iface", "lc0")
 	if !p.WaitOutput("end_ns", time.Minute) {
 		b.Fatalf("%s of %d groups took over a minute:\n%s", how, n, p.Output())
 	}

@@ -223,9 +223,16 @@ func (n *node) stop(sig syscall.Signal) {
 // it has joined.
 func startHelper(t testing.TB, ns *netlab.Namespace, args ...string) *netlab.Process {
 	t.Helper()
+	return startHelperUntil(t, ns, "joined", args...)
+}
+
+// startHelperUntil starts the helper mode args[0] of this binary in ns, and
+// waits until it prints ready (unless ready is empty).
+func startHelperUntil(t testing.TB, ns *netlab.Namespace, ready string, args ...string) *netlab.Process {
+	t.Helper()
 	p := ns.Start("env", append([]string{helperEnv + "=" + args[0], lcastTestBinary()}, args[1:]...)...)
-	if !p.WaitOutput("joined", 5*time.Second) {
-		t.Fatalf("helper %v did not join:\n%s", args, p.Output())
+	if ready != "" && !p.WaitOutput(ready, 5*time.Second) {
+		t.Fatalf("helper %v did not print %q:\n%s", args, ready, p.Output())
 	}
 	return p
 }
