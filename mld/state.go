@@ -57,7 +57,8 @@ func (g GroupState) Wants(src netip.Addr) bool {
 }
 
 // group is the state of one multicast address. A source with a zero timer
-// is in the Exclude List; every other source has a running timer.
+// is in the Exclude List; every other source has a running timer. sources
+// is nil until the group has one.
 type group struct {
 	mode    FilterMode
 	timer   time.Time // group timer, meaningful in Exclude mode
@@ -132,7 +133,7 @@ func (l *Link) apply(now time.Time, addr netip.Addr, typ RecordType, b []netip.A
 	if !ok {
 		// An absent group is INCLUDE({}); expireGroup removes it again
 		// if it stays that way.
-		g = &group{mode: Include, sources: make(map[netip.Addr]time.Time)}
+		g = &group{mode: Include}
 		l.groups[addr] = g
 	}
 	before := g.snapshot(addr)
@@ -145,7 +146,7 @@ func (l *Link) apply(now time.Time, addr netip.Addr, typ RecordType, b []netip.A
 	}
 	setAll := func(t time.Time) {
 		for _, s := range b {
-			g.sources[s] = t
+			g.setSource(s, t)
 		}
 	}
 	// toExclude moves the group to EXCLUDE(A-Y, Y*A) with new sources
@@ -160,9 +161,9 @@ func (l *Link) apply(now time.Time, addr netip.Addr, typ RecordType, b []netip.A
 		for _, s := range b {
 			if _, ok := g.sources[s]; !ok {
 				if wasInclude {
-					g.sources[s] = time.Time{} // B-A joins the Exclude List
+					g.setSource(s, time.Time{}) // B-A joins the Exclude List
 				} else {
-					g.sources[s] = newTimer
+					g.setSource(s, newTimer)
 				}
 			}
 		}
@@ -215,7 +216,7 @@ func (l *Link) apply(now time.Time, addr netip.Addr, typ RecordType, b []netip.A
 		case BlockOldSources:
 			for _, s := range b {
 				if _, ok := g.sources[s]; !ok {
-					g.sources[s] = g.timer // (A-X-Y) = GT
+					g.setSource(s, g.timer) // (A-X-Y) = GT
 				}
 				lower(s) // Q(MA, A-Y)
 			}
@@ -277,6 +278,15 @@ func (l *Link) Groups() []GroupState {
 	l.mu.Unlock()
 	slices.SortFunc(out, func(a, b GroupState) int { return a.Group.Compare(b.Group) })
 	return out
+}
+
+// setSource sets the timer of source s, adding it. Most groups have no
+// sources, so their map is made only for the first.
+func (g *group) setSource(s netip.Addr, t time.Time) {
+	if g.sources == nil {
+		g.sources = map[netip.Addr]time.Time{}
+	}
+	g.sources[s] = t
 }
 
 func (g *group) snapshot(addr netip.Addr) GroupState {

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,11 +118,12 @@ func NewExchange(self netip.Addr, peers []netip.Addr, apply func(netip.Addr, []m
 	return x, nil
 }
 
-// SetLocal announces a new local state to every peer.
+// SetLocal announces a new local state to every peer. The exchange keeps
+// groups, so the caller must not change it afterwards.
 func (x *Exchange) SetLocal(groups []mld.GroupState) {
 	x.mu.Lock()
 	x.gen++
-	x.local = SplitGroups(slices.Clone(groups))
+	x.local = SplitGroups(groups)
 	for a := range x.peers {
 		x.owed[a] = true
 	}

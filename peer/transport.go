@@ -58,14 +58,40 @@ func (s Stats) Connected(now time.Time) bool {
 	return !s.LastHandshake.IsZero() && now.Sub(s.LastHandshake) < connectedWithin
 }
 
+// Port is what the transport carries: it reads from a Port the packets to
+// send to peers and writes into it what peers sent. Sent is called with
+// the buffers of packets as the transport sends them (each buffer the one
+// Read filled, encrypted in place), so that the Port can bound how many
+// wait in the transport.
+type Port interface {
+	wgtun.Device
+	Sent(bufs [][]byte)
+}
+
+// reportingBind tells the port which of its packets are being sent. Being
+// a wrapper, it turns off wireguard-go's watch of route changes for its own
+// StdNetBind, which makes a peer's replies leave from a new source address
+// at once when the route to the peer changes; without it, the source
+// follows the address the peer's next packet arrives on (a hello, within a
+// second), and TestUnderlayAddressChange measures the same recovery.
+type reportingBind struct {
+	conn.Bind
+	port Port
+}
+
+func (b reportingBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	b.port.Sent(bufs)
+	return b.Bind.Send(bufs, ep)
+}
+
 // NewTransport starts the transport on UDP port listenPort with the node's
 // private key and its peers.
-func NewTransport(private Key, listenPort int, peers []Config, port wgtun.Device, log *slog.Logger) (*Transport, error) {
+func NewTransport(private Key, listenPort int, peers []Config, port Port, log *slog.Logger) (*Transport, error) {
 	logger := &device.Logger{
 		Verbosef: func(format string, args ...any) { log.Debug("wireguard: " + fmt.Sprintf(format, args...)) },
 		Errorf:   func(format string, args ...any) { log.Warn("wireguard: " + fmt.Sprintf(format, args...)) },
 	}
-	dev := device.NewDevice(port, conn.NewDefaultBind(), logger)
+	dev := device.NewDevice(port, reportingBind{conn.NewDefaultBind(), port}, logger)
 	// A persistent keepalive makes WireGuard contact the peer as soon as
 	// the device is up. Toward peers with a lower overlay address it is
 	// enabled only after quietStart, so that at a simultaneous start only

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/librecast/lcast/mld"
 	wgtun "golang.zx2c4.com/wireguard/tun"
@@ -35,10 +36,11 @@ const (
 	DropMalformed    = "malformed"      // not a well-formed IPv6 packet
 	DropLc0Read      = "lc0_read_error" // a failed read from lc0
 	DropLc0Write     = "lc0_write_error"
+	DropPeerQueue    = "peer_queue_full" // PeerQueueLimit packets already wait for the peer
 )
 
 // dropReasons lists the reasons in counter order.
-var dropReasons = [...]string{DropScope, DropNoSubscriber, DropNoListener, DropForgedSource, DropNoRoute, DropMalformed, DropLc0Read, DropLc0Write}
+var dropReasons = [...]string{DropScope, DropNoSubscriber, DropNoListener, DropForgedSource, DropNoRoute, DropMalformed, DropLc0Read, DropLc0Write, DropPeerQueue}
 
 const (
 	dScope = iota
@@ -49,6 +51,7 @@ const (
 	dMalformed
 	dLc0Read
 	dLc0Write
+	dPeerQueue
 )
 
 // Subscription is a group with its source filter, as a peer subscribed to it
@@ -78,6 +81,17 @@ func (c *PeerCounters) received(n int) {
 type routerPeer struct {
 	addr     netip.Addr
 	counters PeerCounters
+	queued   atomic.Int32 // packets waiting in the transport (see queued)
+}
+
+// admit reports whether another packet may wait in the transport for the
+// peer, and counts it if so.
+func (p *routerPeer) admit() bool {
+	if p.queued.Load() >= PeerQueueLimit {
+		return false
+	}
+	p.queued.Add(1)
+	return true
 }
 
 // table is the forwarding state read on every packet. It is immutable: the
@@ -86,7 +100,7 @@ type table struct {
 	peers  map[netip.Addr]*routerPeer
 	subs   map[netip.Addr][]Subscription // by peer
 	groups map[netip.Addr][]subscriber   // group -> peers that subscribed
-	local  map[netip.Addr]Subscription   // groups local programs listen to
+	local  []Subscription                // groups local programs listen to, sorted by group
 }
 
 type subscriber struct {
@@ -114,7 +128,7 @@ type Router struct {
 	table atomic.Pointer[table]
 	drops [len(dropReasons)]atomic.Uint64
 
-	port port
+	port Port
 }
 
 // New returns a Router between lc0 and the peers. self is this node's
@@ -125,7 +139,6 @@ func New(lc0 wgtun.Device, self netip.Addr, scope ScopePolicy, linkLocal func(pk
 		peers:  map[netip.Addr]*routerPeer{},
 		subs:   map[netip.Addr][]Subscription{},
 		groups: map[netip.Addr][]subscriber{},
-		local:  map[netip.Addr]Subscription{},
 	})
 	r.port.init(r)
 	return r
@@ -157,16 +170,28 @@ func (r *Router) SetSubscriptions(addr netip.Addr, subs []Subscription) {
 	})
 }
 
-// SetLocal replaces the groups local programs listen to.
+// SetLocal replaces the groups local programs listen to. The router keeps
+// groups (sorting it by group if it is not), so the caller must not change
+// it afterwards.
 func (r *Router) SetLocal(groups []Subscription) {
+	byGroup := func(a, b Subscription) int { return a.Group.Compare(b.Group) }
+	if !slices.IsSortedFunc(groups, byGroup) {
+		slices.SortFunc(groups, byGroup)
+	}
 	r.update(func(old, t *table) {
 		maps.Copy(t.peers, old.peers)
 		maps.Copy(t.subs, old.subs)
-		t.local = make(map[netip.Addr]Subscription, len(groups))
-		for _, g := range groups {
-			t.local[g.Group] = g
-		}
+		t.local = groups
 	})
+}
+
+// listener returns the local listeners' subscription to group.
+func (t *table) listener(group netip.Addr) (Subscription, bool) {
+	i, ok := slices.BinarySearchFunc(t.local, group, func(s Subscription, g netip.Addr) int { return s.Group.Compare(g) })
+	if !ok {
+		return Subscription{}, false
+	}
+	return t.local[i], true
 }
 
 // update builds a new table with fill (which sets peers and subs; local is
@@ -215,23 +240,25 @@ func (r *Router) Drops() map[string]uint64 {
 }
 
 // Port returns the transport's side of the router.
-func (r *Router) Port() wgtun.Device { return &r.port }
+func (r *Router) Port() *Port { return &r.port }
 
 // route decides where one packet read from lc0 goes. It writes into out
 // (which has room for WrapLen+len(pkt) from index 0) the packet for the
-// subscriber at *next, advances *next, and returns the length written, or
-// 0 when the packet has no (more) destinations.
-func (r *Router) route(t *table, pkt []byte, next *int, out []byte) int {
+// subscriber at *next, advances *next, and returns the length written and
+// the peer it goes to, or 0 when the packet has no (more) destinations.
+// Peers whose queue in the transport is full are skipped (and the drop
+// counted); the peer returned has the packet counted as queued.
+func (r *Router) route(t *table, pkt []byte, next *int, out []byte) (int, *routerPeer) {
 	if len(pkt) < ipv6HeaderLen || pkt[0]>>4 != 6 {
 		if *next == 0 {
 			r.drops[dMalformed].Add(1)
 		}
-		return 0
+		return 0, nil
 	}
 	dst := netip.AddrFrom16([16]byte(pkt[24:40]))
 	if !dst.IsMulticast() {
 		if *next > 0 {
-			return 0
+			return 0, nil
 		}
 		*next = 1
 		p, ok := t.peers[dst]
@@ -241,11 +268,15 @@ func (r *Router) route(t *table, pkt []byte, next *int, out []byte) int {
 			} else {
 				r.drops[dNoRoute].Add(1)
 			}
-			return 0
+			return 0, nil
+		}
+		if !p.admit() {
+			r.drops[dPeerQueue].Add(1)
+			return 0, nil
 		}
 		n := copy(out, pkt)
 		p.counters.sent(n)
-		return n
+		return n, p
 	}
 	if !r.scope.Forwards(dst) {
 		if *next == 0 {
@@ -256,7 +287,7 @@ func (r *Router) route(t *table, pkt []byte, next *int, out []byte) int {
 				r.drops[dScope].Add(1)
 			}
 		}
-		return 0
+		return 0, nil
 	}
 	subs := t.groups[dst]
 	if *next == 0 && len(subs) == 0 {
@@ -269,12 +300,16 @@ func (r *Router) route(t *table, pkt []byte, next *int, out []byte) int {
 		if !s.sub.Wants(src) {
 			continue
 		}
+		if !s.peer.admit() {
+			r.drops[dPeerQueue].Add(1)
+			continue
+		}
 		wrap(out, r.self, s.peer.addr, len(pkt))
 		n := WrapLen + copy(out[WrapLen:], pkt)
 		s.peer.counters.sent(n)
-		return n
+		return n, s.peer
 	}
-	return 0
+	return 0, nil
 }
 
 // wrap writes the IPv6 header that carries a packet of innerLen bytes from
@@ -324,7 +359,7 @@ func (r *Router) deliver(t *table, pkt []byte) int {
 		r.drops[dScope].Add(1)
 		return -1
 	}
-	if l, ok := t.local[group]; !ok || !l.Wants(netip.AddrFrom16(innerSrc)) {
+	if l, ok := t.listener(group); !ok || !l.Wants(netip.AddrFrom16(innerSrc)) {
 		r.drops[dNoListener].Add(1)
 		return -1
 	}
@@ -338,15 +373,17 @@ func isLinkLocalOf(a [16]byte, overlay netip.Addr) bool {
 	return [8]byte(a[:8]) == [8]byte{0xfe, 0x80} && [8]byte(a[8:]) == [8]byte(o[8:])
 }
 
-// port is the transport's side of the router, a tun.Device: Read hands out
-// packets for peers, routed from lc0; Write takes packets from peers.
+// Port is the transport's side of the router, a tun.Device: Read hands out
+// packets for peers, routed from lc0; Write takes packets from peers; Sent
+// learns which of the packets Read handed out the transport sent, so that
+// at most PeerQueueLimit wait for each peer.
 //
 // A goroutine (readLc0) reads lc0 into a bounded set of batches, so that
 // when the transport is busy the packets that arrive meanwhile are routed
 // and handed over together: lc0 yields one datagram per read, and the
 // transport encrypts and sends a batch far cheaper than as many single
 // packets. The goroutine ends when lc0 is closed.
-type port struct {
+type Port struct {
 	r *Router
 
 	free chan *batch // batches readLc0 may fill
@@ -357,6 +394,9 @@ type port struct {
 	tab  *table // the table cur is routed with, loaded when it was taken
 	pkt  int    // packet of cur being routed
 	next int    // its next subscriber in tab
+
+	queue  queued
+	handed []handed // the packets of the current Read, for queue
 
 	writeMu sync.Mutex
 	wrapped [][]byte
@@ -379,7 +419,7 @@ const (
 	transportBatch  = 128 // packets one Read may return (wireguard-go's ideal batch)
 )
 
-func (p *port) init(r *Router) {
+func (p *Port) init(r *Router) {
 	p.r = r
 	mtu, err := r.lc0.MTU()
 	if err != nil || mtu <= 0 {
@@ -394,13 +434,15 @@ func (p *port) init(r *Router) {
 		}
 		p.free <- b
 	}
+	p.queue.init()
+	p.handed = make([]handed, 0, transportBatch)
 	p.events = make(chan wgtun.Event, 1)
 	p.events <- wgtun.EventUp
 	go p.readLc0()
 }
 
 // readLc0 fills free batches from lc0 until lc0 is closed.
-func (p *port) readLc0() {
+func (p *Port) readLc0() {
 	defer close(p.full)
 	for b := range p.free {
 		n, err := p.r.lc0.Read(b.bufs, b.sizes, 0)
@@ -421,13 +463,20 @@ func (p *port) readLc0() {
 
 // Read fills bufs (from offset) with packets for peers, from as many lc0
 // batches as are waiting. It blocks until it has at least one packet, and
-// returns os.ErrClosed once lc0 is closed.
-func (p *port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+// returns os.ErrClosed once lc0 is closed. The transport must send each
+// packet from the buffer it was read into, and report it to Sent.
+func (p *Port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	// The table is loaded after the wait for packets, never before, so a
 	// subscription that arrives during the wait applies to them; a batch
 	// keeps its table until it is routed, so a packet's fan-out that spans
 	// two Reads sees one list of subscribers.
 	count := 0
+	p.handed = p.handed[:0]
+	defer func() {
+		now := time.Now()
+		p.queue.add(now, p.handed)
+		p.queue.expire(now)
+	}()
 	for count < len(bufs) {
 		if p.cur == nil {
 			var b *batch
@@ -450,12 +499,13 @@ func (p *port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			p.cur, p.tab, p.pkt, p.next = b, p.r.table.Load(), 0, 0
 		}
 		for p.pkt < p.cur.n && count < len(bufs) {
-			n := p.r.route(p.tab, p.cur.bufs[p.pkt][:p.cur.sizes[p.pkt]], &p.next, bufs[count][offset:])
+			n, to := p.r.route(p.tab, p.cur.bufs[p.pkt][:p.cur.sizes[p.pkt]], &p.next, bufs[count][offset:])
 			if n == 0 {
 				p.pkt++
 				p.next = 0
 				continue
 			}
+			p.handed = append(p.handed, handed{buf: &bufs[count][0], peer: to})
 			sizes[count] = n
 			count++
 		}
@@ -467,9 +517,14 @@ func (p *port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return count, nil
 }
 
+// Sent tells the port that the transport sends the packets in bufs (each
+// starting where the buffer Read filled starts), so they no longer wait.
+// Buffers Read did not fill are ignored.
+func (p *Port) Sent(bufs [][]byte) { p.queue.sent(bufs) }
+
 // Write takes packets from peers, authenticated by the transport, and
 // writes into lc0 those a local program listens to, in batches.
-func (p *port) Write(bufs [][]byte, offset int) (int, error) {
+func (p *Port) Write(bufs [][]byte, offset int) (int, error) {
 	r := p.r
 	t := r.table.Load()
 	p.writeMu.Lock()
@@ -500,12 +555,12 @@ func (p *port) Write(bufs [][]byte, offset int) (int, error) {
 	return len(bufs), nil
 }
 
-func (p *port) File() *os.File             { return nil }
-func (p *port) MTU() (int, error)          { mtu, err := p.r.lc0.MTU(); return mtu + WrapLen, err }
-func (p *port) Name() (string, error)      { return "lcast-router", nil }
-func (p *port) Events() <-chan wgtun.Event { return p.events }
-func (p *port) BatchSize() int             { return transportBatch }
-func (p *port) Close() error {
+func (p *Port) File() *os.File             { return nil }
+func (p *Port) MTU() (int, error)          { mtu, err := p.r.lc0.MTU(); return mtu + WrapLen, err }
+func (p *Port) Name() (string, error)      { return "lcast-router", nil }
+func (p *Port) Events() <-chan wgtun.Event { return p.events }
+func (p *Port) BatchSize() int             { return transportBatch }
+func (p *Port) Close() error {
 	p.closeOnce.Do(func() { close(p.events) })
 	return nil
 }

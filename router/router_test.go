@@ -228,7 +228,7 @@ func TestDataPathAllocatesNothing(t *testing.T) {
 	out := make([]byte, 2048)
 	tab := tr.table.Load()
 	if n := testing.AllocsPerRun(1000, func() {
-		for next := 0; tr.route(tab, pkt, &next, out) > 0; {
+		for next := 0; routed(tr.route(tab, pkt, &next, out)); {
 		}
 	}); n != 0 {
 		t.Fatalf("route allocates %v per packet", n)
@@ -275,7 +275,7 @@ func TestRouteMatchesReference(t *testing.T) {
 				var got []netip.Addr
 				tab := r.table.Load()
 				for next := 0; ; {
-					n := r.route(tab, pkt, &next, out)
+					n, _ := r.route(tab, pkt, &next, out)
 					if n == 0 {
 						break
 					}
@@ -316,7 +316,7 @@ func BenchmarkRouteFanOut8(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(pkt)) * 8)
 	for b.Loop() {
-		for next := 0; r.route(tab, pkt, &next, out) > 0; {
+		for next := 0; routed(r.route(tab, pkt, &next, out)); {
 		}
 	}
 }
@@ -395,5 +395,81 @@ func TestFanOutAcrossReadsWithNewTable(t *testing.T) {
 	second := read()
 	if first != peerA || second != peerB {
 		t.Fatalf("copies went to %s and %s, want %s and %s", first, second, peerA, peerB)
+	}
+}
+
+// routed reports whether route returned a packet, and then counts it sent
+// by the transport, so that repeated routing measures forwarding rather
+// than the drops of a full peer queue.
+func routed(n int, to *routerPeer) bool {
+	if n == 0 {
+		return false
+	}
+	to.queued.Add(-1)
+	return true
+}
+
+// readToMarker pushes pkts and then a marker packet to peer C into lc0 and
+// reads from the port until the marker, with fresh buffers as the
+// transport has them. It returns the packets that went to peers (without
+// the marker) and the buffers they were read into.
+func (tr *testRouter) readToMarker(t *testing.T, pkts [][]byte) (out [][]byte, bufs [][]byte) {
+	t.Helper()
+	marker := udpPacket(self, grp2, "marker")
+	go func() {
+		for _, p := range pkts {
+			tr.lc0.Outbound <- p
+		}
+		tr.lc0.Outbound <- marker
+	}()
+	sizes := make([]int, 64)
+	for {
+		read := make([][]byte, len(sizes))
+		for i := range read {
+			read[i] = make([]byte, 2048)
+		}
+		n, err := tr.Port().Read(read, sizes, 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			p := read[i][16 : 16+sizes[i]]
+			if string(p[len(p)-6:]) == "marker" {
+				tr.Port().Sent(read[i : i+1])
+				return out, bufs
+			}
+			out, bufs = append(out, p), append(bufs, read[i])
+		}
+	}
+}
+
+// At most PeerQueueLimit packets wait in the transport for a peer: beyond,
+// its packets are dropped and counted while other peers' pass. Packets the
+// transport sends free their places, and so, after queuedExpiry, do those
+// it never reports.
+func TestPeerQueueBound(t *testing.T) {
+	tr := newTestRouter(t)
+	burst := func(n int) [][]byte {
+		var pkts [][]byte
+		for i := range n {
+			pkts = append(pkts, udpPacket(self, grp1, fmt.Sprint(i)))
+		}
+		return pkts
+	}
+	out, bufs := tr.readToMarker(t, burst(PeerQueueLimit+10))
+	if len(out) != PeerQueueLimit || tr.Drops()[DropPeerQueue] != 10 {
+		t.Fatalf("%d packets of %d went to peer A, %d dropped as %s; want %d and 10",
+			len(out), PeerQueueLimit+10, tr.Drops()[DropPeerQueue], DropPeerQueue, PeerQueueLimit)
+	}
+	// Peer C's marker passed meanwhile (readToMarker returned). Sending
+	// 100 of A's packets lets 100 more in.
+	tr.Port().Sent(bufs[:100])
+	if out, _ := tr.readToMarker(t, burst(110)); len(out) != 100 || tr.Drops()[DropPeerQueue] != 20 {
+		t.Fatalf("after 100 sent: %d of 110 went to peer A, %d dropped in all", len(out), tr.Drops()[DropPeerQueue])
+	}
+	time.Sleep(queuedExpiry)
+	tr.readToMarker(t, nil) // a Read forgets the expired packets
+	if out, _ := tr.readToMarker(t, burst(10)); len(out) != 10 {
+		t.Fatalf("after %v: %d of 10 went to peer A", queuedExpiry, len(out))
 	}
 }

@@ -264,10 +264,16 @@ func (d *Daemon) withProvisional(groups []mld.GroupState) []mld.GroupState {
 	return groups
 }
 
-// forwarded keeps the groups whose traffic may come from peers.
+// forwarded keeps the groups whose traffic may come from peers: groups
+// itself when that is all of them, which the router and the exchange then
+// share (neither changes it).
 func forwarded(scope router.ScopePolicy, groups []mld.GroupState) []mld.GroupState {
-	out := groups[:0:0]
-	for _, g := range groups {
+	i := slices.IndexFunc(groups, func(g mld.GroupState) bool { return !scope.Forwards(g.Group) })
+	if i < 0 {
+		return groups
+	}
+	out := slices.Clone(groups[:i])
+	for _, g := range groups[i+1:] {
 		if scope.Forwards(g.Group) {
 			out = append(out, g)
 		}
