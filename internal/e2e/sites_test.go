@@ -428,3 +428,35 @@ func TestPeerWithoutEndpoint(t *testing.T) {
 		t.Fatalf("site 1 learnt endpoint %q for site 2", ep)
 	}
 }
+
+// When a site's underlay address changes under its running daemon (the old
+// address removed, a new one in the same network added), delivery resumes
+// in both directions without restarting anything: the site sends from its
+// new address, and its peer learns that address from the first
+// authenticated packet.
+func TestUnderlayAddressChange(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		site int // whose address changes: 0 the sender's, 1 the receiver's
+	}{{"sender moves", 0}, {"receiver moves", 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMesh(t, 2)
+			recv := startHelper(t, m.sites[1].Namespace, "recv", "ff1e::8", "lc0", "6s")
+			m.waitSubscribed(t, 0, 1, "ff1e::8", true, 3*time.Second)
+			m.send(0, "ff1e::8", "5000", "1000", "1200")
+			time.Sleep(time.Second)
+			s := m.sites[tc.site]
+			moved := strings.Replace(s.Addr.String(), "::2", "::3", 1)
+			s.Run("ip", "addr", "add", moved+"/64", "dev", "eth0", "nodad")
+			s.Run("ip", "addr", "del", s.Addr.String()+"/64", "dev", "eth0")
+			waitExit(t, recv, 15*time.Second, "receiver")
+			res := parseReceived(t, recv.Output())
+			t.Logf("%s: %+v (longest gap %d ms)", tc.name, res, res.maxGap)
+			// The receiver's new address reaches the sender with its
+			// next hello, at most a second later.
+			if res.maxGap > 2000 || res.last < 4900 || res.dups != 0 {
+				t.Fatalf("delivery after the address change: %+v\n%s", res, m.diagnose(t))
+			}
+		})
+	}
+}
