@@ -36,7 +36,7 @@ const (
 	DropMalformed    = "malformed"      // not a well-formed IPv6 packet
 	DropLc0Read      = "lc0_read_error" // a failed read from lc0
 	DropLc0Write     = "lc0_write_error"
-	DropPeerQueue    = "peer_queue_full" // PeerQueueLimit packets already wait for the peer
+	DropPeerQueue    = "peer_queue_full" // PeerQueueLimit packets already wait for the peer, or QueueLimit for all
 )
 
 // dropReasons lists the reasons in counter order.
@@ -81,17 +81,25 @@ func (c *PeerCounters) received(n int) {
 type routerPeer struct {
 	addr     netip.Addr
 	counters PeerCounters
-	queued   atomic.Int32 // packets waiting in the transport (see queued)
+	queued   atomic.Int32  // packets waiting in the transport (see queued)
+	total    *atomic.Int32 // packets waiting for any peer
 }
 
 // admit reports whether another packet may wait in the transport for the
 // peer, and counts it if so.
 func (p *routerPeer) admit() bool {
-	if p.queued.Load() >= PeerQueueLimit {
+	if p.queued.Load() >= PeerQueueLimit || p.total.Load() >= QueueLimit {
 		return false
 	}
 	p.queued.Add(1)
+	p.total.Add(1)
 	return true
+}
+
+// release ends the wait of one of the peer's packets.
+func (p *routerPeer) release() {
+	p.queued.Add(-1)
+	p.total.Add(-1)
 }
 
 // table is the forwarding state read on every packet. It is immutable: the
@@ -153,7 +161,7 @@ func (r *Router) SetPeers(addrs []netip.Addr) {
 				t.peers[a] = p
 				t.subs[a] = old.subs[a]
 			} else {
-				t.peers[a] = &routerPeer{addr: a}
+				t.peers[a] = &routerPeer{addr: a, total: &r.port.queue.total}
 			}
 		}
 	})
@@ -376,7 +384,7 @@ func isLinkLocalOf(a [16]byte, overlay netip.Addr) bool {
 // Port is the transport's side of the router, a tun.Device: Read hands out
 // packets for peers, routed from lc0; Write takes packets from peers; Sent
 // learns which of the packets Read handed out the transport sent, so that
-// at most PeerQueueLimit wait for each peer.
+// at most PeerQueueLimit wait for each peer (QueueLimit for all).
 //
 // A goroutine (readLc0) reads lc0 into a bounded set of batches, so that
 // when the transport is busy the packets that arrive meanwhile are routed

@@ -405,7 +405,7 @@ func routed(n int, to *routerPeer) bool {
 	if n == 0 {
 		return false
 	}
-	to.queued.Add(-1)
+	to.release()
 	return true
 }
 
@@ -471,5 +471,32 @@ func TestPeerQueueBound(t *testing.T) {
 	tr.readToMarker(t, nil) // a Read forgets the expired packets
 	if out, _ := tr.readToMarker(t, burst(10)); len(out) != 10 {
 		t.Fatalf("after %v: %d of 10 went to peer A", queuedExpiry, len(out))
+	}
+}
+
+// At most QueueLimit packets wait for all peers together.
+func TestQueueBoundForAllPeers(t *testing.T) {
+	r := New(tuntest.NewChannelTUN().TUN(), self, ScopePolicy{}, func([]byte) {})
+	var peers []netip.Addr
+	for i := range QueueLimit/PeerQueueLimit + 1 {
+		peers = append(peers, netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16)))
+	}
+	r.SetPeers(peers)
+	for _, p := range peers {
+		r.SetSubscriptions(p, []Subscription{sub(grp1, mld.Exclude)})
+	}
+	pkt, out, tab := udpPacket(self, grp1, "x"), make([]byte, 2048), r.table.Load()
+	admitted := 0
+	for range PeerQueueLimit + 1 {
+		for next := 0; ; {
+			n, _ := r.route(tab, pkt, &next, out)
+			if n == 0 {
+				break
+			}
+			admitted++
+		}
+	}
+	if admitted != QueueLimit {
+		t.Fatalf("%d packets wait for %d peers, want %d", admitted, len(peers), QueueLimit)
 	}
 }
