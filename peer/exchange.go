@@ -70,6 +70,9 @@ type Exchange struct {
 	// BadMessages counts datagrams dropped as malformed, from unknown
 	// addresses or from an unprivileged port.
 	BadMessages atomic.Uint64
+	// OverCap counts the groups dropped from peers' states beyond
+	// MaxGroupsPerPeer.
+	OverCap atomic.Uint64
 }
 
 // remote is what this node knows of one peer's state.
@@ -79,6 +82,7 @@ type remote struct {
 	gen       uint64
 	pending   uint64 // generation being assembled
 	parts     map[uint16][]mld.GroupState
+	held      int // groups in parts
 	lastHeard time.Time
 	// acked is this node's generation the peer acknowledged having
 	// applied, valid while ackedOK (the peer knows this node's epoch).
@@ -213,9 +217,9 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 		r.epoch, r.applied, r.pending, r.parts = m.Epoch, false, 0, nil
 	}
 	var changed []mld.GroupState
-	apply := false
+	apply, dropped := false, 0
 	if m.Parts > 0 {
-		changed, apply = r.collect(m)
+		changed, apply, dropped = r.collect(m)
 	}
 	want := m.Parts == 0 && (!r.applied || r.gen != m.Generation)
 	sendState := m.Want || m.PeerEpoch != x.epoch
@@ -224,10 +228,12 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 	}
 	x.mu.Unlock()
 
+	if dropped > 0 {
+		x.OverCap.Add(uint64(dropped))
+	}
 	if apply {
-		if len(changed) > MaxGroupsPerPeer {
-			x.log.Warn("peer subscribed to too many groups; keeping the first ones", "peer", addr, "groups", len(changed), "cap", MaxGroupsPerPeer)
-			changed = changed[:MaxGroupsPerPeer]
+		if len(changed) == MaxGroupsPerPeer {
+			x.log.Warn("peer subscribed to too many groups; keeping the first ones", "peer", addr, "cap", MaxGroupsPerPeer)
 		}
 		x.apply(addr, changed)
 		x.log.Debug("applied peer subscriptions", "peer", addr, "generation", m.Generation, "groups", len(changed))
@@ -243,23 +249,32 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 }
 
 // collect adds a part of a state; when the state is complete it returns it.
-func (r *remote) collect(m *Message) ([]mld.GroupState, bool) {
+// Groups beyond MaxGroupsPerPeer in a state are dropped as their parts
+// arrive, so a peer cannot make this node hold more; collect returns how
+// many it dropped of this part.
+func (r *remote) collect(m *Message) (all []mld.GroupState, complete bool, dropped int) {
 	if r.applied && m.Generation <= r.gen {
-		return nil, false // stale or repeated
+		return nil, false, 0 // stale or repeated
 	}
 	if m.Generation != r.pending || r.parts == nil {
-		r.pending, r.parts = m.Generation, map[uint16][]mld.GroupState{}
+		r.pending, r.parts, r.held = m.Generation, map[uint16][]mld.GroupState{}, 0
 	}
-	r.parts[m.Part] = m.Groups
+	r.held -= len(r.parts[m.Part]) // a part sent again replaces itself
+	groups := m.Groups
+	if room := MaxGroupsPerPeer - r.held; len(groups) > room {
+		groups, dropped = groups[:room], len(groups)-room
+	}
+	r.parts[m.Part] = groups
+	r.held += len(groups)
 	if len(r.parts) < int(m.Parts) {
-		return nil, false
+		return nil, false, dropped
 	}
-	var all []mld.GroupState
+	all = make([]mld.GroupState, 0, r.held)
 	for i := range m.Parts {
 		all = append(all, r.parts[i]...)
 	}
-	r.applied, r.gen, r.parts = true, m.Generation, nil
-	return all, true
+	r.applied, r.gen, r.parts, r.held = true, m.Generation, nil, 0
+	return all, true, dropped
 }
 
 func (x *Exchange) wakeSender() {

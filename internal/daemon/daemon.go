@@ -302,6 +302,7 @@ func (d *Daemon) Status() control.Status {
 	}
 	st.Drops["mld_malformed"] = d.mldMalformed.Load()
 	st.Drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
+	st.Drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
 	stats, err := d.transport.Stats()
 	if err != nil {
 		d.log.Warn("reading transport state", "err", err)
