@@ -411,6 +411,7 @@ type Port struct {
 	unicast [][]byte
 
 	events    chan wgtun.Event
+	closed    chan struct{} // closed by Close: Read returns os.ErrClosed
 	closeOnce sync.Once
 }
 
@@ -445,6 +446,7 @@ func (p *Port) init(r *Router) {
 	p.queue.init()
 	p.handed = make([]handed, 0, transportBatch)
 	p.events = make(chan wgtun.Event, 1)
+	p.closed = make(chan struct{})
 	p.events <- wgtun.EventUp
 	go p.readLc0()
 }
@@ -471,7 +473,7 @@ func (p *Port) readLc0() {
 
 // Read fills bufs (from offset) with packets for peers, from as many lc0
 // batches as are waiting. It blocks until it has at least one packet, and
-// returns os.ErrClosed once lc0 is closed. The transport must send each
+// returns os.ErrClosed once lc0 or the port is closed. The transport must send each
 // packet from the buffer it was read into, and report it to Sent.
 func (p *Port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	// The table is loaded after the wait for packets, never before, so a
@@ -490,7 +492,11 @@ func (p *Port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			var b *batch
 			var ok bool
 			if count == 0 {
-				b, ok = <-p.full
+				select {
+				case b, ok = <-p.full:
+				case <-p.closed:
+					return 0, os.ErrClosed
+				}
 			} else {
 				select {
 				case b, ok = <-p.full:
@@ -568,7 +574,14 @@ func (p *Port) MTU() (int, error)          { mtu, err := p.r.lc0.MTU(); return m
 func (p *Port) Name() (string, error)      { return "lcast-router", nil }
 func (p *Port) Events() <-chan wgtun.Event { return p.events }
 func (p *Port) BatchSize() int             { return transportBatch }
+
+// Close ends the transport's use of the port: a Read waiting for packets
+// returns os.ErrClosed, so that the transport can stop even while lc0 is
+// open (when it fails to start, for one).
 func (p *Port) Close() error {
-	p.closeOnce.Do(func() { close(p.events) })
+	p.closeOnce.Do(func() {
+		close(p.events)
+		close(p.closed)
+	})
 	return nil
 }

@@ -500,3 +500,24 @@ func TestQueueBoundForAllPeers(t *testing.T) {
 		t.Fatalf("%d packets wait for %d peers, want %d", admitted, len(peers), QueueLimit)
 	}
 }
+
+// Closing the port ends a Read that waits for packets, with lc0 still
+// open: the transport can stop when it fails to start.
+func TestPortCloseEndsRead(t *testing.T) {
+	r := New(tuntest.NewChannelTUN().TUN(), self, ScopePolicy{}, func([]byte) {})
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Port().Read([][]byte{make([]byte, 2048)}, []int{0}, 0)
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // Read waits for lc0
+	r.Port().Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrClosed) {
+			t.Fatalf("Read after Close: %v, want os.ErrClosed", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Read still blocks after the port was closed")
+	}
+}

@@ -128,6 +128,7 @@ func TestNamespacesDoNotCollide(t *testing.T) {
 
 // Start-up errors: a non-zero exit, one clear message, nothing left behind.
 func TestStartErrors(t *testing.T) {
+	netlab.Require(t, "socat", "setpriv", "mount")
 	ns := netlab.NewNamespace(t, "lcast-err")
 	run := func(t *testing.T, cfg string) string {
 		t.Helper()
@@ -161,6 +162,38 @@ func TestStartErrors(t *testing.T) {
 		}
 		n.stop(syscall.SIGTERM)
 	})
+	// Each of these names the resource and leaves nothing behind.
+	for _, tc := range []struct {
+		name string
+		// prefix is the command that runs lcast up (its args appended).
+		prefix []string
+		want   string
+		setup  func(t *testing.T) func()
+	}{
+		{name: "listen port in use", want: fmt.Sprintf("listen_port %d: ", listenPort), setup: func(t *testing.T) func() {
+			return startSocatRecv(t, ns, fmt.Sprintf("UDP6-RECV:%d", listenPort), "/dev/null").Stop
+		}},
+		{name: "no CAP_NET_ADMIN", prefix: []string{"setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"}, want: "lcast needs CAP_NET_ADMIN"},
+		{name: "no /dev/net/tun", prefix: []string{"unshare", "--mount", "sh", "-c", `mount -t tmpfs none /dev/net && exec "$0" "$@"`}, want: "/dev/net/tun does not exist"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.setup != nil {
+				defer tc.setup(t)()
+			}
+			n := newNode(t, ns, "")
+			args := append(slices.Clone(tc.prefix), lcastBin, "up", "-c", n.cfg)
+			out, err := ns.Command(args[0], args[1:]...).CombinedOutput()
+			if err == nil {
+				t.Fatalf("lcast up succeeded:\n%s", out)
+			}
+			if !strings.Contains(string(out), tc.want) || strings.Count(string(out), "lcast: ") != 1 {
+				t.Fatalf("want one error naming %q, got:\n%s", tc.want, out)
+			}
+			if left := leftovers(ns, "lc0"); len(left) > 0 {
+				t.Fatalf("left behind: %v", left)
+			}
+		})
+	}
 	t.Run("bad config", func(t *testing.T) {
 		n := newNode(t, ns, "listen_prot = 5\n")
 		out := run(t, n.cfg)

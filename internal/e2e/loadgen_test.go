@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -40,22 +41,27 @@ type blastResult struct {
 	End     int64 `json:"end_ns"`
 }
 
-// blastHelper: "blast -to A[,B...] [-rate PPS] [-dur D] [-size N]": sends
-// the same numbered datagram to every destination (a multicast group with
-// its zone, or unicast addresses) at PPS datagrams per second (0: as fast
-// as the kernel takes them) for D, then prints a blastResult.
+// blastHelper: "blast -to A[,B...] [-port P] [-rate PPS] [-dur D] [-size
+// N] [-junk]": sends the same numbered datagram to every destination (a
+// multicast group with its zone, or unicast addresses) at PPS datagrams per
+// second (0: as fast as the kernel takes them) for D, then prints a
+// blastResult. With -junk the datagrams are random bytes shaped like
+// WireGuard's four message types instead (what an attacker who knows no
+// key can send).
 func blastHelper(args []string) int {
 	fs := flag.NewFlagSet("blast", flag.ContinueOnError)
 	to := fs.String("to", "", "destinations, comma-separated")
+	port := fs.Int("port", loadPort, "destination UDP port")
 	rate := fs.Int("rate", 0, "datagrams per second, 0 for as fast as possible")
 	dur := fs.Duration("dur", 3*time.Second, "how long to send")
 	size := fs.Int("size", 1200, "UDP payload bytes")
+	junk := fs.Bool("junk", false, "send random WireGuard-shaped datagrams")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	var dsts []*net.UDPAddr
 	for _, d := range strings.Split(*to, ",") {
-		a, err := net.ResolveUDPAddr("udp6", net.JoinHostPort(d, fmt.Sprint(loadPort)))
+		a, err := net.ResolveUDPAddr("udp6", net.JoinHostPort(d, fmt.Sprint(*port)))
 		if err != nil {
 			return helperFail(err)
 		}
@@ -78,6 +84,14 @@ func blastHelper(args []string) int {
 	msgs := make([]ipv6.Message, loadBatchLen)
 	for i := range msgs {
 		msgs[i].Buffers = [][]byte{make([]byte, max(*size, loadHdrLen))}
+		if *junk {
+			// Initiation, response, cookie reply and data, at their sizes.
+			typ := 1 + i%4
+			b := make([]byte, [...]int{148, 92, 64, *size}[typ-1])
+			rand.Read(b)
+			b[0], b[1], b[2], b[3] = byte(typ), 0, 0, 0
+			msgs[i].Buffers[0] = b
+		}
 	}
 	res := blastResult{Start: time.Now().UnixNano()}
 	end := time.Now().Add(*dur)
@@ -97,9 +111,10 @@ func blastHelper(args []string) int {
 			n := 0
 			for ; n+len(dsts) <= len(msgs) && due > 0; due-- {
 				for _, d := range dsts {
-					b := msgs[n].Buffers[0]
-					binary.BigEndian.PutUint64(b, seq)
-					binary.BigEndian.PutUint64(b[8:], uint64(time.Now().UnixNano()))
+					if b := msgs[n].Buffers[0]; !*junk {
+						binary.BigEndian.PutUint64(b, seq)
+						binary.BigEndian.PutUint64(b[8:], uint64(time.Now().UnixNano()))
+					}
 					msgs[n].Addr = d
 					n++
 				}
