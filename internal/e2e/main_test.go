@@ -97,6 +97,8 @@ func helper(mode string, args []string) int {
 		return joinManyHelper(args)
 	case "mldinject":
 		return mldInjectHelper(args)
+	case "relay":
+		return relayHelper(args)
 	default:
 		return fail(fmt.Errorf("unknown helper %q", mode))
 	}
