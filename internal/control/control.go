@@ -130,6 +130,9 @@ func Client(path string) *http.Client {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		},
+		// One request per connection: a client is made per use, and an
+		// idle connection would hold a goroutine in the daemon.
+		DisableKeepAlives: true,
 	}}
 }
 
