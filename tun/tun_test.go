@@ -1,7 +1,9 @@
 package tun
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -194,5 +196,45 @@ func TestRollsBackHalfWay(t *testing.T) {
 	}
 	if n := lcastRoutes(t); n != 0 {
 		t.Fatalf("%d routes left behind", n)
+	}
+}
+
+// Routes deleted under lcast come back within restoreDelay and a little;
+// once KeepRoutes has returned, they no longer do.
+func TestKeepRoutes(t *testing.T) {
+	if !netlab.Isolate(t) {
+		return
+	}
+	ifc, err := Open(testCfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ifc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	kept := make(chan error, 1)
+	go func() { kept <- ifc.KeepRoutes(ctx) }()
+	time.Sleep(50 * time.Millisecond) // subscribed
+	del := func() {
+		for _, p := range testCfg.Routes[:2] {
+			ipOut(t, "-6", "route", "del", "multicast", p.String(), "dev", "lc0", "table", "local", "metric", fmt.Sprint(RouteMetric))
+		}
+	}
+	for round := range 3 {
+		del()
+		start := time.Now()
+		took, ok := netlab.Poll(2*time.Second, func() bool { return lcastRoutes(t) == len(testCfg.Routes) })
+		if !ok {
+			t.Fatalf("round %d: %d of %d routes after %v", round+1, lcastRoutes(t), len(testCfg.Routes), time.Since(start))
+		}
+		t.Logf("round %d: routes back after %v", round+1, took.Round(time.Millisecond))
+	}
+	cancel()
+	if err := <-kept; err != nil {
+		t.Fatal(err)
+	}
+	del()
+	time.Sleep(3 * restoreDelay)
+	if n := lcastRoutes(t); n != len(testCfg.Routes)-2 {
+		t.Fatalf("after KeepRoutes returned: %d routes, want %d", n, len(testCfg.Routes)-2)
 	}
 }

@@ -121,6 +121,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	if err := d.ifc.WatchMemberships(ctx, d.membershipHint); err != nil {
 		log.Info("joins take effect when the kernel's MLD reports come", "reason", err)
 	}
+	wg.Go(func() {
+		if err := d.ifc.KeepRoutes(ctx); err != nil {
+			log.Warn("routes deleted under lcast will not be restored", "err", err)
+		}
+	})
 	wg.Go(func() { querier.Run(ctx) })
 	wg.Go(func() { d.exchange.Run(ctx) })
 	wg.Go(func() { d.announce(ctx) })
