@@ -99,6 +99,8 @@ func helper(mode string, args []string) int {
 		return mldInjectHelper(args)
 	case "relay":
 		return relayHelper(args)
+	case "soak":
+		return soakHelper(args)
 	default:
 		return fail(fmt.Errorf("unknown helper %q", mode))
 	}
