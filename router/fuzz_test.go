@@ -1,0 +1,45 @@
+package router
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/librecast/lcast/mld"
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+)
+
+// FuzzRouter: no packet, read from lc0 or received from a peer, makes the
+// router panic or overrun; what it routes goes to a peer, wrapped, and
+// what it delivers starts inside the packet.
+func FuzzRouter(f *testing.F) {
+	f.Add(udpPacket(self, grp1, "hello"), false)
+	f.Add(udpPacket(self, peerB, "unicast"), false)
+	f.Add(wrapped(nil, udpPacket(peerA, grp1, "x"), peerA)[16:], true)
+	f.Add(udpPacket(peerA, self, "unicast"), true)
+	f.Add([]byte{0x60}, true)
+	r := New(tuntest.NewChannelTUN().TUN(), self, ScopePolicy{}, func([]byte) {})
+	r.SetPeers([]netip.Addr{peerA, peerB})
+	r.SetSubscriptions(peerA, []Subscription{sub(grp1, mld.Exclude)})
+	r.SetSubscriptions(peerB, []Subscription{sub(grp1, mld.Include, srcS), sub(netip.MustParseAddr("ff02::fb"), mld.Exclude)})
+	r.SetLocal([]Subscription{sub(grp1, mld.Exclude)})
+	tab := r.table.Load()
+	f.Fuzz(func(t *testing.T, pkt []byte, fromPeer bool) {
+		if fromPeer {
+			if off := r.deliver(tab, pkt); off != -1 && (off < 0 || off > len(pkt)) {
+				t.Fatalf("deliver returned offset %d of a %d-byte packet", off, len(pkt))
+			}
+			return
+		}
+		out := make([]byte, WrapLen+len(pkt))
+		for next := 0; ; {
+			n, to := r.route(tab, pkt, &next, out)
+			if n == 0 {
+				break
+			}
+			if n > len(out) || n < ipv6HeaderLen || to == nil || dstOf(out[:n]) != to.addr {
+				t.Fatalf("routed %d bytes to %v: %x", n, to, out[:n])
+			}
+			to.release()
+		}
+	})
+}
