@@ -21,11 +21,7 @@ func TestWatchMemberships(t *testing.T) {
 	if !netlab.Isolate(t) {
 		return
 	}
-	ifc, err := Open(testCfg, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ifc.Close()
+	ifc := openForTest(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	events := make(chan membership, 16)

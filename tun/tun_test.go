@@ -37,6 +37,17 @@ func ipOut(t *testing.T, args ...string) string {
 	return string(out)
 }
 
+// openForTest opens testCfg's interface, closed when the test ends.
+func openForTest(t *testing.T) *Interface {
+	t.Helper()
+	ifc, err := Open(testCfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ifc.Close() })
+	return ifc
+}
+
 func lcastRoutes(t *testing.T) int {
 	return strings.Count(ipOut(t, "-6", "route", "show", "table", "all", "proto", "108"), "\n")
 }
@@ -205,11 +216,7 @@ func TestKeepRoutes(t *testing.T) {
 	if !netlab.Isolate(t) {
 		return
 	}
-	ifc, err := Open(testCfg, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ifc.Close()
+	ifc := openForTest(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	kept := make(chan error, 1)
 	go func() { kept <- ifc.KeepRoutes(ctx) }()

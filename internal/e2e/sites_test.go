@@ -245,6 +245,18 @@ func TestJoinLeaveWhileStreaming(t *testing.T) {
 	sender.Signal(syscall.SIGKILL)
 }
 
+// streamTo starts a program in site 2 receiving group (it ends after idle
+// without data), waits until site 1 knows, starts site 1 sending n
+// 1200-byte datagrams at 1000/s, and returns a second into the stream.
+func (m *mesh) streamTo(t *testing.T, group string, n int, idle string) *netlab.Process {
+	t.Helper()
+	recv := startHelper(t, m.sites[1].Namespace, "recv", group, "lc0", idle)
+	m.waitSubscribed(t, 0, 1, group, true, 3*time.Second)
+	m.send(0, group, strconv.Itoa(n), "1000", "1200")
+	time.Sleep(time.Second)
+	return recv
+}
+
 // After a peer restarts (crash or clean stop), delivery resumes within 3 s.
 func TestPeerRestart(t *testing.T) {
 	for _, tc := range []struct {
@@ -257,10 +269,7 @@ func TestPeerRestart(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := newMesh(t, 2)
-			recv := startHelper(t, m.sites[1].Namespace, "recv", "ff1e::7", "lc0", "5s")
-			m.waitSubscribed(t, 0, 1, "ff1e::7", true, 3*time.Second)
-			m.send(0, "ff1e::7", "6000", "1000", "1200")
-			time.Sleep(time.Second)
+			recv := m.streamTo(t, "ff1e::7", 6000, "5s")
 			n := m.nodes[tc.site]
 			n.daemon.Signal(tc.sig)
 			n.daemon.Wait(5 * time.Second)
@@ -441,10 +450,7 @@ func TestUnderlayAddressChange(t *testing.T) {
 	}{{"sender moves", 0}, {"receiver moves", 1}} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := newMesh(t, 2)
-			recv := startHelper(t, m.sites[1].Namespace, "recv", "ff1e::8", "lc0", "6s")
-			m.waitSubscribed(t, 0, 1, "ff1e::8", true, 3*time.Second)
-			m.send(0, "ff1e::8", "5000", "1000", "1200")
-			time.Sleep(time.Second)
+			recv := m.streamTo(t, "ff1e::8", 5000, "6s")
 			s := m.sites[tc.site]
 			moved := strings.Replace(s.Addr.String(), "::2", "::3", 1)
 			s.Run("ip", "addr", "add", moved+"/64", "dev", "eth0", "nodad")
