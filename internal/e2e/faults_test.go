@@ -132,3 +132,42 @@ func TestRoutesDeletedUnderDaemon(t *testing.T) {
 		t.Fatalf("daemon exited %v; log:\n%s", exited, m.nodes[0].daemon.Output())
 	}
 }
+
+// The NAT in front of a site changes the port it maps the site's
+// datagrams to (here a relay that plays the NAT restarts on another port):
+// the peer learns the new mapping from the site's next packet, and
+// delivery to the site resumes.
+func TestNATRemaps(t *testing.T) {
+	inet := netlab.NewInternet(t)
+	s1, s2 := inet.AddSite("lcast-open"), inet.AddSite("lcast-natted")
+	nat := func(port int) *netlab.Process {
+		return startHelperUntil(t, inet.NS, "ready", "relay", "-a", fmt.Sprintf("[2001:db8:1::1]:%d", port), "-to-a", fmt.Sprintf("[%s]:%d", s1.Addr, listenPort),
+			"-b", "[2001:db8:2::1]:51900", "-to-b", fmt.Sprintf("[%s]:%d", s2.Addr, listenPort))
+	}
+	mapping := nat(40000)
+	k1, k2 := newKey(t), newKey(t)
+	// Site 1 cannot know where site 2 is; site 2 reaches site 1 through
+	// its NAT.
+	n1 := newNodeWithKey(t, s1.Namespace, k1, fmt.Sprintf("[[peer]]\npublic_key = %q\n", k2.PublicKey()))
+	n2 := newNodeWithKey(t, s2.Namespace, k2, fmt.Sprintf("[[peer]]\npublic_key = %q\nendpoint = \"[2001:db8:2::1]:51900\"\n", k1.PublicKey()))
+	m := &mesh{inet: inet, sites: []*netlab.Site{s1, s2}, nodes: []*node{n1, n2}}
+	n1.up()
+	n2.up()
+	m.waitConnected(t)
+	recv := m.streamTo(t, "ff1e::f", 5000, "3s")
+	mapping.Stop()
+	mapping = nat(40001)
+	remapped := time.Now()
+	waitExit(t, recv, 20*time.Second, "receiver")
+	res := parseReceived(t, recv.Output())
+	t.Logf("NAT remapped %v into the stream: %+v (longest gap %d ms); site 1 now sends to %s",
+		time.Second, res, res.maxGap, n1.status(t).Peers[0].Endpoint)
+	// Site 2's next hello, at most a second after the remapping, carries
+	// the new mapping to site 1.
+	if res.maxGap > 2500 || res.last < 4900 || res.dups != 0 {
+		t.Fatalf("delivery after the NAT remapped (%v ago): %+v\n%s", time.Since(remapped), res, m.diagnose(t))
+	}
+	if ep := n1.status(t).Peers[0].Endpoint; ep != "[2001:db8:1::1]:40001" {
+		t.Fatalf("site 1 sends to %s, want the new mapping [2001:db8:1::1]:40001", ep)
+	}
+}
