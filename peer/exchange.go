@@ -82,7 +82,8 @@ type remote struct {
 	gen       uint64
 	pending   uint64 // generation being assembled
 	parts     map[uint16][]mld.GroupState
-	held      int // groups in parts
+	held      int  // groups in parts
+	capped    bool // groups of the pending state were dropped
 	lastHeard time.Time
 	// acked is this node's generation the peer acknowledged having
 	// applied, valid while ackedOK (the peer knows this node's epoch).
@@ -221,6 +222,7 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 	if m.Parts > 0 {
 		changed, apply, dropped = r.collect(m)
 	}
+	capped := apply && r.capped
 	want := m.Parts == 0 && (!r.applied || r.gen != m.Generation)
 	sendState := m.Want || m.PeerEpoch != x.epoch
 	if sendState {
@@ -232,7 +234,7 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 		x.OverCap.Add(uint64(dropped))
 	}
 	if apply {
-		if len(changed) == MaxGroupsPerPeer {
+		if capped {
 			x.log.Warn("peer subscribed to too many groups; keeping the first ones", "peer", addr, "cap", MaxGroupsPerPeer)
 		}
 		x.apply(addr, changed)
@@ -251,18 +253,18 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 // collect adds a part of a state; when the state is complete it returns it.
 // Groups beyond MaxGroupsPerPeer in a state are dropped as their parts
 // arrive, so a peer cannot make this node hold more; collect returns how
-// many it dropped of this part.
+// many it dropped of this part (r.capped tells whether the state lost any).
 func (r *remote) collect(m *Message) (all []mld.GroupState, complete bool, dropped int) {
 	if r.applied && m.Generation <= r.gen {
 		return nil, false, 0 // stale or repeated
 	}
 	if m.Generation != r.pending || r.parts == nil {
-		r.pending, r.parts, r.held = m.Generation, map[uint16][]mld.GroupState{}, 0
+		r.pending, r.parts, r.held, r.capped = m.Generation, map[uint16][]mld.GroupState{}, 0, false
 	}
 	r.held -= len(r.parts[m.Part]) // a part sent again replaces itself
 	groups := m.Groups
 	if room := MaxGroupsPerPeer - r.held; len(groups) > room {
-		groups, dropped = groups[:room], len(groups)-room
+		groups, dropped, r.capped = groups[:room], len(groups)-room, true
 	}
 	r.parts[m.Part] = groups
 	r.held += len(groups)
