@@ -107,19 +107,28 @@ func TestGroupChurn(t *testing.T) {
 			t.Fatalf("groups left: %d at the peer, %d local", peerGroups(), len(m.nodes[1].status(t).LocalGroups))
 		}
 	}
+	// Measurements wait out the 2 s hold of kernel-announced joins,
+	// whose timers are live until then.
+	settled := func() { time.Sleep(2500 * time.Millisecond) }
 	cycle() // pools and maps reach their working size
+	settled()
 	var g0, h0 [2]int
 	for i, n := range m.nodes {
 		g0[i], h0[i] = n.liveHeap(t)
 	}
-	const cycles = 4
+	const cycles = 6
 	for range cycles {
 		cycle()
 	}
+	settled()
 	for i, n := range m.nodes {
 		g, h := n.liveHeap(t)
 		t.Logf("site %d after %d more cycles: goroutines %d -> %d, live heap %.1f -> %.1f MiB", i+1, cycles, g0[i], g, float64(h0[i])/(1<<20), float64(h)/(1<<20))
-		if g > g0[i]+2 || h > h0[i]+h0[i]/10+(1<<20) {
+		// wireguard-go's 64 KiB packet buffers in use or back in its
+		// pools vary by up to about 4 MiB from one measurement to the
+		// next; state kept per group, even 100 bytes of 60,000 joins,
+		// would exceed that.
+		if g > g0[i]+2 || h > h0[i]+h0[i]/10+(4<<20) {
 			t.Errorf("site %d grew: goroutines %d -> %d, live heap %d -> %d bytes", i+1, g0[i], g, h0[i], h)
 		}
 	}
