@@ -143,6 +143,19 @@ func (x *Exchange) Run(ctx context.Context) {
 		<-ctx.Done()
 		x.conn.Close()
 	}()
+	// Toward peers it kept quiet with at start (see quietStart), the
+	// state goes as soon as the quiet ends, not at the next hello.
+	quietEnd := time.AfterFunc(quietStart, func() {
+		x.mu.Lock()
+		for a, r := range x.peers {
+			if r.epoch == 0 {
+				x.owed[a] = true
+			}
+		}
+		x.mu.Unlock()
+		x.wakeSender()
+	})
+	defer quietEnd.Stop()
 	var wg sync.WaitGroup
 	wg.Go(func() { x.tick(ctx) })
 	wg.Go(func() { x.sendStates(ctx) })
