@@ -53,9 +53,10 @@ func (q *queued) init() {
 	q.swept = time.Now()
 }
 
-// add records packets the transport read. Each one was already counted
-// (routerPeer.admit) when it was routed.
-func (q *queued) add(now time.Time, pkts []handed) {
+// record notes packets the transport read, each already counted
+// (routerPeer.admit) when it was routed, and forgets those waiting longer
+// than queuedExpiry, at most once per queuedExpiry.
+func (q *queued) record(now time.Time, pkts []handed) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, h := range pkts {
@@ -64,6 +65,16 @@ func (q *queued) add(now time.Time, pkts []handed) {
 			old.peer.release()
 		}
 		q.bufs[h.buf] = queuedPacket{peer: h.peer, at: now}
+	}
+	if now.Sub(q.swept) < queuedExpiry {
+		return
+	}
+	q.swept = now
+	for b, p := range q.bufs {
+		if now.Sub(p.at) >= queuedExpiry {
+			p.peer.release()
+			delete(q.bufs, b)
+		}
 	}
 }
 
@@ -78,23 +89,6 @@ func (q *queued) sent(bufs [][]byte) {
 		if p, ok := q.bufs[&b[0]]; ok {
 			p.peer.release()
 			delete(q.bufs, &b[0])
-		}
-	}
-}
-
-// expire forgets the packets waiting longer than queuedExpiry, at most once
-// per queuedExpiry.
-func (q *queued) expire(now time.Time) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if now.Sub(q.swept) < queuedExpiry {
-		return
-	}
-	q.swept = now
-	for b, p := range q.bufs {
-		if now.Sub(p.at) >= queuedExpiry {
-			p.peer.release()
-			delete(q.bufs, b)
 		}
 	}
 }

@@ -473,8 +473,8 @@ func (p *Port) readLc0() {
 
 // Read fills bufs (from offset) with packets for peers, from as many lc0
 // batches as are waiting. It blocks until it has at least one packet, and
-// returns os.ErrClosed once lc0 or the port is closed. The transport must send each
-// packet from the buffer it was read into, and report it to Sent.
+// returns os.ErrClosed once lc0 or the port is closed. The transport must
+// send each packet from the buffer it was read into, and report it to Sent.
 func (p *Port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	// The table is loaded after the wait for packets, never before, so a
 	// subscription that arrives during the wait applies to them; a batch
@@ -482,11 +482,7 @@ func (p *Port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	// two Reads sees one list of subscribers.
 	count := 0
 	p.handed = p.handed[:0]
-	defer func() {
-		now := time.Now()
-		p.queue.add(now, p.handed)
-		p.queue.expire(now)
-	}()
+	defer func() { p.queue.record(time.Now(), p.handed) }()
 	for count < len(bufs) {
 		if p.cur == nil {
 			var b *batch
