@@ -143,12 +143,13 @@ func (x *Exchange) Run(ctx context.Context) {
 		<-ctx.Done()
 		x.conn.Close()
 	}()
-	// Toward peers it kept quiet with at start (see quietStart), the
-	// state goes as soon as the quiet ends, not at the next hello.
+	// Toward peers it kept quiet with at start (see quietStart) and has
+	// still not heard from, the state goes as soon as the quiet ends, not
+	// at the next hello.
 	quietEnd := time.AfterFunc(quietStart, func() {
 		x.mu.Lock()
 		for a, r := range x.peers {
-			if r.epoch == 0 {
+			if x.quietToward(a, r, x.started) {
 				x.owed[a] = true
 			}
 		}
@@ -337,12 +338,18 @@ func (x *Exchange) sendStates(ctx context.Context) {
 	}
 }
 
+// quietToward reports whether, at time now, this node keeps quiet toward
+// the peer at addr (see quietStart): it has the higher overlay address and
+// has not heard from the peer since it started.
+func (x *Exchange) quietToward(addr netip.Addr, r *remote, now time.Time) bool {
+	return r.epoch == 0 && x.self.Compare(addr) > 0 && now.Sub(x.started) < quietStart
+}
+
 // send sends part (1-based; 0 for a hello) of the local state to addr.
 func (x *Exchange) send(addr netip.Addr, part int, want bool) {
 	x.mu.Lock()
 	r, ok := x.peers[addr]
-	quiet := r != nil && r.epoch == 0 && x.self.Compare(addr) > 0 && time.Since(x.started) < quietStart
-	if !ok || part > len(x.local) || quiet {
+	if !ok || part > len(x.local) || x.quietToward(addr, r, time.Now()) {
 		x.mu.Unlock()
 		return
 	}
