@@ -64,33 +64,8 @@ func newTestRouter(t *testing.T) *testRouter {
 // fromLc0 routes one packet read from lc0 and returns what goes to peers.
 func (tr *testRouter) fromLc0(t *testing.T, pkt []byte) [][]byte {
 	t.Helper()
-	var out [][]byte
-	bufs := make([][]byte, 8)
-	for i := range bufs {
-		bufs[i] = make([]byte, 2048)
-	}
-	sizes := make([]int, 8)
-	// Read blocks until some packet goes to a peer; a marker packet to
-	// peer C ends each check, so packets with no destination show as
-	// nothing before the marker.
-	marker := udpPacket(self, grp2, "marker")
-	go func() {
-		tr.lc0.Outbound <- pkt
-		tr.lc0.Outbound <- marker
-	}()
-	for {
-		n, err := tr.Port().Read(bufs, sizes, 16)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range n {
-			p := slices.Clone(bufs[i][16 : 16+sizes[i]])
-			if string(p[len(p)-6:]) == "marker" {
-				return out
-			}
-			out = append(out, p)
-		}
-	}
+	out, _ := tr.readToMarker(t, [][]byte{pkt})
+	return out
 }
 
 func dstOf(p []byte) netip.Addr { return netip.AddrFrom16([16]byte(p[24:40])) }
@@ -346,30 +321,37 @@ func TestSubscriptionDuringReadApplies(t *testing.T) {
 	}
 }
 
+// readEndsOnClose checks that a Read waiting for packets returns
+// os.ErrClosed once close runs, and so do later Reads, at once.
+func readEndsOnClose(t *testing.T, r *Router, close func()) {
+	t.Helper()
+	read := func() error {
+		_, err := r.Port().Read([][]byte{make([]byte, 2048)}, []int{0}, 0)
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- read() }()
+	time.Sleep(20 * time.Millisecond) // Read waits for lc0
+	close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrClosed) {
+			t.Fatalf("Read after the close: %v, want os.ErrClosed", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Read still blocks after the close")
+	}
+	if err := read(); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("second Read: %v", err)
+	}
+}
+
 // When lc0 closes, the goroutine reading it ends and the transport's Read
 // reports os.ErrClosed, so the transport stops.
 func TestPortEndsWhenLc0Closes(t *testing.T) {
 	lc0 := tuntest.NewChannelTUN()
 	r := New(lc0.TUN(), self, ScopePolicy{}, func([]byte) {})
-	done := make(chan error, 1)
-	go func() {
-		bufs, sizes := [][]byte{make([]byte, 2048)}, []int{0}
-		_, err := r.Port().Read(bufs, sizes, 0)
-		done <- err
-	}()
-	lc0.TUN().Close()
-	select {
-	case err := <-done:
-		if !errors.Is(err, os.ErrClosed) {
-			t.Fatalf("Read after lc0 closed: %v, want os.ErrClosed", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Read still blocks after lc0 closed")
-	}
-	// Later reads say the same, at once.
-	if _, err := r.Port().Read([][]byte{make([]byte, 2048)}, []int{0}, 0); !errors.Is(err, os.ErrClosed) {
-		t.Fatalf("second Read: %v", err)
-	}
+	readEndsOnClose(t, r, func() { lc0.TUN().Close() })
 }
 
 // A packet's fan-out that spans two Reads goes to each subscriber once,
@@ -505,19 +487,5 @@ func TestQueueBoundForAllPeers(t *testing.T) {
 // open: the transport can stop when it fails to start.
 func TestPortCloseEndsRead(t *testing.T) {
 	r := New(tuntest.NewChannelTUN().TUN(), self, ScopePolicy{}, func([]byte) {})
-	done := make(chan error, 1)
-	go func() {
-		_, err := r.Port().Read([][]byte{make([]byte, 2048)}, []int{0}, 0)
-		done <- err
-	}()
-	time.Sleep(20 * time.Millisecond) // Read waits for lc0
-	r.Port().Close()
-	select {
-	case err := <-done:
-		if !errors.Is(err, os.ErrClosed) {
-			t.Fatalf("Read after Close: %v, want os.ErrClosed", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Read still blocks after the port was closed")
-	}
+	readEndsOnClose(t, r, func() { r.Port().Close() })
 }
