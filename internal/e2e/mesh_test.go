@@ -116,7 +116,7 @@ func (m *mesh) diagnose(t testing.TB) string {
 		fmt.Fprintf(&b, "site %d drops: %v\n", i+1, n.status(t).Drops)
 		out, _ := m.sites[i].Command("ip", "-s", "link", "show", "lc0").CombinedOutput()
 		b.Write(out)
-		out, _ = m.sites[i].Command("nstat", "-az", "Udp6InErrors", "Udp6RcvbufErrors", "Udp6SndbufErrors", "Ip6InDiscards").CombinedOutput()
+		out, _ = m.sites[i].Command("nstat", "-az", "Udp6InErrors", "Udp6InCsumErrors", "Udp6MemErrors", "Udp6RcvbufErrors", "Udp6SndbufErrors", "Ip6InDiscards").CombinedOutput()
 		b.Write(out)
 		if log := n.daemon.Output(); strings.Contains(log, "level=WARN") || strings.Contains(log, "level=ERROR") {
 			fmt.Fprintf(&b, "site %d log:\n%s", i+1, log)
