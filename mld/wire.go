@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+
+	"github.com/librecast/lcast/internal/ip6"
 )
 
 // ICMPv6 message types used by MLD.
@@ -50,12 +52,9 @@ var (
 )
 
 const (
-	ipv6HeaderLen  = 40
-	protoHopByHop  = 0
-	protoRouting   = 43
-	protoFragment  = 44
-	protoDestOpts  = 60
-	protoICMPv6    = 58
+	ipv6HeaderLen  = ip6.HeaderLen
+	protoHopByHop  = ip6.ProtoHopByHop
+	protoICMPv6    = ip6.ProtoICMPv6
 	mldV1Len       = 24 // type, code, checksum, max delay, reserved, address
 	mldV2QueryLen  = 28 // v1 layout + flags/QRV, QQIC, number of sources
 	v2RecordHdrLen = 20 // type, aux len, number of sources, address
@@ -123,23 +122,14 @@ func Decode(b []byte, m *Message) error {
 	b = b[:ipv6HeaderLen+payloadLen]
 	src := [16]byte(b[8:24])
 	dst := [16]byte(b[24:40])
-	next, off := b[6], ipv6HeaderLen
-	for next != protoICMPv6 {
-		switch next {
-		case protoHopByHop, protoRouting, protoDestOpts:
-			if off+8 > len(b) {
-				return ErrTruncated
-			}
-			hdrLen := 8 + 8*int(b[off+1])
-			if off+hdrLen > len(b) {
-				return ErrTruncated
-			}
-			next, off = b[off], off+hdrLen
-		default:
-			// Fragments and upper layers other than ICMPv6 are not MLD:
-			// MLD messages are never fragmented in practice on lc0.
-			return ErrNotMLD
-		}
+	next, off, ok := ip6.Upper(b)
+	if !ok {
+		return ErrTruncated
+	}
+	if next != protoICMPv6 {
+		// Fragments and upper layers other than ICMPv6 are not MLD:
+		// MLD messages are never fragmented in practice on lc0.
+		return ErrNotMLD
 	}
 	icmp := b[off:]
 	if len(icmp) < 4 {
@@ -232,24 +222,7 @@ func decodeV2Report(icmp []byte, m *Message) error {
 // checksum returns the ICMPv6 checksum over the pseudo-header and msg; it is
 // zero for a message whose checksum field is correct.
 func checksum(src, dst [16]byte, msg []byte) uint16 {
-	var sum uint32
-	add := func(b []byte) {
-		for len(b) >= 2 {
-			sum += uint32(b[0])<<8 | uint32(b[1])
-			b = b[2:]
-		}
-		if len(b) == 1 {
-			sum += uint32(b[0]) << 8
-		}
-	}
-	add(src[:])
-	add(dst[:])
-	sum += uint32(len(msg)) + protoICMPv6
-	add(msg)
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
+	return ip6.Checksum(src, dst, protoICMPv6, msg)
 }
 
 // hopByHopRouterAlert is the 8-byte Hop-by-Hop header every MLD message

@@ -46,7 +46,8 @@ type Config struct {
 
 // Interface is a configured lc0.
 type Interface struct {
-	// Device reads and writes packets of the interface.
+	// Device reads and writes packets of the interface; Read corrects
+	// the UDP checksums wireguard-go computes (see device).
 	Device wgtun.Device
 	// Adopted reports that the interface survived an earlier daemon and was
 	// taken over rather than created.
@@ -74,7 +75,7 @@ func Open(cfg Config, log *slog.Logger) (ifc *Interface, err error) {
 	if err != nil {
 		return nil, explainCreate(cfg.Name, err)
 	}
-	ifc = &Interface{Device: dev, Adopted: adopted, cfg: cfg, log: log}
+	ifc = &Interface{Device: device{dev}, Adopted: adopted, cfg: cfg, log: log}
 	// wireguard-go's link watchers send up/down and MTU events and block
 	// once nobody reads them; lcast needs none, so they are drained until
 	// Close ends the watchers.

@@ -84,7 +84,9 @@ func helper(mode string, args []string) int {
 	case "recv":
 		return recvHelper(args)
 	case "send":
-		return sendHelper(args)
+		return sendHelper(args, false)
+	case "send-zerosum":
+		return sendHelper(args, true)
 	case "blast":
 		return blastHelper(args)
 	case "sink":

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/librecast/lcast/internal/ip6"
 )
 
 // recvHelper: "recv GROUP IFACE [IDLE]": join GROUP on IFACE (port 4242)
@@ -88,8 +90,10 @@ func recvHelper(args []string) int {
 // sendHelper: "send GROUP COUNT RATE SIZE [SOURCE]": send COUNT datagrams
 // of SIZE bytes to [GROUP]:4242 at RATE per second, naming no interface
 // (but binding SOURCE if given); each starts with its sequence number
-// (from 0). Prints "sent N, F refused by the kernel".
-func sendHelper(args []string) int {
+// (from 0). Prints "sent N, F refused by the kernel". With zeroSum (mode
+// "send-zerosum") the two bytes after the sequence number make each
+// datagram's UDP checksum compute to zero, which UDP sends as 0xffff.
+func sendHelper(args []string, zeroSum bool) int {
 	count, _ := strconv.Atoi(args[1])
 	rate, _ := strconv.Atoi(args[2])
 	size, _ := strconv.Atoi(args[3])
@@ -109,6 +113,10 @@ func sendHelper(args []string) int {
 		return 1
 	}
 	buf := make([]byte, max(size, 8))
+	if zeroSum && size < 10 {
+		fmt.Fprintln(os.Stderr, "send-zerosum needs SIZE >= 10")
+		return 1
+	}
 	failed := 0
 	start := time.Now()
 	for i := range count {
@@ -116,6 +124,9 @@ func sendHelper(args []string) int {
 			time.Sleep(d)
 		}
 		binary.BigEndian.PutUint64(buf, uint64(i))
+		if zeroSum {
+			zeroChecksum(buf, c.LocalAddr().(*net.UDPAddr), raddr)
+		}
 		if _, err := c.Write(buf); err != nil {
 			// A send can fail while the local lcast restarts (no route
 			// for a moment); the sequence gap shows at the receivers.
@@ -125,4 +136,20 @@ func sendHelper(args []string) int {
 	}
 	fmt.Printf("sent %d, %d refused by the kernel\n", count-failed, failed)
 	return 0
+}
+
+// zeroChecksum sets payload[8:10] so that the UDP checksum of payload from
+// src to dst computes to zero: the one's complement sum of the datagram
+// and its pseudo-header is then 0xffff.
+func zeroChecksum(payload []byte, src, dst *net.UDPAddr) {
+	udp := make([]byte, 8+len(payload))
+	binary.BigEndian.PutUint16(udp[0:], uint16(src.Port))
+	binary.BigEndian.PutUint16(udp[2:], uint16(dst.Port))
+	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+	payload[8], payload[9] = 0, 0
+	copy(udp[8:], payload)
+	// Checksum returns the complement of the sum without the two bytes;
+	// adding exactly that complement makes the sum 0xffff.
+	sum := ip6.Checksum([16]byte(src.IP.To16()), [16]byte(dst.IP.To16()), ip6.ProtoUDP, udp)
+	binary.BigEndian.PutUint16(payload[8:], sum)
 }
