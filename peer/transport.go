@@ -97,8 +97,14 @@ func NewTransport(private Key, listenPort int, peers []Config, port Port, log *s
 	// enabled only after quietStart, so that at a simultaneous start only
 	// one side initiates the handshake (see quietStart).
 	self := OverlayAddr(private.PublicKey())
+	// The port is bound when it is set (if lc0 is up already) or when the
+	// device comes up: either failure names it.
+	if err := dev.IpcSet(fmt.Sprintf("listen_port=%d\n", listenPort)); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("listen_port %d: %w", listenPort, err)
+	}
 	var b, later strings.Builder
-	fmt.Fprintf(&b, "private_key=%s\nlisten_port=%d\nreplace_peers=true\n", hex.EncodeToString(private[:]), listenPort)
+	fmt.Fprintf(&b, "private_key=%s\nreplace_peers=true\n", hex.EncodeToString(private[:]))
 	for _, p := range peers {
 		key := hex.EncodeToString(p.PublicKey[:])
 		fmt.Fprintf(&b, "public_key=%s\n", key)
