@@ -449,6 +449,15 @@ func (s *sideBySide) run() *benchReport {
 			benchRow{sys.name, "added latency p50 us", rep.value(sys.name, "one-way latency p50 us") - rep.value("direct", "one-way latency p50 us")},
 			benchRow{sys.name, "added latency p99 us", rep.value(sys.name, "one-way latency p99 us") - rep.value("direct", "one-way latency p99 us")})
 	}
+	// Last, as it leaves the flooded daemon's memory grown.
+	fmt.Println("flood: random WireGuard-shaped datagrams at site 2's listen port, while site 1 streams to site 2 at 1000/s")
+	f := s.m.flood(s.b)
+	name := fmt.Sprintf("flood of %.0f/s at a daemon", f.Rate)
+	rep.Rows = append(rep.Rows,
+		benchRow{"lcast", name + ": a peer's stream delivered %", 100 * float64(f.During.unique) / floodStream},
+		benchRow{"lcast", name + ": then delivered %", 100 * float64(f.After.unique) / 2000},
+		benchRow{"lcast", name + ": its RSS MiB before", float64(f.RSSBefore) / 1024},
+		benchRow{"lcast", name + ": its RSS MiB after", float64(f.RSS) / 1024})
 	return rep
 }
 

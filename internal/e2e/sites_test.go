@@ -22,7 +22,7 @@ func (m *mesh) send(i int, args ...string) *netlab.Process {
 	return m.sites[i].Start("env", append([]string{helperEnv + "=send", lcastTestBinary()}, args...)...)
 }
 
-func waitExit(t *testing.T, p *netlab.Process, timeout time.Duration, what string) {
+func waitExit(t testing.TB, p *netlab.Process, timeout time.Duration, what string) {
 	t.Helper()
 	if exited, err := p.Wait(timeout); !exited || err != nil {
 		t.Fatalf("%s: exited=%v err=%v\n%s", what, exited, err, p.Output())
