@@ -136,6 +136,29 @@ func (x *Exchange) SetLocal(groups []mld.GroupState) {
 	x.wakeSender()
 }
 
+// SetPeers makes peers (overlay addresses) the exchange's peers: it
+// forgets those no longer listed and owes the new ones the local state.
+// What it knows of the others carries on.
+func (x *Exchange) SetPeers(peers []netip.Addr) {
+	x.mu.Lock()
+	listed := map[netip.Addr]bool{}
+	for _, a := range peers {
+		listed[a] = true
+		if _, ok := x.peers[a]; !ok {
+			x.peers[a] = &remote{}
+			x.owed[a] = true
+		}
+	}
+	for a := range x.peers {
+		if !listed[a] {
+			delete(x.peers, a)
+			delete(x.owed, a)
+		}
+	}
+	x.mu.Unlock()
+	x.wakeSender()
+}
+
 // Run receives messages and sends hellos until ctx is done; it closes the
 // socket when it returns.
 func (x *Exchange) Run(ctx context.Context) {

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -42,6 +43,9 @@ type Config struct {
 type Transport struct {
 	dev       *device.Device
 	keepalive *time.Timer // enables the delayed keepalives (see NewTransport)
+
+	mu    sync.Mutex
+	peers map[Key]Config // as last configured
 }
 
 // Stats is a peer's link as the transport sees it.
@@ -106,17 +110,11 @@ func NewTransport(private Key, listenPort int, peers []Config, port Port, log *s
 	var b, later strings.Builder
 	fmt.Fprintf(&b, "private_key=%s\nreplace_peers=true\n", hex.EncodeToString(private[:]))
 	for _, p := range peers {
-		key := hex.EncodeToString(p.PublicKey[:])
-		fmt.Fprintf(&b, "public_key=%s\n", key)
-		if p.Endpoint.IsValid() {
-			fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
-		}
-		fmt.Fprintf(&b, "allowed_ip=%s/128\n", OverlayAddr(p.PublicKey))
-		keepalive := fmt.Sprintf("persistent_keepalive_interval=%d\n", int(KeepaliveInterval/time.Second))
 		if self.Compare(OverlayAddr(p.PublicKey)) > 0 {
-			fmt.Fprintf(&later, "public_key=%s\nupdate_only=true\n%s", key, keepalive)
+			writePeer(&b, p, false)
+			fmt.Fprintf(&later, "public_key=%s\nupdate_only=true\n%s", hex.EncodeToString(p.PublicKey[:]), keepaliveLine)
 		} else {
-			b.WriteString(keepalive)
+			writePeer(&b, p, true)
 		}
 	}
 	if err := dev.IpcSet(b.String()); err != nil {
@@ -127,13 +125,64 @@ func NewTransport(private Key, listenPort int, peers []Config, port Port, log *s
 		dev.Close()
 		return nil, fmt.Errorf("listen_port %d: %w", listenPort, err)
 	}
-	t := &Transport{dev: dev}
+	t := &Transport{dev: dev, peers: map[Key]Config{}}
+	for _, p := range peers {
+		t.peers[p.PublicKey] = p
+	}
 	t.keepalive = time.AfterFunc(quietStart, func() {
 		if err := dev.IpcSet(later.String()); err != nil {
 			log.Warn("enabling keepalives", "err", err)
 		}
 	})
 	return t, nil
+}
+
+var keepaliveLine = fmt.Sprintf("persistent_keepalive_interval=%d\n", int(KeepaliveInterval/time.Second))
+
+// writePeer writes the configuration of a new peer in wireguard-go's IPC
+// format, with the persistent keepalive or without.
+func writePeer(b *strings.Builder, p Config, keepalive bool) {
+	fmt.Fprintf(b, "public_key=%s\n", hex.EncodeToString(p.PublicKey[:]))
+	if p.Endpoint.IsValid() {
+		fmt.Fprintf(b, "endpoint=%s\n", p.Endpoint)
+	}
+	fmt.Fprintf(b, "allowed_ip=%s/128\n", OverlayAddr(p.PublicKey))
+	if keepalive {
+		b.WriteString(keepaliveLine)
+	}
+}
+
+// SetPeers makes peers the transport's peers: it removes those no longer
+// listed and adds the new ones. The sessions of the others carry on; their
+// endpoint changes only if its configuration did, so that a peer that
+// roamed (behind NAT, say) stays reachable where it is.
+func (t *Transport) SetPeers(peers []Config) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var b strings.Builder
+	next := map[Key]Config{}
+	for _, p := range peers {
+		next[p.PublicKey] = p
+		old, known := t.peers[p.PublicKey]
+		switch {
+		case !known:
+			writePeer(&b, p, true)
+		case p.Endpoint.IsValid() && p.Endpoint != old.Endpoint:
+			fmt.Fprintf(&b, "public_key=%s\nupdate_only=true\nendpoint=%s\n", hex.EncodeToString(p.PublicKey[:]), p.Endpoint)
+		}
+	}
+	for k := range t.peers {
+		if _, listed := next[k]; !listed {
+			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(k[:]))
+		}
+	}
+	if b.Len() > 0 {
+		if err := t.dev.IpcSet(b.String()); err != nil {
+			return fmt.Errorf("configure transport: %w", err)
+		}
+	}
+	t.peers = next
+	return nil
 }
 
 // Close stops the transport.

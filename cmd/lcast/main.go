@@ -69,7 +69,8 @@ func newApp() *cli.App {
 				Usage: "run the daemon in the foreground until SIGINT or SIGTERM",
 				Description: "Creates the interface (or adopts the one an earlier lcast left after a crash),\n" +
 					"configures its address and multicast routes, and serves until SIGINT or SIGTERM,\n" +
-					"then removes the interface and every route it added.",
+					"then removes the interface and every route it added. SIGHUP reads the configuration\n" +
+					"again and applies its [[peer]] tables without disturbing the other peers' traffic.",
 				Flags: []cli.Flag{configFlag,
 					&cli.BoolFlag{Name: "debug", Usage: "log debug messages"}},
 				Action: up,
@@ -134,7 +135,36 @@ func up(c *cli.Context) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return daemon.Run(ctx, cfg, log)
+	return daemon.Run(ctx, cfg, log, reloads(ctx, c.String("config"), log))
+}
+
+// reloads reads the configuration file again on each SIGHUP, until ctx is
+// done, and passes it on if it is valid (else it logs why not).
+func reloads(ctx context.Context, path string, log *slog.Logger) <-chan *config.Config {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	out := make(chan *config.Config)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			cfg, err := config.Load(path)
+			if err != nil {
+				log.Error("reload: configuration not applied", "err", err)
+				continue
+			}
+			select {
+			case out <- cfg:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
 }
 
 func status(c *cli.Context) error {

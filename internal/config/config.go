@@ -241,3 +241,25 @@ func lineOfNth(doc []byte, s string, n int) int {
 	}
 	return 0
 }
+
+// NeedRestart returns the keys whose values differ between c and next and
+// that a running daemon cannot change: everything but the [[peer]] tables.
+func (c *Config) NeedRestart(next *Config) []string {
+	var keys []string
+	for _, k := range []struct {
+		key  string
+		same bool
+	}{
+		{"interface", c.Interface == next.Interface},
+		{"private_key", c.Key == next.Key},
+		{"listen_port", c.Port == next.Port},
+		{"control_socket", c.ControlSocket == next.ControlSocket},
+		{"mtu", c.MTU == next.MTU},
+		{"forward_link_scope", c.ForwardLinkScope == next.ForwardLinkScope},
+	} {
+		if !k.same {
+			keys = append(keys, k.key)
+		}
+	}
+	return keys
+}

@@ -3,6 +3,9 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -100,4 +103,81 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted an incomplete config: %+v", c)
 		}
 	})
+}
+
+func TestNeedRestart(t *testing.T) {
+	base := "private_key = \"" + privA.String() + "\"\n"
+	parse := func(doc string) *Config {
+		c, err := Parse("lcast.toml", []byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	old := parse(base)
+	for _, tc := range []struct {
+		name string
+		doc  string
+		want []string
+	}{
+		{"nothing changed", base, nil},
+		{"a peer added", base + "[[peer]]\npublic_key = \"" + pubB.String() + "\"\n", nil},
+		{"port and MTU", base + "listen_port = 5\nmtu = 1400\n", []string{"listen_port", "mtu"}},
+		{"interface, and so the control socket", base + "interface = \"lc1\"\n", []string{"interface", "control_socket"}},
+		{"link scope", base + "forward_link_scope = true\n", []string{"forward_link_scope"}},
+	} {
+		if got := old.NeedRestart(parse(tc.doc)); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: NeedRestart = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// tomlKeys returns the TOML keys of struct type typ's fields.
+func tomlKeys(typ reflect.Type) []string {
+	var keys []string
+	for f := range typ.Fields() {
+		if k, _, _ := strings.Cut(f.Tag.Get("toml"), ","); k != "" && k != "-" {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// lcast.toml(5) documents every key there is, and no other, and its
+// example is a valid configuration.
+func TestManPageMatchesKeys(t *testing.T) {
+	doc, err := os.ReadFile("../../deploy/man/lcast.toml.5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := string(doc)
+	keysSection := page[strings.Index(page, ".SH KEYS"):strings.Index(page, ".SH RELOAD")]
+	var documented []string
+	for _, m := range regexp.MustCompile(`(?m)^\.TP\n\.B (\S+)\n`).FindAllStringSubmatch(keysSection, -1) {
+		documented = append(documented, m[1])
+	}
+	var want []string
+	for _, k := range tomlKeys(reflect.TypeFor[Config]()) {
+		if k == "peer" {
+			k = "[[peer]]"
+		}
+		want = append(want, k)
+	}
+	want = append(want, tomlKeys(reflect.TypeFor[Peer]())...)
+	if !slices.Equal(documented, want) {
+		t.Errorf("lcast.toml(5) documents keys %v; the configuration has %v", documented, want)
+	}
+	example := regexp.MustCompile(`(?s)\.SH EXAMPLE\n\.RS\n\.nf\n(.*?)\.fi\n`).FindStringSubmatch(page)
+	if example == nil {
+		t.Fatal("lcast.toml(5) has no example")
+	}
+	key := filepath.Join(t.TempDir(), "lc0.key")
+	if err := os.WriteFile(key, []byte(privA.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text := strings.ReplaceAll(example[1], `\-`, "-")
+	text = strings.Replace(text, "/etc/lcast/lc0.key", key, 1)
+	if _, err := Parse("lcast.toml(5)", []byte(text)); err != nil {
+		t.Errorf("the example does not parse: %v\n%s", err, text)
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	sdnotify "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/librecast/lcast/internal/config"
 	"github.com/librecast/lcast/internal/control"
 	"github.com/librecast/lcast/mld"
@@ -33,13 +34,18 @@ type Daemon struct {
 	scope     router.ScopePolicy
 	log       *slog.Logger
 	addr      netip.Addr
-	peerAddrs []netip.Addr
 	ifc       *tun.Interface
 	link      *mld.Link
 	router    *router.Router
 	transport *peer.Transport
 	exchange  *peer.Exchange
 	changed   chan struct{} // local memberships changed
+
+	// peers are the configured peers, changed by a reload; addrs their
+	// overlay addresses, in the same order (which Status follows).
+	peersMu sync.Mutex
+	peers   []config.Peer
+	addrs   []netip.Addr
 
 	// provisional holds the groups the kernel announced joined on lc0
 	// whose MLD report has not come yet, with when they stop counting.
@@ -52,8 +58,10 @@ type Daemon struct {
 
 // Run brings lcast up and serves until ctx is done, then removes lc0 and its
 // routes. It returns an error if start-up fails (leaving nothing behind) or
-// if lc0 fails under it.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) {
+// if lc0 fails under it. Each configuration received from reload is
+// applied (see Daemon.reload). Under systemd (Type=notify), Run tells the
+// service manager when it is ready, reloading and stopping.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-chan *config.Config) (err error) {
 	d := &Daemon{
 		cfg:     cfg,
 		scope:   router.ScopePolicy{LinkLocal: cfg.ForwardLinkScope},
@@ -64,10 +72,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		provisional: map[netip.Addr]time.Time{},
 	}
 	d.link = mld.NewLink(mld.DefaultTiming, d.localChanged)
-	peers, err := d.resolvePeers(ctx)
+	peers, addrs, err := resolvePeers(ctx, cfg.Peers)
 	if err != nil {
 		return err
 	}
+	d.peers, d.addrs = cfg.Peers, addrs
 
 	// What start-up made is undone, last first, if a later step fails.
 	var undo []func()
@@ -97,13 +106,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	}
 	undo = append(undo, func() { d.ifc.Close() })
 	d.router = router.New(d.ifc.Device, d.addr, d.scope, d.handleLinkLocal)
-	d.router.SetPeers(d.peerAddrs)
+	d.router.SetPeers(addrs)
 	if d.transport, err = peer.NewTransport(cfg.Key, cfg.Port, peers, d.router.Port(), log); err != nil {
 		return err
 	}
 	// The transport's reader blocks on lc0, so lc0 closes first.
 	undo = append(undo, func() { d.ifc.Close(); d.transport.Close() })
-	if d.exchange, err = peer.NewExchange(d.addr, d.peerAddrs, d.router.SetSubscriptions, log); err != nil {
+	if d.exchange, err = peer.NewExchange(d.addr, addrs, d.router.SetSubscriptions, log); err != nil {
 		return fmt.Errorf("subscription socket: %w", err)
 	}
 	undo = nil // started: from here on, shutdown below cleans up
@@ -138,12 +147,23 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	log.Info("lcast is up", "interface", cfg.Interface, "address", d.addr, "public_key", cfg.Key.PublicKey(),
 		"listen_port", cfg.Port, "peers", len(peers), "control_socket", cfg.ControlSocket)
 
+	notify(log, sdnotify.SdNotifyReady)
 	var runErr error
-	select {
-	case <-ctx.Done():
-	case <-d.transport.Done():
-		runErr = fmt.Errorf("interface %s was removed or failed under lcast", cfg.Interface)
+serve:
+	for {
+		select {
+		case <-ctx.Done():
+			break serve
+		case <-d.transport.Done():
+			runErr = fmt.Errorf("interface %s was removed or failed under lcast", cfg.Interface)
+			break serve
+		case next := <-reload:
+			notify(log, sdnotify.SdNotifyReloading)
+			d.reload(ctx, next)
+			notify(log, sdnotify.SdNotifyReady)
+		}
 	}
+	notify(log, sdnotify.SdNotifyStopping)
 	// Shutdown order: stop answering, stop querying and announcing, remove
 	// lc0 (which ends the transport's reads), then stop the transport.
 	shutdownCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
@@ -159,13 +179,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 }
 
 // resolvePeers turns the configured peers into the transport's, resolving
-// endpoint names, and records their overlay addresses in d.peerAddrs (in
-// the configuration's order, which Status relies on).
-func (d *Daemon) resolvePeers(ctx context.Context) ([]peer.Config, error) {
-	out := make([]peer.Config, len(d.cfg.Peers))
-	for i, p := range d.cfg.Peers {
+// endpoint names, and returns their overlay addresses too (in the same
+// order).
+func resolvePeers(ctx context.Context, peers []config.Peer) ([]peer.Config, []netip.Addr, error) {
+	out := make([]peer.Config, len(peers))
+	addrs := make([]netip.Addr, len(peers))
+	for i, p := range peers {
 		out[i].PublicKey = p.PublicKey
-		d.peerAddrs = append(d.peerAddrs, peer.OverlayAddr(p.PublicKey))
+		addrs[i] = peer.OverlayAddr(p.PublicKey)
 		if p.Endpoint.IsZero() {
 			continue
 		}
@@ -173,11 +194,53 @@ func (d *Daemon) resolvePeers(ctx context.Context) ([]peer.Config, error) {
 		ep, err := peer.ResolveEndpoint(rctx, p.Endpoint.Host, p.Endpoint.Port)
 		cancel()
 		if err != nil {
-			return nil, fmt.Errorf("peer[%d]: %w", i+1, err)
+			return nil, nil, fmt.Errorf("peer[%d]: %w", i+1, err)
 		}
 		out[i].Endpoint = ep
 	}
-	return out, nil
+	return out, addrs, nil
+}
+
+// reload applies next's [[peer]] tables: peers no longer listed are
+// removed, new ones added, changed endpoints updated; the sessions and
+// subscriptions of the others carry on, and so does their traffic. Other
+// changed keys are logged as needing a restart. If next cannot be applied
+// (an endpoint does not resolve), nothing changes.
+func (d *Daemon) reload(ctx context.Context, next *config.Config) {
+	if keys := d.cfg.NeedRestart(next); len(keys) > 0 {
+		d.log.Warn("reload: changes to these keys take effect at the next start", "keys", keys)
+	}
+	peers, addrs, err := resolvePeers(ctx, next.Peers)
+	if err != nil {
+		d.log.Error("reload: peers unchanged", "err", err)
+		return
+	}
+	if err := d.transport.SetPeers(peers); err != nil {
+		d.log.Error("reload: peers unchanged", "err", err)
+		return
+	}
+	d.router.SetPeers(addrs)
+	d.exchange.SetPeers(addrs)
+	d.peersMu.Lock()
+	added, removed := len(addrs), 0
+	for _, a := range d.addrs {
+		if slices.Contains(addrs, a) {
+			added--
+		} else {
+			removed++
+		}
+	}
+	d.peers, d.addrs = next.Peers, addrs
+	d.peersMu.Unlock()
+	d.log.Info("reloaded", "peers", len(addrs), "added", added, "removed", removed)
+}
+
+// notify tells systemd about the daemon's state, when it runs under
+// systemd with Type=notify.
+func notify(log *slog.Logger, state string) {
+	if _, err := sdnotify.SdNotify(false, state); err != nil {
+		log.Warn("telling systemd", "state", state, "err", err)
+	}
 }
 
 // handleLinkLocal takes the packets from lc0 that stay on the link: MLD
@@ -313,8 +376,11 @@ func (d *Daemon) Status() control.Status {
 		d.log.Warn("reading transport state", "err", err)
 	}
 	now := time.Now()
-	for i, p := range d.cfg.Peers {
-		addr := d.peerAddrs[i]
+	d.peersMu.Lock()
+	peers, addrs := d.peers, d.addrs
+	d.peersMu.Unlock()
+	for i, p := range peers {
+		addr := addrs[i]
 		s := stats[p.PublicKey]
 		ps := control.PeerStatus{
 			PublicKey: p.PublicKey.String(),

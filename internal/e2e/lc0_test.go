@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -225,4 +226,49 @@ func TestLc0DeletedUnderDaemon(t *testing.T) {
 	if left := leftovers(ns, "lc0"); len(left) > 0 {
 		t.Fatalf("left behind: %v", left)
 	}
+}
+
+// Under systemd (Type=notify) lcast reports READY=1 once lc0 is up, around
+// a reload RELOADING=1 then READY=1, and STOPPING=1 when it stops. A reload
+// of a broken file changes nothing.
+func TestSystemdNotify(t *testing.T) {
+	ns := netlab.NewNamespace(t, "lcast-notify")
+	sock := filepath.Join(t.TempDir(), "notify")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	next := func(want string) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 512)
+		n, err := c.Read(buf)
+		if err != nil || strings.TrimSpace(string(buf[:n])) != want {
+			t.Fatalf("want %q from lcast, got %q, %v", want, buf[:n], err)
+		}
+	}
+	n := newNode(t, ns, "")
+	n.daemon = ns.Start("env", "NOTIFY_SOCKET="+sock, lcastBin, "up", "-c", n.cfg)
+	next("READY=1")
+	if ns.Command("ip", "link", "show", "lc0").Run() != nil {
+		t.Fatal("READY=1 came before lc0 was up")
+	}
+	doc, _ := os.ReadFile(n.cfg)
+	n.reload(t, string(doc))
+	next("RELOADING=1")
+	next("READY=1")
+	// A broken file is refused with the key and line, and lcast carries on.
+	if err := os.WriteFile(n.cfg, append(doc, "listen_prot = 5\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.daemon.Signal(syscall.SIGHUP)
+	if !n.daemon.WaitOutput("listen_prot: unknown key", 5*time.Second) || !strings.Contains(n.daemon.Output(), "reload: configuration not applied") {
+		t.Fatalf("a broken configuration was not refused:\n%s", n.daemon.Output())
+	}
+	if n.status(t).Interface != "lc0" {
+		t.Fatal("lcast did not carry on after refusing a configuration")
+	}
+	n.stop(syscall.SIGTERM)
+	next("STOPPING=1")
 }

@@ -166,6 +166,22 @@ func (n *node) up() {
 	}
 }
 
+// reload writes doc as the node's configuration, signals the daemon to
+// read it again, and waits until it logs that it applied it.
+func (n *node) reload(t testing.TB, doc string) {
+	t.Helper()
+	before := strings.Count(n.daemon.Output(), `msg=reloaded`)
+	if err := os.WriteFile(n.cfg, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.daemon.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := netlab.Poll(5*time.Second, func() bool { return strings.Count(n.daemon.Output(), `msg=reloaded`) > before }); !ok {
+		t.Fatalf("the daemon did not reload:\n%s", n.daemon.Output())
+	}
+}
+
 func (n *node) tryStatus() (*control.Status, error) {
 	if n.sock != "" {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
