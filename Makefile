@@ -2,13 +2,18 @@
 PREFIX  ?= /usr/local
 DESTDIR ?=
 BINDIR  := $(PREFIX)/bin
+MANDIR  := $(PREFIX)/share/man
+UNITDIR := $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
 GO      ?= go
 FUZZTIME ?= 5s
+NFPM    := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.44.0
+VERSION ?= $(shell git describe --tags --always 2>/dev/null | sed 's/^v//; s/^\([^0-9]\)/0.0.0+\1/' || echo 0.0.0)
 
-.PHONY: all build deps test fuzz bench demo install uninstall clean help
+.PHONY: all build deps test fuzz check-deploy bench demo install uninstall deb clean help
 
 # What the demo and the tests run besides lcast, as Debian packages.
-DEB_DEPS = iproute2 iputils-ping procps util-linux socat iperf nftables tinc gcc liblibrecast-dev libsodium-dev
+DEB_DEPS = iproute2 iputils-ping procps util-linux socat iperf nftables tinc gcc liblibrecast-dev libsodium-dev systemd groff-base
 
 all: build
 
@@ -16,7 +21,7 @@ help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 deps: ## as root on Debian: install what the demo and the tests need, if missing
-	@missing=; for c in ip ping sysctl unshare socat iperf nft tincd gcc; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=; for c in ip ping sysctl unshare socat iperf nft tincd gcc systemd-analyze groff; do command -v $$c >/dev/null || missing=1; done; \
 	[ -f /usr/include/librecast.h ] && [ -f /usr/include/sodium.h ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -27,10 +32,14 @@ deps: ## as root on Debian: install what the demo and the tests need, if missing
 build: ## build ./lcast
 	$(GO) build -o lcast ./cmd/lcast
 
-test: deps ## run each fuzzer briefly, then every test (as root: namespace tests too)
+test: deps ## run each fuzzer briefly, then every test (as root: namespace tests too), then check-deploy
 	$(GO) vet ./...
 	$(MAKE) --no-print-directory fuzz
 	$(GO) test -race -count=1 ./...
+	$(MAKE) --no-print-directory check-deploy
+
+check-deploy: ## check what install and deb produce, and verify the systemd unit
+	deploy/check.sh
 
 fuzz: ## run each fuzz test for FUZZTIME (default 5s)
 	@for pkg in $$($(GO) list ./...); do \
@@ -47,12 +56,28 @@ bench: deps ## as root: micro-benchmarks, then lcast side by side with unicast, 
 	$(GO) test -run '^$$' -bench . -benchmem ./mld ./router
 	$(GO) test -run '^$$' -bench SideBySide -benchtime 1x -timeout 60m ./internal/e2e -args -bench.out=$(CURDIR)/bench-results
 
-install: build ## install the binary under $(DESTDIR)$(PREFIX)
-	install -d $(DESTDIR)$(BINDIR)
-	install -m 0755 lcast $(DESTDIR)$(BINDIR)/lcast
+# What install puts where, below $(DESTDIR): source, mode, destination.
+INSTALLED = \
+	lcast 0755 $(BINDIR)/lcast \
+	deploy/systemd/lcast@.service 0644 $(UNITDIR)/lcast@.service \
+	deploy/man/lcast.8 0644 $(MANDIR)/man8/lcast.8 \
+	deploy/man/lcast.toml.5 0644 $(MANDIR)/man5/lcast.toml.5 \
+	deploy/completions/lcast.bash 0644 $(PREFIX)/share/bash-completion/completions/lcast \
+	deploy/lcast.toml.example 0644 $(PREFIX)/share/doc/lcast/examples/lcast.toml
 
-uninstall: ## remove what install installed
-	rm -f $(DESTDIR)$(BINDIR)/lcast
+install: build ## install lcast, its systemd unit, man pages, bash completion and example config under $(DESTDIR)$(PREFIX)
+	@set -- $(INSTALLED); while [ $$# -gt 0 ]; do \
+	  echo "install $$1 -> $(DESTDIR)$$3"; install -D -m $$2 $$1 $(DESTDIR)$$3 || exit 1; shift 3; \
+	done
+	sed -i 's|^ExecStart=/usr/bin/lcast|ExecStart=$(BINDIR)/lcast|' $(DESTDIR)$(UNITDIR)/lcast@.service
+	install -d -m 0700 $(DESTDIR)$(SYSCONFDIR)/lcast
+
+uninstall: ## remove what install installed (not /etc/lcast)
+	@set -- $(INSTALLED); while [ $$# -gt 0 ]; do rm -f $(DESTDIR)$$3; shift 3; done
+
+deb: build ## build dist/lcast_VERSION_ARCH.deb with nfpm (the files install puts under /usr)
+	mkdir -p dist
+	GOARCH=$$($(GO) env GOARCH) LCAST_VERSION=$(VERSION) $(GO) run $(NFPM) package -f deploy/nfpm.yaml -p deb -t dist/
 
 clean: ## remove build output
-	rm -f lcast
+	rm -rf lcast dist

@@ -47,6 +47,8 @@ func newApp() *cli.App {
 			"multicast groups with ordinary sockets. It learns their joins from MLD and carries\n" +
 			"the matching packets to and from its peers over authenticated, encrypted UDP.",
 		HideHelpCommand: true,
+		// deploy/completions call lcast --generate-bash-completion.
+		EnableBashCompletion: true,
 		CommandNotFound: func(c *cli.Context, name string) {
 			fmt.Fprintf(os.Stderr, "lcast: unknown command %q; see lcast --help\n", name)
 			os.Exit(2)

@@ -65,3 +65,33 @@ func TestManPagesRender(t *testing.T) {
 		}
 	}
 }
+
+// The bash completion offers the commands and each command's flags.
+func TestBashCompletion(t *testing.T) {
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("bash is not installed")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("go", "build", "-o", dir+"/lcast", ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for line, want := range map[string]string{
+		"lcast ":          "genkey pubkey up status",
+		"lcast st":        "status",
+		"lcast status --": "--config --json --help",
+		"lcast up --d":    "--debug",
+	} {
+		script := `source ../../deploy/completions/lcast.bash
+read -ra COMP_WORDS <<< "$LINE"
+[[ $LINE == *" " ]] && COMP_WORDS+=("")
+COMP_CWORD=$((${#COMP_WORDS[@]}-1))
+_lcast
+echo "${COMPREPLY[*]}"`
+		cmd := exec.Command("bash", "-c", script)
+		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"), "LINE="+line)
+		out, err := cmd.CombinedOutput()
+		if got := strings.TrimSpace(string(out)); err != nil || got != want {
+			t.Errorf("completing %q: got %q (%v), want %q", line, got, err, want)
+		}
+	}
+}

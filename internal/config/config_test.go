@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -171,13 +172,35 @@ func TestManPageMatchesKeys(t *testing.T) {
 	if example == nil {
 		t.Fatal("lcast.toml(5) has no example")
 	}
+	parseExample(t, "lcast.toml(5)", strings.ReplaceAll(example[1], `\-`, "-"))
+}
+
+// The example configuration installed with lcast is valid.
+func TestExampleFile(t *testing.T) {
+	doc, err := os.ReadFile("../../deploy/lcast.toml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parseExample(t, "lcast.toml.example", string(doc))
+}
+
+// parseExample parses an example that reads its private key from
+// /etc/lcast/lc0.key, with a key file of the test's in its place.
+func parseExample(t *testing.T, name, doc string) {
+	t.Helper()
 	key := filepath.Join(t.TempDir(), "lc0.key")
 	if err := os.WriteFile(key, []byte(privA.String()+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	text := strings.ReplaceAll(example[1], `\-`, "-")
-	text = strings.Replace(text, "/etc/lcast/lc0.key", key, 1)
-	if _, err := Parse("lcast.toml(5)", []byte(text)); err != nil {
-		t.Errorf("the example does not parse: %v\n%s", err, text)
+	if !strings.Contains(doc, `"/etc/lcast/lc0.key"`) {
+		t.Fatalf("%s does not read /etc/lcast/lc0.key", name)
+	}
+	doc = strings.Replace(doc, `"/etc/lcast/lc0.key"`, strconv.Quote(key), 1)
+	c, err := Parse(name, []byte(doc))
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", name, err, doc)
+	}
+	if len(c.Peers) == 0 {
+		t.Errorf("%s has no peer", name)
 	}
 }

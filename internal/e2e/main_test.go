@@ -156,11 +156,18 @@ func newNodeWithKey(t testing.TB, ns *netlab.Namespace, key peer.Key, extra stri
 // up starts the daemon and waits until it answers.
 func (n *node) up() {
 	n.t.Helper()
-	args := []string{"up", "-c", n.cfg}
+	n.upUnder()
+}
+
+// upUnder starts the daemon under the command prefix (setpriv and its
+// arguments, say) and waits until it answers.
+func (n *node) upUnder(prefix ...string) {
+	n.t.Helper()
+	args := append(prefix, lcastBin, "up", "-c", n.cfg)
 	if os.Getenv("LCAST_E2E_DEBUG") != "" {
 		args = append(args, "--debug")
 	}
-	n.daemon = n.ns.Start(lcastBin, args...)
+	n.daemon = n.ns.Start(args[0], args[1:]...)
 	if _, ok := netlab.Poll(5*time.Second, func() bool { _, err := n.tryStatus(); return err == nil }); !ok {
 		n.t.Fatalf("lcast did not come up in %s:\n%s", n.ns, n.daemon.Output())
 	}

@@ -1,0 +1,45 @@
+#!/bin/sh
+# Checks what `make install` and `make deb` produce: the same files, a
+# systemd unit that systemd-analyze verifies (with its man pages found),
+# and a package whose control fields are set. Run by `make check-deploy`.
+set -eu
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "check-deploy: $*" >&2; exit 1; }
+
+make --no-print-directory install DESTDIR="$tmp/root" PREFIX=/usr >/dev/null
+installed=$(cd "$tmp/root" && find . -type f | sort)
+want="./usr/bin/lcast
+./usr/lib/systemd/system/lcast@.service
+./usr/share/bash-completion/completions/lcast
+./usr/share/doc/lcast/examples/lcast.toml
+./usr/share/man/man5/lcast.toml.5
+./usr/share/man/man8/lcast.8"
+[ "$installed" = "$want" ] || fail "make install put
+$installed
+want
+$want"
+[ "$(stat -c %a "$tmp/root/etc/lcast")" = 700 ] || fail "/etc/lcast is not mode 0700"
+
+# The unit as an instance, its ExecStart pointing at the installed binary,
+# its Documentation= at the installed man pages. Any complaint fails.
+unit="$tmp/lcast@lc0.service"
+sed "s|^ExecStart=/usr/bin/lcast|ExecStart=$tmp/root/usr/bin/lcast|" "$tmp/root/usr/lib/systemd/system/lcast@.service" >"$unit"
+out=$(MANPATH="$tmp/root/usr/share/man" systemd-analyze verify "$unit" 2>&1) || fail "systemd-analyze verify: $out"
+[ -z "$out" ] || fail "systemd-analyze verify: $out"
+echo "check-deploy: systemd-analyze verify lcast@.service: ok"
+
+rm -f dist/lcast_*.deb
+make --no-print-directory deb >/dev/null
+deb=$(ls dist/lcast_*.deb)
+listing=$(dpkg-deb -c "$deb")
+packaged=$(echo "$listing" | awk '$1 !~ /^d/ {print $NF}' | sort)
+[ "$packaged" = "$want" ] || fail "$deb holds
+$packaged
+want
+$want"
+echo "$listing" | grep -q '^drwx------ root/root .* ./etc/lcast/$' || fail "$deb: /etc/lcast is not mode 0700"
+for field in Package Version Architecture Maintainer Description; do
+	[ -n "$(dpkg-deb -f "$deb" "$field")" ] || fail "$deb has no $field"
+done
+echo "check-deploy: $deb: $(echo "$packaged" | wc -l) files, as make install: ok"
