@@ -8,7 +8,7 @@ SYSCONFDIR ?= /etc
 GO      ?= go
 FUZZTIME ?= 5s
 NFPM    := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.44.0
-VERSION ?= $(shell git describe --tags --always 2>/dev/null | sed 's/^v//; s/^\([^0-9]\)/0.0.0+\1/' || echo 0.0.0)
+VERSION ?= $(shell deploy/version.sh)
 
 .PHONY: all build deps test fuzz check-deploy bench demo install uninstall deb clean help
 
