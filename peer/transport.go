@@ -153,10 +153,11 @@ func writePeer(b *strings.Builder, p Config, keepalive bool) {
 }
 
 // SetPeers makes peers the transport's peers: it removes those no longer
-// listed and adds the new ones. The sessions of the others carry on; their
-// endpoint changes only if its configuration did, so that a peer that
-// roamed (behind NAT, say) stays reachable where it is.
-func (t *Transport) SetPeers(peers []Config) error {
+// listed and adds the new ones, and returns how many of each. The sessions
+// of the others carry on; their endpoint changes only if its configuration
+// did, so that a peer that roamed (behind NAT, say) stays reachable where
+// it is.
+func (t *Transport) SetPeers(peers []Config) (added, removed int, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var b strings.Builder
@@ -167,6 +168,7 @@ func (t *Transport) SetPeers(peers []Config) error {
 		switch {
 		case !known:
 			writePeer(&b, p, true)
+			added++
 		case p.Endpoint.IsValid() && p.Endpoint != old.Endpoint:
 			fmt.Fprintf(&b, "public_key=%s\nupdate_only=true\nendpoint=%s\n", hex.EncodeToString(p.PublicKey[:]), p.Endpoint)
 		}
@@ -174,15 +176,16 @@ func (t *Transport) SetPeers(peers []Config) error {
 	for k := range t.peers {
 		if _, listed := next[k]; !listed {
 			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(k[:]))
+			removed++
 		}
 	}
 	if b.Len() > 0 {
 		if err := t.dev.IpcSet(b.String()); err != nil {
-			return fmt.Errorf("configure transport: %w", err)
+			return 0, 0, fmt.Errorf("configure transport: %w", err)
 		}
 	}
 	t.peers = next
-	return nil
+	return added, removed, nil
 }
 
 // Close stops the transport.

@@ -41,11 +41,10 @@ type Daemon struct {
 	exchange  *peer.Exchange
 	changed   chan struct{} // local memberships changed
 
-	// peers are the configured peers, changed by a reload; addrs their
-	// overlay addresses, in the same order (which Status follows).
+	// peers are the configured peers, in the configuration's order (which
+	// Status follows), changed by a reload.
 	peersMu sync.Mutex
 	peers   []config.Peer
-	addrs   []netip.Addr
 
 	// provisional holds the groups the kernel announced joined on lc0
 	// whose MLD report has not come yet, with when they stop counting.
@@ -76,7 +75,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	if err != nil {
 		return err
 	}
-	d.peers, d.addrs = cfg.Peers, addrs
+	d.peers = cfg.Peers
 
 	// What start-up made is undone, last first, if a later step fails.
 	var undo []func()
@@ -215,22 +214,15 @@ func (d *Daemon) reload(ctx context.Context, next *config.Config) {
 		d.log.Error("reload: peers unchanged", "err", err)
 		return
 	}
-	if err := d.transport.SetPeers(peers); err != nil {
+	added, removed, err := d.transport.SetPeers(peers)
+	if err != nil {
 		d.log.Error("reload: peers unchanged", "err", err)
 		return
 	}
 	d.router.SetPeers(addrs)
 	d.exchange.SetPeers(addrs)
 	d.peersMu.Lock()
-	added, removed := len(addrs), 0
-	for _, a := range d.addrs {
-		if slices.Contains(addrs, a) {
-			added--
-		} else {
-			removed++
-		}
-	}
-	d.peers, d.addrs = next.Peers, addrs
+	d.peers = next.Peers
 	d.peersMu.Unlock()
 	d.log.Info("reloaded", "peers", len(addrs), "added", added, "removed", removed)
 }
@@ -377,10 +369,10 @@ func (d *Daemon) Status() control.Status {
 	}
 	now := time.Now()
 	d.peersMu.Lock()
-	peers, addrs := d.peers, d.addrs
+	peers := d.peers
 	d.peersMu.Unlock()
-	for i, p := range peers {
-		addr := addrs[i]
+	for _, p := range peers {
+		addr := peer.OverlayAddr(p.PublicKey)
 		s := stats[p.PublicKey]
 		ps := control.PeerStatus{
 			PublicKey: p.PublicKey.String(),
