@@ -42,6 +42,10 @@ const (
 // dropReasons lists the reasons in counter order.
 var dropReasons = [...]string{DropScope, DropNoSubscriber, DropNoListener, DropForgedSource, DropNoRoute, DropMalformed, DropLc0Read, DropLc0Write, DropPeerQueue}
 
+// peerDrops are the counters of the reasons a drop can be told to concern
+// one peer: the packets it sent, or those queued for it.
+var peerDrops = [...]int{dScope, dNoListener, dForgedSource, dMalformed, dPeerQueue}
+
 const (
 	dScope = iota
 	dNoSubscriber
@@ -59,9 +63,22 @@ const (
 type Subscription = mld.GroupState
 
 // PeerCounters count the overlay packets (wrapped multicast and unicast)
-// the router sent to and received from one peer, and their bytes.
+// the router sent to and received from one peer, and their bytes, and the
+// packets from or for the peer it dropped.
 type PeerCounters struct {
 	RxPackets, RxBytes, TxPackets, TxBytes atomic.Uint64
+	drops                                  [len(dropReasons)]atomic.Uint64
+}
+
+// Drops returns the peer's drop counters by reason, for each reason that
+// can concern one peer (scope, no_listener, forged_source, malformed and
+// peer_queue_full).
+func (c *PeerCounters) Drops() map[string]uint64 {
+	out := make(map[string]uint64, len(peerDrops))
+	for _, i := range peerDrops {
+		out[dropReasons[i]] = c.drops[i].Load()
+	}
+	return out
 }
 
 // sent counts one packet of n bytes to the peer.
@@ -238,6 +255,14 @@ func (r *Router) Counters(addr netip.Addr) *PeerCounters {
 	return nil
 }
 
+// drop counts a dropped packet by reason, for the peer p too unless nil.
+func (r *Router) drop(reason int, p *routerPeer) {
+	r.drops[reason].Add(1)
+	if p != nil {
+		p.counters.drops[reason].Add(1)
+	}
+}
+
 // Drops returns the drop counters by reason.
 func (r *Router) Drops() map[string]uint64 {
 	out := make(map[string]uint64, len(dropReasons))
@@ -259,7 +284,7 @@ func (r *Router) Port() *Port { return &r.port }
 func (r *Router) route(t *table, pkt []byte, next *int, out []byte) (int, *routerPeer) {
 	if len(pkt) < ipv6HeaderLen || pkt[0]>>4 != 6 {
 		if *next == 0 {
-			r.drops[dMalformed].Add(1)
+			r.drop(dMalformed, nil)
 		}
 		return 0, nil
 	}
@@ -274,12 +299,12 @@ func (r *Router) route(t *table, pkt []byte, next *int, out []byte) (int, *route
 			if dst.IsLinkLocalUnicast() {
 				r.linkLocal(pkt)
 			} else {
-				r.drops[dNoRoute].Add(1)
+				r.drop(dNoRoute, nil)
 			}
 			return 0, nil
 		}
 		if !p.admit() {
-			r.drops[dPeerQueue].Add(1)
+			r.drop(dPeerQueue, p)
 			return 0, nil
 		}
 		n := copy(out, pkt)
@@ -292,14 +317,14 @@ func (r *Router) route(t *table, pkt []byte, next *int, out []byte) (int, *route
 			if dst.As16()[1]&0x0f <= ScopeLinkLocal {
 				r.linkLocal(pkt)
 			} else {
-				r.drops[dScope].Add(1)
+				r.drop(dScope, nil)
 			}
 		}
 		return 0, nil
 	}
 	subs := t.groups[dst]
 	if *next == 0 && len(subs) == 0 {
-		r.drops[dNoSubscriber].Add(1)
+		r.drop(dNoSubscriber, nil)
 	}
 	src := netip.AddrFrom16([16]byte(pkt[8:24]))
 	for *next < len(subs) {
@@ -309,7 +334,7 @@ func (r *Router) route(t *table, pkt []byte, next *int, out []byte) (int, *route
 			continue
 		}
 		if !s.peer.admit() {
-			r.drops[dPeerQueue].Add(1)
+			r.drop(dPeerQueue, s.peer)
 			continue
 		}
 		wrap(out, r.self, s.peer.addr, len(pkt))
@@ -336,14 +361,14 @@ func wrap(b []byte, src, dst netip.Addr, innerLen int) {
 // drop it.
 func (r *Router) deliver(t *table, pkt []byte) int {
 	if len(pkt) < ipv6HeaderLen || pkt[0]>>4 != 6 {
-		r.drops[dMalformed].Add(1)
+		r.drop(dMalformed, nil)
 		return -1
 	}
 	src := netip.AddrFrom16([16]byte(pkt[8:24]))
 	p, ok := t.peers[src]
 	if !ok {
 		// The transport admits only peers' overlay addresses as sources.
-		r.drops[dForgedSource].Add(1)
+		r.drop(dForgedSource, nil)
 		return -1
 	}
 	p.counters.received(len(pkt))
@@ -352,23 +377,23 @@ func (r *Router) deliver(t *table, pkt []byte) int {
 	}
 	inner := pkt[WrapLen:]
 	if len(inner) < ipv6HeaderLen || inner[0]>>4 != 6 {
-		r.drops[dMalformed].Add(1)
+		r.drop(dMalformed, p)
 		return -1
 	}
 	// Decision 3: the inner source must be the peer's own address, or
 	// for link-scope groups its link-local address.
 	innerSrc := [16]byte(inner[8:24])
 	if innerSrc != src.As16() && !isLinkLocalOf(innerSrc, src) {
-		r.drops[dForgedSource].Add(1)
+		r.drop(dForgedSource, p)
 		return -1
 	}
 	group := netip.AddrFrom16([16]byte(inner[24:40]))
 	if !group.IsMulticast() || !r.scope.Forwards(group) {
-		r.drops[dScope].Add(1)
+		r.drop(dScope, p)
 		return -1
 	}
 	if l, ok := t.listener(group); !ok || !l.Wants(netip.AddrFrom16(innerSrc)) {
-		r.drops[dNoListener].Add(1)
+		r.drop(dNoListener, p)
 		return -1
 	}
 	return WrapLen
@@ -460,7 +485,7 @@ func (p *Port) readLc0() {
 			return
 		}
 		if err != nil {
-			p.r.drops[dLc0Read].Add(1)
+			p.r.drop(dLc0Read, nil)
 		}
 		if n == 0 {
 			p.free <- b
@@ -559,7 +584,7 @@ func (p *Port) Write(bufs [][]byte, offset int) (int, error) {
 			if errors.Is(err, os.ErrClosed) {
 				return 0, err
 			}
-			r.drops[dLc0Write].Add(1)
+			r.drop(dLc0Write, nil)
 		}
 	}
 	return len(bufs), nil

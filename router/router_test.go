@@ -141,18 +141,25 @@ func TestDeliverFromPeers(t *testing.T) {
 		name string
 		pkt  []byte
 		drop string
+		peer netip.Addr // whose drop it also is, if any
 	}{
-		{"forged inner source", wrapped(nil, udpPacket(peerB, grp1, "x"), peerA), DropForgedSource},
-		{"excluded source", wrapped(nil, udpPacket(peerB, grp1, "x"), peerB), DropNoListener},
-		{"no listener", wrapped(nil, udpPacket(peerA, grp2, "x"), peerA), DropNoListener},
-		{"not a peer", wrapped(nil, udpPacket(srcS, grp1, "x"), srcS), DropForgedSource},
-		{"link scope", wrapped(nil, udpPacket(peerA, netip.MustParseAddr("ff02::1"), "x"), peerA), DropScope},
+		{"forged inner source", wrapped(nil, udpPacket(peerB, grp1, "x"), peerA), DropForgedSource, peerA},
+		{"excluded source", wrapped(nil, udpPacket(peerB, grp1, "x"), peerB), DropNoListener, peerB},
+		{"no listener", wrapped(nil, udpPacket(peerA, grp2, "x"), peerA), DropNoListener, peerA},
+		{"not a peer", wrapped(nil, udpPacket(srcS, grp1, "x"), srcS), DropForgedSource, netip.Addr{}},
+		{"link scope", wrapped(nil, udpPacket(peerA, netip.MustParseAddr("ff02::1"), "x"), peerA), DropScope, peerA},
 	}
 	for _, c := range cases {
 		before := tr.Drops()[c.drop]
+		peersBefore := peerDropTotals(tr.Router, c.drop)
 		tr.Port().Write([][]byte{c.pkt}, 16)
 		if tr.Drops()[c.drop] != before+1 {
 			t.Errorf("%s: %s drops %d -> %d", c.name, c.drop, before, tr.Drops()[c.drop])
+		}
+		for a, n := range peerDropTotals(tr.Router, c.drop) {
+			if want := peersBefore[a] + b2u(a == c.peer); n != want {
+				t.Errorf("%s: peer %s has %d %s drops, want %d", c.name, a, n, c.drop, want)
+			}
 		}
 	}
 	tr.Port().Write([][]byte{wrapped(nil, good, peerA), append(make([]byte, 16), udpPacket(peerC, self, "unicast")...)}, 16)
@@ -174,6 +181,24 @@ func TestDeliverFromPeers(t *testing.T) {
 	if c := tr.Counters(peerA); c.RxPackets.Load() != 4 {
 		t.Fatalf("peer A rx packets %d, want 4", c.RxPackets.Load())
 	}
+}
+
+// peerDropTotals returns each peer's count of drops for reason.
+func peerDropTotals(r *Router, reason string) map[netip.Addr]uint64 {
+	out := map[netip.Addr]uint64{}
+	for _, a := range []netip.Addr{peerA, peerB, peerC} {
+		if c := r.Counters(a); c != nil {
+			out[a] = c.Drops()[reason]
+		}
+	}
+	return out
+}
+
+func b2u(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // With link scope opted in, a peer's link-local address is its own too.
@@ -442,6 +467,9 @@ func TestPeerQueueBound(t *testing.T) {
 	if len(out) != PeerQueueLimit || tr.Drops()[DropPeerQueue] != 10 {
 		t.Fatalf("%d packets of %d went to peer A, %d dropped as %s; want %d and 10",
 			len(out), PeerQueueLimit+10, tr.Drops()[DropPeerQueue], DropPeerQueue, PeerQueueLimit)
+	}
+	if d := peerDropTotals(tr.Router, DropPeerQueue); d[peerA] != 10 || d[peerC] != 0 {
+		t.Fatalf("%s drops by peer: %v; want 10 for peer A only", DropPeerQueue, d)
 	}
 	// Peer C's marker passed meanwhile (readToMarker returned). Sending
 	// 100 of A's packets lets 100 more in.

@@ -86,7 +86,7 @@ func Open(cfg Config, log *slog.Logger) (ifc *Interface, err error) {
 	if adopted {
 		log.Info("adopted interface left by an earlier lcast", "interface", cfg.Name)
 	} else {
-		log.Info("created interface", "interface", cfg.Name)
+		log.Debug("created interface", "interface", cfg.Name)
 	}
 	defer func() {
 		if err != nil && !adopted {
@@ -122,7 +122,7 @@ func Open(cfg Config, log *slog.Logger) (ifc *Interface, err error) {
 			return ifc, fmt.Errorf("add address %s to %s: %w", p, cfg.Name, err)
 		}
 	}
-	log.Info("set addresses", "interface", cfg.Name, "address", cfg.Addr, "link_local", cfg.LinkLocal, "mtu", cfg.MTU)
+	log.Debug("set addresses", "interface", cfg.Name, "address", cfg.Addr, "link_local", cfg.LinkLocal, "mtu", cfg.MTU)
 	if err := netlink.LinkSetUp(link); err != nil {
 		return ifc, fmt.Errorf("bring %s up: %w", cfg.Name, err)
 	}
@@ -174,7 +174,7 @@ func (ifc *Interface) addRoutes() error {
 		}
 		ifc.log.Debug("added route", "route", "multicast "+r.Dst.String()+" table local", "interface", ifc.cfg.Name)
 	}
-	ifc.log.Info("added multicast routes", "interface", ifc.cfg.Name, "count", len(ifc.cfg.Routes), "metric", RouteMetric)
+	ifc.log.Debug("added multicast routes", "interface", ifc.cfg.Name, "count", len(ifc.cfg.Routes), "metric", RouteMetric)
 	return nil
 }
 

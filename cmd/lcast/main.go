@@ -12,10 +12,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/librecast/lcast/internal/config"
@@ -183,67 +181,6 @@ func status(c *cli.Context) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)
 	}
-	printStatus(c.App.Writer, st)
+	printStatus(c.App.Writer, st, time.Now())
 	return nil
-}
-
-func printStatus(w io.Writer, st *control.Status) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "interface:\t%s\n", st.Interface)
-	fmt.Fprintf(tw, "address:\t%s\n", st.Address)
-	fmt.Fprintf(tw, "public key:\t%s\n", st.PublicKey)
-	fmt.Fprintf(tw, "listen port:\t%d\n", st.ListenPort)
-	tw.Flush()
-	fmt.Fprintf(w, "\nlocal groups: %d\n", len(st.LocalGroups))
-	if len(st.LocalGroups) > 0 {
-		fmt.Fprintln(tw, "  GROUP\tMODE\tSOURCES")
-		for _, g := range st.LocalGroups {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\n", g.Group, g.Mode, orDash(strings.Join(g.Sources, ",")))
-		}
-		tw.Flush()
-	}
-	fmt.Fprintf(w, "\npeers: %d\n", len(st.Peers))
-	if len(st.Peers) > 0 {
-		fmt.Fprintln(tw, "  PUBLIC KEY\tENDPOINT\tHANDSHAKE\tRX\tTX\tGROUPS")
-		now := time.Now()
-		for _, p := range st.Peers {
-			hs := "never"
-			if p.LastHandshake != nil {
-				hs = now.Sub(*p.LastHandshake).Round(time.Second).String() + " ago"
-			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d pkts, %d B\t%d pkts, %d B\t%s\n", p.PublicKey, orDash(p.Endpoint), hs,
-				p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, groupList(p.Groups))
-		}
-		tw.Flush()
-	}
-	var drops []string
-	for reason, n := range st.Drops {
-		if n > 0 {
-			drops = append(drops, fmt.Sprintf("%s %d", reason, n))
-		}
-	}
-	if len(drops) > 0 {
-		sort.Strings(drops)
-		fmt.Fprintf(w, "\ndropped: %s\n", strings.Join(drops, ", "))
-	}
-}
-
-// groupList shows up to three groups and how many more there are.
-func groupList(groups []control.Group) string {
-	var names []string
-	for i, g := range groups {
-		if i == 3 {
-			names = append(names, fmt.Sprintf("+%d more", len(groups)-3))
-			break
-		}
-		names = append(names, g.Group)
-	}
-	return orDash(strings.Join(names, ","))
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

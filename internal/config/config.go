@@ -42,8 +42,11 @@ type Config struct {
 	// ForwardLinkScope lets link-scope (ff02::/16) application groups,
 	// mDNS for instance, cross between peers. MLD, Neighbor Discovery and
 	// the all-nodes and all-routers groups never do.
-	ForwardLinkScope bool   `toml:"forward_link_scope"`
-	Peers            []Peer `toml:"peer"`
+	ForwardLinkScope bool `toml:"forward_link_scope"`
+	// MetricsListen is the TCP "host:port" on which Prometheus metrics
+	// are served at /metrics; empty for none.
+	MetricsListen string `toml:"metrics_listen"`
+	Peers         []Peer `toml:"peer"`
 
 	// Key is the private key, from private_key or private_key_file.
 	Key peer.Key `toml:"-"`
@@ -198,6 +201,12 @@ func (c *Config) validate(file string, doc []byte) error {
 	if c.ControlSocket == "" {
 		c.ControlSocket = "@lcast/" + c.Interface
 	}
+	if c.MetricsListen != "" {
+		_, port, err := net.SplitHostPort(c.MetricsListen)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 {
+			return fail("metrics_listen", "", "%q: want \"host:port\" or \"[addr]:port\" with a port 1-65535", c.MetricsListen)
+		}
+	}
 	own := c.Key.PublicKey()
 	seen := map[peer.Key]int{}
 	for i, p := range c.Peers {
@@ -256,6 +265,7 @@ func (c *Config) NeedRestart(next *Config) []string {
 		{"control_socket", c.ControlSocket == next.ControlSocket},
 		{"mtu", c.MTU == next.MTU},
 		{"forward_link_scope", c.ForwardLinkScope == next.ForwardLinkScope},
+		{"metrics_listen", c.MetricsListen == next.MetricsListen},
 	} {
 		if !k.same {
 			keys = append(keys, k.key)

@@ -24,6 +24,7 @@ func TestParseValid(t *testing.T) {
 	doc := `
 private_key = "` + privA.String() + `"
 listen_port = 4000
+metrics_listen = "[::1]:9847"
 
 [[peer]]
 public_key = "` + pubB.String() + `"
@@ -37,7 +38,7 @@ endpoint = "example.net:51840"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Interface != "lc0" || c.Key != privA || c.Port != 4000 || c.MTU != DefaultMTU || c.ControlSocket != "@lcast/lc0" {
+	if c.Interface != "lc0" || c.Key != privA || c.Port != 4000 || c.MTU != DefaultMTU || c.ControlSocket != "@lcast/lc0" || c.MetricsListen != "[::1]:9847" {
 		t.Fatalf("parsed %+v", c)
 	}
 	if len(c.Peers) != 2 || c.Peers[0].PublicKey != pubB || c.Peers[1].Endpoint.String() != "example.net:51840" || c.Peers[0].Endpoint.Host != "2001:db8::1" {
@@ -79,6 +80,8 @@ func TestParseErrors(t *testing.T) {
 		{"long interface", key + "interface = \"abcdefghijklmnop\"\n", "x.toml:2: interface:"},
 		{"small mtu", key + "mtu = 1000\n", "x.toml:2: mtu: 1000 is outside"},
 		{"syntax", "private_key = \n", "x.toml:1:"},
+		{"metrics without port", key + "metrics_listen = \"127.0.0.1\"\n", "x.toml:2: metrics_listen: \"127.0.0.1\": want"},
+		{"metrics bad port", key + "metrics_listen = \"[::1]:http\"\n", "x.toml:2: metrics_listen:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -126,6 +129,7 @@ func TestNeedRestart(t *testing.T) {
 		{"port and MTU", base + "listen_port = 5\nmtu = 1400\n", []string{"listen_port", "mtu"}},
 		{"interface, and so the control socket", base + "interface = \"lc1\"\n", []string{"interface", "control_socket"}},
 		{"link scope", base + "forward_link_scope = true\n", []string{"forward_link_scope"}},
+		{"metrics", base + "metrics_listen = \"[::1]:9847\"\n", []string{"metrics_listen"}},
 	} {
 		if got := old.NeedRestart(parse(tc.doc)); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: NeedRestart = %v, want %v", tc.name, got, tc.want)

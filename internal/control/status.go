@@ -35,4 +35,7 @@ type PeerStatus struct {
 	RxPackets     uint64     `json:"rx_packets"`
 	TxPackets     uint64     `json:"tx_packets"`
 	Groups        []Group    `json:"groups"`
+	// Drops counts, by reason, the packets from or for this peer that
+	// were dropped (a subset of Status.Drops).
+	Drops map[string]uint64 `json:"drops"`
 }

@@ -19,6 +19,7 @@ import (
 	sdnotify "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/librecast/lcast/internal/config"
 	"github.com/librecast/lcast/internal/control"
+	"github.com/librecast/lcast/internal/metrics"
 	"github.com/librecast/lcast/mld"
 	"github.com/librecast/lcast/peer"
 	"github.com/librecast/lcast/router"
@@ -93,6 +94,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		return err
 	}
 	undo = append(undo, func() { ln.Close() })
+	var metricsSrv *metrics.Server
+	if cfg.MetricsListen != "" {
+		if metricsSrv, err = metrics.Listen(cfg.MetricsListen, d.Status, log); err != nil {
+			return err
+		}
+		undo = append(undo, func() { metricsSrv.Close() })
+	}
 	ifcCfg := tun.Config{
 		Name:      cfg.Interface,
 		MTU:       cfg.MTU,
@@ -143,6 +151,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 			log.Error("control API stopped", "err", err)
 		}
 	})
+	if metricsSrv != nil {
+		log.Info("serving Prometheus metrics", "url", "http://"+metricsSrv.Addr().String()+metrics.Path)
+		wg.Go(func() {
+			if err := metricsSrv.Serve(); err != nil {
+				log.Error("metrics stopped", "err", err)
+			}
+		})
+	}
 	log.Info("lcast is up", "interface", cfg.Interface, "address", d.addr, "public_key", cfg.Key.PublicKey(),
 		"listen_port", cfg.Port, "peers", len(peers), "control_socket", cfg.ControlSocket)
 
@@ -167,6 +183,9 @@ serve:
 	// lc0 (which ends the transport's reads), then stop the transport.
 	shutdownCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
 	srv.Shutdown(shutdownCtx)
+	if metricsSrv != nil {
+		metricsSrv.Shutdown(shutdownCtx)
+	}
 	done()
 	cancel()
 	wg.Wait()
@@ -387,6 +406,7 @@ func (d *Daemon) Status() control.Status {
 		if c := d.router.Counters(addr); c != nil {
 			ps.RxPackets, ps.RxBytes = c.RxPackets.Load(), c.RxBytes.Load()
 			ps.TxPackets, ps.TxBytes = c.TxPackets.Load(), c.TxBytes.Load()
+			ps.Drops = c.Drops()
 		}
 		st.Peers = append(st.Peers, ps)
 	}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -39,6 +40,49 @@ func TestJoinAndLeaveShowInStatus(t *testing.T) {
 			p.Cmd.Process.Kill()
 			left := n.waitGroup(t, "ff1e::1234", false, time.Second)
 			t.Logf("%s: join to status %v, leave to status %v", name, joined.Round(time.Millisecond), left.Round(time.Millisecond))
+		})
+	}
+}
+
+// Logs are quiet by default: a start, a program's join and leave, and a
+// stop log exactly one line for the start and one for the stop. --debug
+// adds the start's steps and each change of memberships.
+func TestLogLevels(t *testing.T) {
+	ns := netlab.NewNamespace(t, "lcast-log")
+	msgRE := regexp.MustCompile(`\bmsg=("(?:[^"\\]|\\.)*"|\S+)`)
+	for _, tc := range []struct {
+		flags []string
+		want  []string
+		exact bool // else want must be among the messages
+	}{
+		{[]string{}, []string{"lcast is up", "removed interface"}, true},
+		{[]string{"--debug"}, []string{"created interface", "set addresses", "added multicast routes", "lcast is up",
+			"local memberships changed", "removed interface"}, false},
+	} {
+		t.Run(fmt.Sprint(tc.flags), func(t *testing.T) {
+			n := newNode(t, ns, "")
+			n.flags = tc.flags
+			n.up()
+			p := startHelper(t, ns, "join", "ff1e::77", "lc0")
+			n.waitGroup(t, "ff1e::77", true, time.Second)
+			p.Stop()
+			n.waitGroup(t, "ff1e::77", false, time.Second)
+			n.stop(syscall.SIGTERM)
+			var msgs []string
+			for _, line := range strings.Split(strings.TrimSpace(n.daemon.Output()), "\n") {
+				m := msgRE.FindStringSubmatch(line)
+				if m == nil {
+					t.Fatalf("not a log line: %q", line)
+				}
+				msgs = append(msgs, strings.Trim(m[1], `"`))
+			}
+			ok := slices.Equal(msgs, tc.want)
+			if !tc.exact {
+				ok = !slices.ContainsFunc(tc.want, func(w string) bool { return !slices.Contains(msgs, w) })
+			}
+			if !ok {
+				t.Fatalf("logged %q, want %q:\n%s", msgs, tc.want, n.daemon.Output())
+			}
 		})
 	}
 }
@@ -168,11 +212,19 @@ func TestStartErrors(t *testing.T) {
 		name string
 		// prefix is the command that runs lcast up (its args appended).
 		prefix []string
+		extra  string // configuration
 		want   string
 		setup  func(t *testing.T) func()
 	}{
 		{name: "listen port in use", want: fmt.Sprintf("listen_port %d: ", listenPort), setup: func(t *testing.T) func() {
 			return startSocatRecv(t, ns, fmt.Sprintf("UDP6-RECV:%d", listenPort), "/dev/null").Stop
+		}},
+		{name: "metrics port in use", extra: "metrics_listen = \"[::1]:9847\"\n", want: "metrics_listen [::1]:9847: ", setup: func(t *testing.T) func() {
+			p := ns.Start("socat", "-d", "-d", "TCP6-LISTEN:9847,bind=[::1]", "/dev/null")
+			if !p.WaitOutput("listening on", 5*time.Second) {
+				t.Fatalf("socat did not listen:\n%s", p.Output())
+			}
+			return p.Stop
 		}},
 		{name: "no CAP_NET_ADMIN", prefix: []string{"setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"}, want: "lcast needs CAP_NET_ADMIN"},
 		{name: "no /dev/net/tun", prefix: []string{"unshare", "--mount", "sh", "-c", `mount -t tmpfs none /dev/net && exec "$0" "$@"`}, want: "/dev/net/tun does not exist"},
@@ -181,7 +233,7 @@ func TestStartErrors(t *testing.T) {
 			if tc.setup != nil {
 				defer tc.setup(t)()
 			}
-			n := newNode(t, ns, "")
+			n := newNode(t, ns, tc.extra)
 			args := append(slices.Clone(tc.prefix), lcastBin, "up", "-c", n.cfg)
 			out, err := ns.Command(args[0], args[1:]...).CombinedOutput()
 			if err == nil {

@@ -103,6 +103,8 @@ func helper(mode string, args []string) int {
 		return relayHelper(args)
 	case "soak":
 		return soakHelper(args)
+	case "scrape":
+		return scrapeHelper(args)
 	default:
 		return fail(fmt.Errorf("unknown helper %q", mode))
 	}
@@ -121,6 +123,9 @@ type node struct {
 	sock   string
 	key    peer.Key
 	daemon *netlab.Process
+	// flags are lcast up's flags; nil means --debug if LCAST_E2E_DEBUG
+	// is set, else none.
+	flags []string
 }
 
 func newNode(t testing.TB, ns *netlab.Namespace, extra string) *node {
@@ -164,7 +169,9 @@ func (n *node) up() {
 func (n *node) upUnder(prefix ...string) {
 	n.t.Helper()
 	args := append(prefix, lcastBin, "up", "-c", n.cfg)
-	if os.Getenv("LCAST_E2E_DEBUG") != "" {
+	if n.flags != nil {
+		args = append(args, n.flags...)
+	} else if os.Getenv("LCAST_E2E_DEBUG") != "" {
 		args = append(args, "--debug")
 	}
 	n.daemon = n.ns.Start(args[0], args[1:]...)

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/librecast/lcast/internal/control"
+)
+
+// printStatus prints st as aligned tables for people: the interface, the
+// groups local programs listen to, the peers with their handshake age,
+// traffic, drops and groups, and drops by reason. now dates the handshakes.
+func printStatus(w io.Writer, st *control.Status, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "interface:\t%s\n", st.Interface)
+	fmt.Fprintf(tw, "address:\t%s\n", st.Address)
+	fmt.Fprintf(tw, "public key:\t%s\n", st.PublicKey)
+	fmt.Fprintf(tw, "listen port:\t%d\n", st.ListenPort)
+	tw.Flush()
+	fmt.Fprintf(w, "\nlocal groups: %d\n", len(st.LocalGroups))
+	if len(st.LocalGroups) > 0 {
+		fmt.Fprintln(tw, "  GROUP\tMODE\tSOURCES")
+		for _, g := range st.LocalGroups {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\n", g.Group, g.Mode, orDash(strings.Join(g.Sources, ",")))
+		}
+		tw.Flush()
+	}
+	fmt.Fprintf(w, "\npeers: %d\n", len(st.Peers))
+	if len(st.Peers) > 0 {
+		fmt.Fprintln(tw, "  PUBLIC KEY\tENDPOINT\tHANDSHAKE\tRX\tTX\tDROPPED\tGROUPS")
+		for _, p := range st.Peers {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%s\n", p.PublicKey, orDash(p.Endpoint), handshake(p, now),
+				traffic(p.RxPackets, p.RxBytes), traffic(p.TxPackets, p.TxBytes), total(p.Drops), groupList(p.Groups))
+		}
+		tw.Flush()
+	}
+	if total(st.Drops) > 0 {
+		fmt.Fprintf(w, "\ndropped: %d\n", total(st.Drops))
+		fmt.Fprintln(tw, "  REASON\tPACKETS")
+		for _, reason := range slices.Sorted(maps.Keys(st.Drops)) {
+			if n := st.Drops[reason]; n > 0 {
+				fmt.Fprintf(tw, "  %s\t%d\n", reason, n)
+			}
+		}
+		tw.Flush()
+	}
+}
+
+// handshake says how long ago the peer's last handshake was, and whether
+// its session has lapsed.
+func handshake(p control.PeerStatus, now time.Time) string {
+	if p.LastHandshake == nil {
+		return "never"
+	}
+	s := now.Sub(*p.LastHandshake).Round(time.Second).String() + " ago"
+	if !p.Connected {
+		s += " (lapsed)"
+	}
+	return s
+}
+
+// traffic is a packet count and a byte count in binary units.
+func traffic(packets, bytes uint64) string {
+	return fmt.Sprintf("%d pkts, %s", packets, binaryBytes(bytes))
+}
+
+// binaryBytes writes n bytes with a binary unit: 980 B, 1.5 KiB, 12.3 MiB.
+func binaryBytes(n uint64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, unit := float64(n), 0
+	for v >= 1024 && unit < 5 {
+		v /= 1024
+		unit++
+	}
+	return fmt.Sprintf("%.1f %ciB", v, " KMGTP"[unit])
+}
+
+func total(counts map[string]uint64) uint64 {
+	var sum uint64
+	for _, n := range counts {
+		sum += n
+	}
+	return sum
+}
+
+// groupList shows up to three groups and how many more there are.
+func groupList(groups []control.Group) string {
+	var names []string
+	for i, g := range groups {
+		if i == 3 {
+			names = append(names, fmt.Sprintf("+%d more", len(groups)-3))
+			break
+		}
+		names = append(names, g.Group)
+	}
+	return orDash(strings.Join(names, ","))
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

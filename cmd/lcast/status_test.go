@@ -1,0 +1,71 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/librecast/lcast/internal/control"
+)
+
+// lcast status prints aligned tables: handshake ages (lapsed sessions
+// marked), traffic in binary units, drops per peer and by reason, and at
+// most three groups per peer.
+func TestPrintStatus(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	recent, old := now.Add(-1500*time.Millisecond), now.Add(-200*time.Second)
+	groups := func(names ...string) []control.Group {
+		var out []control.Group
+		for _, n := range names {
+			out = append(out, control.Group{Group: n, Mode: "exclude", Sources: []string{}})
+		}
+		return out
+	}
+	st := &control.Status{
+		Interface: "lc0", Address: "fd6c:6361:7374:a6e9::1", PublicKey: "pubA=", ListenPort: 51840,
+		LocalGroups: append(groups("ff1e::1"), control.Group{Group: "ff3e::1234", Mode: "include", Sources: []string{"fd6c::1", "fd6c::2"}}),
+		Peers: []control.PeerStatus{
+			{PublicKey: "pubB=", Endpoint: "[2001:db8:2::2]:51840", Connected: true, LastHandshake: &recent,
+				RxPackets: 3, RxBytes: 271, TxPackets: 123456, TxBytes: 150 << 20, Groups: groups("ff1e::1", "ff1e::2", "ff1e::3", "ff1e::4", "ff1e::5"),
+				Drops: map[string]uint64{"no_listener": 2, "peer_queue_full": 5}},
+			{PublicKey: "pubC=", Endpoint: "[2001:db8:3::2]:51840", LastHandshake: &old, RxBytes: 1536, Drops: map[string]uint64{}},
+			{PublicKey: "pubD=", Groups: []control.Group{}},
+		},
+		Drops: map[string]uint64{"no_listener": 2, "peer_queue_full": 5, "no_subscriber": 9, "scope": 0},
+	}
+	var b strings.Builder
+	printStatus(&b, st, now)
+	want := `interface:    lc0
+address:      fd6c:6361:7374:a6e9::1
+public key:   pubA=
+listen port:  51840
+
+local groups: 2
+  GROUP       MODE     SOURCES
+  ff1e::1     exclude  -
+  ff3e::1234  include  fd6c::1,fd6c::2
+
+peers: 3
+  PUBLIC KEY  ENDPOINT               HANDSHAKE           RX               TX                      DROPPED  GROUPS
+  pubB=       [2001:db8:2::2]:51840  2s ago              3 pkts, 271 B    123456 pkts, 150.0 MiB  7        ff1e::1,ff1e::2,ff1e::3,+2 more
+  pubC=       [2001:db8:3::2]:51840  3m20s ago (lapsed)  0 pkts, 1.5 KiB  0 pkts, 0 B             0        -
+  pubD=       -                      never               0 pkts, 0 B      0 pkts, 0 B             0        -
+
+dropped: 16
+  REASON           PACKETS
+  no_listener      2
+  no_subscriber    9
+  peer_queue_full  5
+`
+	if got := b.String(); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestBinaryBytes(t *testing.T) {
+	for n, want := range map[uint64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536: "1.5 KiB", 5 << 30: "5.0 GiB", 1<<64 - 1: "16384.0 PiB"} {
+		if got := binaryBytes(n); got != want {
+			t.Errorf("binaryBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

@@ -1,0 +1,130 @@
+package metrics
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/librecast/lcast/internal/control"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+var now = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func testStatus() control.Status {
+	hs := now.Add(-42 * time.Second)
+	return control.Status{
+		Interface:   "lc0",
+		Address:     "fd6c:6361:7374::1",
+		PublicKey:   "pubA=",
+		LocalGroups: []control.Group{{Group: "ff1e::1", Mode: "exclude"}, {Group: "ff1e::2", Mode: "exclude"}},
+		Drops:       map[string]uint64{"no_listener": 3, "scope": 0},
+		Peers: []control.PeerStatus{
+			{PublicKey: "pubB=", Connected: true, LastHandshake: &hs, RxPackets: 10, RxBytes: 1000, TxPackets: 20, TxBytes: 2400,
+				Groups: []control.Group{{Group: "ff1e::1"}}, Drops: map[string]uint64{"no_listener": 3}},
+			{PublicKey: "pubC=", Drops: map[string]uint64{"no_listener": 0}},
+		},
+	}
+}
+
+// The series follow the status: a peer that never had a handshake has no
+// handshake age.
+func TestCollect(t *testing.T) {
+	c := collector{status: testStatus, now: func() time.Time { return now }}
+	want := `
+# HELP lcast_drops_total Packets dropped, by reason.
+# TYPE lcast_drops_total counter
+lcast_drops_total{reason="no_listener"} 3
+lcast_drops_total{reason="scope"} 0
+# HELP lcast_info This node: its interface, overlay address and public key (value 1).
+# TYPE lcast_info gauge
+lcast_info{address="fd6c:6361:7374::1",interface="lc0",public_key="pubA="} 1
+# HELP lcast_local_groups Groups local programs listen to on the interface.
+# TYPE lcast_local_groups gauge
+lcast_local_groups 2
+# HELP lcast_peer_connected 1 while the peer's session is up (its last handshake is recent enough), else 0.
+# TYPE lcast_peer_connected gauge
+lcast_peer_connected{peer="pubB="} 1
+lcast_peer_connected{peer="pubC="} 0
+# HELP lcast_peer_drops_total Packets from or for the peer dropped, by reason.
+# TYPE lcast_peer_drops_total counter
+lcast_peer_drops_total{peer="pubB=",reason="no_listener"} 3
+lcast_peer_drops_total{peer="pubC=",reason="no_listener"} 0
+# HELP lcast_peer_groups Groups the peer subscribed to.
+# TYPE lcast_peer_groups gauge
+lcast_peer_groups{peer="pubB="} 1
+lcast_peer_groups{peer="pubC="} 0
+# HELP lcast_peer_handshake_age_seconds Seconds since the peer's last handshake; absent before the first.
+# TYPE lcast_peer_handshake_age_seconds gauge
+lcast_peer_handshake_age_seconds{peer="pubB="} 42
+# HELP lcast_peer_rx_bytes_total Bytes of the overlay packets received from the peer (inside the encryption).
+# TYPE lcast_peer_rx_bytes_total counter
+lcast_peer_rx_bytes_total{peer="pubB="} 1000
+lcast_peer_rx_bytes_total{peer="pubC="} 0
+# HELP lcast_peer_rx_packets_total Packets received from the peer.
+# TYPE lcast_peer_rx_packets_total counter
+lcast_peer_rx_packets_total{peer="pubB="} 10
+lcast_peer_rx_packets_total{peer="pubC="} 0
+# HELP lcast_peer_tx_bytes_total Bytes of the overlay packets sent to the peer (inside the encryption).
+# TYPE lcast_peer_tx_bytes_total counter
+lcast_peer_tx_bytes_total{peer="pubB="} 2400
+lcast_peer_tx_bytes_total{peer="pubC="} 0
+# HELP lcast_peer_tx_packets_total Packets sent to the peer.
+# TYPE lcast_peer_tx_packets_total counter
+lcast_peer_tx_packets_total{peer="pubB="} 20
+lcast_peer_tx_packets_total{peer="pubC="} 0
+# HELP lcast_peers Peers configured.
+# TYPE lcast_peers gauge
+lcast_peers 2
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
+		t.Fatal(err)
+	}
+	// The pedantic registry Handler uses checks that what Collect sends
+	// is consistent with Describe.
+	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
+		t.Fatalf("lint: %v %+v", err, problems)
+	}
+}
+
+// The server answers GET /metrics with lcast's series and the runtime's,
+// refuses other methods, and a port in use is named.
+func TestServer(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	s, err := Listen("127.0.0.1:0", testStatus, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve() }()
+	url := "http://" + s.Addr().String() + Path
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`lcast_peer_tx_packets_total{peer="pubB="} 20`, "go_goroutines ", "process_resident_memory_bytes "} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("GET %s: %s; no %q in:\n%s", url, resp.Status, want, body)
+		}
+	}
+	if resp, err := http.Post(url, "text/plain", nil); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST %s: %v %v", url, resp.Status, err)
+	}
+	if _, err := Listen(s.Addr().String(), testStatus, log); err == nil || !strings.Contains(err.Error(), "metrics_listen "+s.Addr().String()+": ") {
+		t.Errorf("a second Listen on %s: %v", s.Addr(), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Serve after Shutdown: %v", err)
+	}
+}
