@@ -38,7 +38,7 @@ test: deps ## run each fuzzer briefly, then every test (as root: namespace tests
 	$(GO) test -race -count=1 ./...
 	$(MAKE) --no-print-directory check-deploy
 
-check-deploy: ## check what install and deb produce, and verify the systemd unit
+check-deploy: ## check what install and deb produce, verify the systemd unit, validate the Kubernetes manifest
 	deploy/check.sh
 
 fuzz: ## run each fuzz test for FUZZTIME (default 5s)

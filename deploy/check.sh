@@ -1,7 +1,8 @@
 #!/bin/sh
 # Checks what `make install` and `make deb` produce: the same files, a
 # systemd unit that systemd-analyze verifies (with its man pages found),
-# and a package whose control fields are set. Run by `make check-deploy`.
+# a package whose control fields are set, and a valid Kubernetes manifest.
+# Run by `make check-deploy`.
 set -eu
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -43,3 +44,7 @@ for field in Package Version Architecture Maintainer Description; do
 	[ -n "$(dpkg-deb -f "$deb" "$field")" ] || fail "$deb has no $field"
 done
 echo "check-deploy: $deb: $(echo "$packaged" | wc -l) files, as make install: ok"
+
+# The Kubernetes manifest, offline: strict decoding into the API's types,
+# the API server's OpenAPI schema, and what lcast needs (deploy/k8s/check).
+(cd deploy/k8s/check && go vet . && go test -count=1 . >/dev/null && go run . ../lcast.yaml) || fail "deploy/k8s/lcast.yaml"

@@ -1,0 +1,309 @@
+// Command check validates Kubernetes manifests offline, as CI runs it on
+// deploy/k8s (make check-deploy): each document must be a kind it knows
+// (Namespace, Secret, DaemonSet), decode strictly into the API's Go types
+// (no unknown field, no wrong type), and validate against the OpenAPI
+// schema the Kubernetes API server publishes for it (required fields,
+// types, formats), which client-go embeds for its own tests. It then checks
+// what lcast's DaemonSet must have: the host's network, NET_ADMIN,
+// /dev/net/tun, a configuration from a Secret the manifest defines, and a
+// selector that matches the pod template.
+//
+// Usage: go run . FILE...
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/openapi/openapitest"
+	"k8s.io/kube-openapi/pkg/validation/spec"
+	"k8s.io/kube-openapi/pkg/validation/strfmt"
+	"k8s.io/kube-openapi/pkg/validation/validate"
+	"sigs.k8s.io/yaml"
+)
+
+// kinds are the kinds the manifests may hold: the API path of their
+// group-version's OpenAPI document, their schema's name, a new object.
+var kinds = map[string]struct {
+	path, schema string
+	new          func() any
+}{
+	"v1/Namespace":      {"api/v1", "io.k8s.api.core.v1.Namespace", func() any { return new(corev1.Namespace) }},
+	"v1/Secret":         {"api/v1", "io.k8s.api.core.v1.Secret", func() any { return new(corev1.Secret) }},
+	"apps/v1/DaemonSet": {"apis/apps/v1", "io.k8s.api.apps.v1.DaemonSet", func() any { return new(appsv1.DaemonSet) }},
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: check FILE...")
+		os.Exit(2)
+	}
+	failed := false
+	for _, file := range os.Args[1:] {
+		if err := checkFile(file); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", file, err)
+			failed = true
+		} else {
+			fmt.Printf("%s: valid\n", file)
+		}
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+func checkFile(file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := utilyaml.NewYAMLReader(bufio.NewReader(f))
+	var objs []any
+	for i := 1; ; i++ {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
+			continue
+		}
+		obj, err := checkDocument(doc)
+		if err != nil {
+			return fmt.Errorf("document %d: %w", i, err)
+		}
+		objs = append(objs, obj)
+	}
+	return checkLcast(objs)
+}
+
+// stripComments drops the comment lines of a YAML document.
+func stripComments(doc []byte) []byte {
+	var out []byte
+	for _, line := range bytes.SplitAfter(doc, []byte("\n")) {
+		if !bytes.HasPrefix(bytes.TrimSpace(line), []byte("#")) {
+			out = append(out, line...)
+		}
+	}
+	return out
+}
+
+// checkDocument decodes one document strictly into its kind's type and
+// validates it against the kind's OpenAPI schema.
+func checkDocument(doc []byte) (any, error) {
+	var tm v1.TypeMeta
+	if err := yaml.Unmarshal(doc, &tm); err != nil {
+		return nil, err
+	}
+	kind, ok := kinds[tm.APIVersion+"/"+tm.Kind]
+	if !ok {
+		return nil, fmt.Errorf("%s %s: not a kind this check knows", tm.APIVersion, tm.Kind)
+	}
+	obj := kind.new()
+	if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+		return nil, fmt.Errorf("%s: %w", tm.Kind, err)
+	}
+	schema, err := openAPISchema(kind.path, kind.schema)
+	if err != nil {
+		return nil, err
+	}
+	var generic any
+	if err := yaml.Unmarshal(doc, &generic); err != nil {
+		return nil, err
+	}
+	res := validate.NewSchemaValidator(schema, nil, "", strfmt.Default).Validate(integers(generic))
+	if !res.IsValid() {
+		var msgs []string
+		for _, e := range res.Errors {
+			msgs = append(msgs, e.Error())
+		}
+		return nil, fmt.Errorf("%s: %s", tm.Kind, strings.Join(msgs, "; "))
+	}
+	return obj, nil
+}
+
+// integers turns the whole numbers of a decoded document into int64, as
+// the API server decodes them (JSON decoding makes every number float64,
+// which int-or-string fields refuse).
+func integers(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, e := range v {
+			v[k] = integers(e)
+		}
+	case []any:
+		for i, e := range v {
+			v[i] = integers(e)
+		}
+	case float64:
+		if v == float64(int64(v)) {
+			return int64(v)
+		}
+	}
+	return v
+}
+
+// openAPISchema returns the schema called name in the OpenAPI document of
+// the API path, with every reference replaced by the schema it names (the
+// validator does not follow references). A reference back into a schema
+// being expanded (a recursive type) accepts anything.
+func openAPISchema(path, name string) (*spec.Schema, error) {
+	paths, err := openapitest.NewEmbeddedFileClient().Paths()
+	if err != nil {
+		return nil, err
+	}
+	gv, ok := paths[path]
+	if !ok {
+		return nil, fmt.Errorf("no OpenAPI document for %s", path)
+	}
+	text, err := gv.Schema("application/json")
+	if err != nil {
+		return nil, err
+	}
+	var doc struct {
+		Components struct {
+			Schemas map[string]any `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(text, &doc); err != nil {
+		return nil, err
+	}
+	schemas := doc.Components.Schemas
+	const prefix = "#/components/schemas/"
+	var expand func(v any, within []string) (any, error)
+	expand = func(v any, within []string) (any, error) {
+		switch v := v.(type) {
+		case map[string]any:
+			if ref, ok := v["$ref"].(string); ok {
+				target := strings.TrimPrefix(ref, prefix)
+				if slices.Contains(within, target) {
+					return map[string]any{}, nil
+				}
+				s, ok := schemas[target]
+				if !ok || target == ref {
+					return nil, fmt.Errorf("%s: unresolved reference %s", path, ref)
+				}
+				return expand(s, append(within, target))
+			}
+			out := make(map[string]any, len(v))
+			for k, e := range v {
+				if k == "format" && e == "int-or-string" {
+					continue // its oneOf says it; the validator knows no such format
+				}
+				x, err := expand(e, within)
+				if err != nil {
+					return nil, err
+				}
+				out[k] = x
+			}
+			return out, nil
+		case []any:
+			out := make([]any, len(v))
+			for i, e := range v {
+				x, err := expand(e, within)
+				if err != nil {
+					return nil, err
+				}
+				out[i] = x
+			}
+			return out, nil
+		}
+		return v, nil
+	}
+	if _, ok := schemas[name]; !ok {
+		return nil, fmt.Errorf("no schema %s in %s", name, path)
+	}
+	expanded, err := expand(schemas[name], []string{name})
+	if err != nil {
+		return nil, err
+	}
+	raw, err := json.Marshal(expanded)
+	if err != nil {
+		return nil, err
+	}
+	var schema spec.Schema
+	if err := json.Unmarshal(raw, &schema); err != nil {
+		return nil, err
+	}
+	return &schema, nil
+}
+
+// checkLcast checks what lcast's DaemonSet needs.
+func checkLcast(objs []any) error {
+	secrets := map[string]bool{}
+	var daemonSets []*appsv1.DaemonSet
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *corev1.Secret:
+			secrets[o.Namespace+"/"+o.Name] = true
+		case *appsv1.DaemonSet:
+			daemonSets = append(daemonSets, o)
+		}
+	}
+	if len(daemonSets) != 1 {
+		return fmt.Errorf("want one DaemonSet, found %d", len(daemonSets))
+	}
+	ds := daemonSets[0]
+	pod := ds.Spec.Template.Spec
+	var problems []string
+	fail := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	sel, err := v1.LabelSelectorAsSelector(ds.Spec.Selector)
+	if err != nil || sel.Empty() || !sel.Matches(labels.Set(ds.Spec.Template.Labels)) {
+		fail("the selector %v does not match the pod template's labels %v", ds.Spec.Selector, ds.Spec.Template.Labels)
+	}
+	if !pod.HostNetwork {
+		fail("hostNetwork is not true: lc0 would be the pod's, not the node's")
+	}
+	if len(pod.Containers) != 1 {
+		fail("want one container, found %d", len(pod.Containers))
+		return errors.New(strings.Join(problems, "; "))
+	}
+	c := pod.Containers[0]
+	if sc := c.SecurityContext; sc == nil || sc.Capabilities == nil ||
+		!slices.Contains(sc.Capabilities.Add, "NET_ADMIN") || !slices.Contains(sc.Capabilities.Add, "NET_BIND_SERVICE") {
+		fail("the container does not add the capabilities NET_ADMIN and NET_BIND_SERVICE")
+	} else if sc.Privileged != nil && *sc.Privileged {
+		fail("the container is privileged: it needs two capabilities, not all")
+	}
+	mounted := map[string]string{} // volume -> mount path
+	for _, m := range c.VolumeMounts {
+		mounted[m.Name] = m.MountPath
+	}
+	var tun, config bool
+	for _, v := range pod.Volumes {
+		switch {
+		case v.HostPath != nil && v.HostPath.Path == "/dev/net/tun":
+			tun = mounted[v.Name] == "/dev/net/tun" && v.HostPath.Type != nil && *v.HostPath.Type == corev1.HostPathCharDev
+		case v.Secret != nil:
+			if !secrets[ds.Namespace+"/"+v.Secret.SecretName] {
+				fail("volume %s names secret %s, which the manifest does not define in namespace %s", v.Name, v.Secret.SecretName, ds.Namespace)
+			}
+			config = strings.HasPrefix(strings.Join(c.Args, " "), "up -c "+mounted[v.Name]+"/")
+		}
+	}
+	if !tun {
+		fail("/dev/net/tun is not mounted from the host as a CharDevice")
+	}
+	if !config {
+		fail("lcast up does not read its configuration from the mounted Secret")
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}
