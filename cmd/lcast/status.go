@@ -39,8 +39,8 @@ func printStatus(w io.Writer, st *control.Status, now time.Time) {
 		}
 		tw.Flush()
 	}
-	if total(st.Drops) > 0 {
-		fmt.Fprintf(w, "\ndropped: %d\n", total(st.Drops))
+	if dropped := total(st.Drops); dropped > 0 {
+		fmt.Fprintf(w, "\ndropped: %d\n", dropped)
 		fmt.Fprintln(tw, "  REASON\tPACKETS")
 		for _, reason := range slices.Sorted(maps.Keys(st.Drops)) {
 			if n := st.Drops[reason]; n > 0 {

@@ -71,19 +71,29 @@ type Endpoint struct {
 
 // UnmarshalText validates the endpoint's form.
 func (e *Endpoint) UnmarshalText(text []byte) error {
-	host, port, err := net.SplitHostPort(string(text))
+	host, port, err := splitHostPort(string(text))
 	if err != nil {
-		return fmt.Errorf("endpoint %q: want \"[addr]:port\" or \"host:port\"", text)
+		return fmt.Errorf("endpoint %q: %w", text, err)
 	}
 	if host == "" {
 		return fmt.Errorf("endpoint %q: no host", text)
 	}
+	*e = Endpoint{Host: host, Port: port}
+	return nil
+}
+
+// splitHostPort splits "host:port" or "[addr]:port" (host may be empty)
+// and checks the port.
+func splitHostPort(s string) (string, int, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, errors.New(`want "[addr]:port" or "host:port"`)
+	}
 	n, err := strconv.Atoi(port)
 	if err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("endpoint %q: port must be 1-65535", text)
+		return "", 0, errors.New("port must be 1-65535")
 	}
-	*e = Endpoint{Host: host, Port: n}
-	return nil
+	return host, n, nil
 }
 
 // IsZero reports whether no endpoint is set.
@@ -202,9 +212,8 @@ func (c *Config) validate(file string, doc []byte) error {
 		c.ControlSocket = "@lcast/" + c.Interface
 	}
 	if c.MetricsListen != "" {
-		_, port, err := net.SplitHostPort(c.MetricsListen)
-		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 {
-			return fail("metrics_listen", "", "%q: want \"host:port\" or \"[addr]:port\" with a port 1-65535", c.MetricsListen)
+		if _, _, err := splitHostPort(c.MetricsListen); err != nil {
+			return fail("metrics_listen", "", "%q: %v", c.MetricsListen, err)
 		}
 	}
 	own := c.Key.PublicKey()

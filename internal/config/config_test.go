@@ -81,7 +81,7 @@ func TestParseErrors(t *testing.T) {
 		{"small mtu", key + "mtu = 1000\n", "x.toml:2: mtu: 1000 is outside"},
 		{"syntax", "private_key = \n", "x.toml:1:"},
 		{"metrics without port", key + "metrics_listen = \"127.0.0.1\"\n", "x.toml:2: metrics_listen: \"127.0.0.1\": want"},
-		{"metrics bad port", key + "metrics_listen = \"[::1]:http\"\n", "x.toml:2: metrics_listen:"},
+		{"metrics bad port", key + "metrics_listen = \"[::1]:http\"\n", "x.toml:2: metrics_listen: \"[::1]:http\": port must be 1-65535"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -97,9 +97,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// Handler returns the handler of Path: lcast's series, read from status at
+// handler returns the handler of Path: lcast's series, read from status at
 // each scrape, and the Go runtime's and the process's.
-func Handler(status control.StatusFunc, log *slog.Logger) http.Handler {
+func handler(status control.StatusFunc, log *slog.Logger) http.Handler {
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(collector{status: status, now: time.Now},
 		collectors.NewGoCollector(),
@@ -124,7 +124,7 @@ func Listen(addr string, status control.StatusFunc, log *slog.Logger) (*Server, 
 		return nil, fmt.Errorf("metrics_listen %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET "+Path, Handler(status, log))
+	mux.Handle("GET "+Path, handler(status, log))
 	return &Server{ln: ln, srv: &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -137,6 +137,40 @@ func checkDocument(doc []byte) (any, error) {
 	return obj, nil
 }
 
+// parsed holds the component schemas of each OpenAPI document read, by
+// API path: a document (megabytes of JSON) is parsed once.
+var parsed = map[string]map[string]any{}
+
+// componentSchemas returns the component schemas of the OpenAPI document
+// of the API path, by name.
+func componentSchemas(path string) (map[string]any, error) {
+	if schemas, ok := parsed[path]; ok {
+		return schemas, nil
+	}
+	paths, err := openapitest.NewEmbeddedFileClient().Paths()
+	if err != nil {
+		return nil, err
+	}
+	gv, ok := paths[path]
+	if !ok {
+		return nil, fmt.Errorf("no OpenAPI document for %s", path)
+	}
+	text, err := gv.Schema("application/json")
+	if err != nil {
+		return nil, err
+	}
+	var doc struct {
+		Components struct {
+			Schemas map[string]any `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(text, &doc); err != nil {
+		return nil, err
+	}
+	parsed[path] = doc.Components.Schemas
+	return doc.Components.Schemas, nil
+}
+
 // integers turns the whole numbers of a decoded document into int64, as
 // the API server decodes them (JSON decoding makes every number float64,
 // which int-or-string fields refuse).
@@ -163,27 +197,10 @@ func integers(v any) any {
 // validator does not follow references). A reference back into a schema
 // being expanded (a recursive type) accepts anything.
 func openAPISchema(path, name string) (*spec.Schema, error) {
-	paths, err := openapitest.NewEmbeddedFileClient().Paths()
+	schemas, err := componentSchemas(path)
 	if err != nil {
 		return nil, err
 	}
-	gv, ok := paths[path]
-	if !ok {
-		return nil, fmt.Errorf("no OpenAPI document for %s", path)
-	}
-	text, err := gv.Schema("application/json")
-	if err != nil {
-		return nil, err
-	}
-	var doc struct {
-		Components struct {
-			Schemas map[string]any `json:"schemas"`
-		} `json:"components"`
-	}
-	if err := json.Unmarshal(text, &doc); err != nil {
-		return nil, err
-	}
-	schemas := doc.Components.Schemas
 	const prefix = "#/components/schemas/"
 	var expand func(v any, within []string) (any, error)
 	expand = func(v any, within []string) (any, error) {
