@@ -47,7 +47,11 @@ func (t Timing) listenerInterval() time.Duration {
 type GroupState struct {
 	Group   netip.Addr
 	Mode    FilterMode
-	Sources []netip.Addr
+	Sources []netip.Addr // sorted
+	// Hops is not MLD's: for a subscription a peer sent, it is how many
+	// relays lie between that peer and the nearest listener it speaks for
+	// (0: programs on the peer itself). A Link leaves it 0.
+	Hops uint8
 }
 
 // Wants reports whether traffic from src to the group is wanted.
@@ -303,4 +307,58 @@ func (g *group) snapshot(addr netip.Addr) GroupState {
 
 func (a GroupState) equal(b GroupState) bool {
 	return a.Group == b.Group && a.Mode == b.Mode && slices.Equal(a.Sources, b.Sources)
+}
+
+// Equal reports whether a and b are the same subscription: group, filter
+// and hops.
+func (a GroupState) Equal(b GroupState) bool { return a.equal(b) && a.Hops == b.Hops }
+
+// Union returns the filter that wants exactly the sources a or b wants (the
+// merge of RFC 3810 section 7.4 applied to two listeners), for a's group,
+// with the fewer hops of the two.
+func Union(a, b GroupState) GroupState {
+	u := GroupState{Group: a.Group, Hops: min(a.Hops, b.Hops)}
+	switch {
+	case a.Mode == Include && b.Mode == Include:
+		u.Mode, u.Sources = Include, mergeSorted(a.Sources, b.Sources)
+	case a.Mode == Exclude && b.Mode == Exclude:
+		u.Mode, u.Sources = Exclude, keepIf(a.Sources, func(s netip.Addr) bool { return hasSorted(b.Sources, s) })
+	case a.Mode == Exclude: // exclude A, include B: exclude A - B
+		u.Mode, u.Sources = Exclude, keepIf(a.Sources, func(s netip.Addr) bool { return !hasSorted(b.Sources, s) })
+	default:
+		u.Mode, u.Sources = Exclude, keepIf(b.Sources, func(s netip.Addr) bool { return !hasSorted(a.Sources, s) })
+	}
+	return u
+}
+
+// mergeSorted returns the sorted union of two sorted lists.
+func mergeSorted(a, b []netip.Addr) []netip.Addr {
+	out := make([]netip.Addr, 0, len(a)+len(b))
+	for len(a) > 0 && len(b) > 0 {
+		switch c := a[0].Compare(b[0]); {
+		case c < 0:
+			out, a = append(out, a[0]), a[1:]
+		case c > 0:
+			out, b = append(out, b[0]), b[1:]
+		default:
+			out, a, b = append(out, a[0]), a[1:], b[1:]
+		}
+	}
+	return append(append(out, a...), b...)
+}
+
+// keepIf returns the elements of s for which keep is true, in a new slice.
+func keepIf(s []netip.Addr, keep func(netip.Addr) bool) []netip.Addr {
+	out := []netip.Addr{}
+	for _, a := range s {
+		if keep(a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func hasSorted(s []netip.Addr, a netip.Addr) bool {
+	_, ok := slices.BinarySearchFunc(s, a, netip.Addr.Compare)
+	return ok
 }

@@ -291,3 +291,39 @@ func renderHost(host map[netip.Addr]hostFilter) string {
 	}
 	return render(l)
 }
+
+// TestUnion checks Union against its definition on random filters: the
+// union wants a source exactly when either filter does, and lists its
+// sources sorted, without repeats.
+func TestUnion(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	universe := make([]netip.Addr, 6)
+	for i := range universe {
+		universe[i] = netip.AddrFrom16([16]byte{0x20, 0x01, 15: byte(i + 1)})
+	}
+	outside := netip.MustParseAddr("2001:db8::99") // never in a filter
+	random := func() GroupState {
+		g := GroupState{Group: netip.MustParseAddr("ff1e::1"), Mode: FilterMode(rng.IntN(2)), Sources: []netip.Addr{}, Hops: uint8(rng.IntN(4))}
+		for _, s := range universe {
+			if rng.IntN(2) == 0 {
+				g.Sources = append(g.Sources, s)
+			}
+		}
+		return g
+	}
+	for range 2000 {
+		a, b := random(), random()
+		u := Union(a, b)
+		for _, s := range append(universe, outside) {
+			if u.Wants(s) != (a.Wants(s) || b.Wants(s)) {
+				t.Fatalf("Union(%v, %v) = %v: wants %v is %v", a, b, u, s, u.Wants(s))
+			}
+		}
+		if !slices.IsSortedFunc(u.Sources, netip.Addr.Compare) || len(slices.Compact(slices.Clone(u.Sources))) != len(u.Sources) {
+			t.Fatalf("Union(%v, %v) sources %v not sorted and distinct", a, b, u.Sources)
+		}
+		if u.Group != a.Group || u.Hops != min(a.Hops, b.Hops) {
+			t.Fatalf("Union(%v, %v) = %v: group or hops wrong", a, b, u)
+		}
+	}
+}

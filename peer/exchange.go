@@ -6,8 +6,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,7 +46,9 @@ const (
 // Exchange keeps this node's subscriptions known to its peers and learns
 // theirs, as soft state: a full state on every change, sent again each
 // HelloInterval until the peer acknowledges it (a hello otherwise), a full
-// state on request, and expiry after HoldTime of silence.
+// state on request, and expiry after HoldTime of silence. The state toward
+// each peer is its own (a relay subscribes at each peer for its other
+// peers), and changes only when its content does.
 //
 // One goroutine sends full states, paced at StateRate: changes that come
 // while it sends coalesce, and a state that changes while it is being
@@ -52,20 +56,23 @@ const (
 type Exchange struct {
 	conn    *net.UDPConn
 	self    netip.Addr
+	relay   bool
 	started time.Time
 	epoch   uint64
 	log     *slog.Logger
-	// apply receives a peer's subscriptions whenever they change (nil when
-	// they expire).
-	apply func(peer netip.Addr, groups []mld.GroupState)
+	// state returns the subscriptions to make at a peer; apply receives
+	// a peer's subscriptions whenever they change (nil when they expire)
+	// and whether it relays.
+	state func(peer netip.Addr) []mld.GroupState
+	apply func(peer netip.Addr, relay bool, groups []mld.GroupState)
 
-	mu    sync.Mutex
-	gen   uint64
-	local [][]mld.GroupState // local state, split into parts
-	peers map[netip.Addr]*remote
-	owed  map[netip.Addr]bool // peers the state sender owes a full state
-	wake  chan struct{}       // wakes the state sender
-	pace  *rate.Limiter
+	changeMu sync.Mutex // serializes the computing of states
+	mu       sync.Mutex
+	gen      uint64 // the last generation given to a state
+	peers    map[netip.Addr]*remote
+	owed     map[netip.Addr]bool // peers the state sender owes a full state
+	wake     chan struct{}       // wakes the state sender
+	pace     *rate.Limiter
 
 	// BadMessages counts datagrams dropped as malformed, from unknown
 	// addresses or from an unprivileged port.
@@ -75,13 +82,18 @@ type Exchange struct {
 	OverCap atomic.Uint64
 }
 
-// remote is what this node knows of one peer's state.
+// remote is what this node knows of one peer's state, and the state it
+// tells the peer.
 type remote struct {
+	mine    []mld.GroupState   // the state toward the peer
+	parts   [][]mld.GroupState // mine, split into parts
+	mineGen uint64             // its generation
+
 	epoch     uint64 // the peer's epoch, 0 before the first message
 	applied   bool   // a complete state of gen was applied
 	gen       uint64
 	pending   uint64 // generation being assembled
-	parts     map[uint16][]mld.GroupState
+	received  map[uint16][]mld.GroupState
 	held      int  // groups in parts
 	capped    bool // groups of the pending state were dropped
 	lastHeard time.Time
@@ -92,8 +104,10 @@ type remote struct {
 }
 
 // NewExchange listens on [self]:SubscriptionPort. self must be an address of
-// lc0; peers are the overlay addresses of the peers.
-func NewExchange(self netip.Addr, peers []netip.Addr, apply func(netip.Addr, []mld.GroupState), log *slog.Logger) (*Exchange, error) {
+// lc0; peers are the overlay addresses of the peers; relay tells them that
+// this node passes multicast on; state and apply are as in Exchange.
+func NewExchange(self netip.Addr, peers []netip.Addr, relay bool, state func(netip.Addr) []mld.GroupState,
+	apply func(netip.Addr, bool, []mld.GroupState), log *slog.Logger) (*Exchange, error) {
 	conn, err := net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(self, SubscriptionPort)))
 	if err != nil {
 		return nil, err
@@ -107,11 +121,12 @@ func NewExchange(self netip.Addr, peers []netip.Addr, apply func(netip.Addr, []m
 	x := &Exchange{
 		conn:    conn,
 		self:    self,
+		relay:   relay,
 		started: time.Now(),
 		epoch:   binary.BigEndian.Uint64(e[:]) | 1,
 		log:     log,
+		state:   state,
 		apply:   apply,
-		local:   SplitGroups(nil),
 		peers:   map[netip.Addr]*remote{},
 		owed:    map[netip.Addr]bool{},
 		wake:    make(chan struct{}, 1),
@@ -120,16 +135,32 @@ func NewExchange(self netip.Addr, peers []netip.Addr, apply func(netip.Addr, []m
 	for _, p := range peers {
 		x.peers[p] = &remote{}
 	}
+	x.Changed()
 	return x, nil
 }
 
-// SetLocal announces a new local state to every peer. The exchange keeps
-// groups, so the caller must not change it afterwards.
-func (x *Exchange) SetLocal(groups []mld.GroupState) {
+// Changed tells the exchange that the states to make at peers may have
+// changed: it asks state for each, and announces those that did change.
+// The exchange keeps what state returns, so state must return slices it
+// does not change afterwards.
+func (x *Exchange) Changed() {
+	x.changeMu.Lock()
+	defer x.changeMu.Unlock()
 	x.mu.Lock()
-	x.gen++
-	x.local = SplitGroups(groups)
-	for a := range x.peers {
+	addrs := slices.Collect(maps.Keys(x.peers))
+	x.mu.Unlock()
+	states := make([][]mld.GroupState, len(addrs))
+	for i, a := range addrs {
+		states[i] = x.state(a)
+	}
+	x.mu.Lock()
+	for i, a := range addrs {
+		r, ok := x.peers[a]
+		if !ok || (r.parts != nil && slices.EqualFunc(r.mine, states[i], mld.GroupState.Equal)) {
+			continue
+		}
+		x.gen++
+		r.mine, r.parts, r.mineGen = states[i], SplitGroups(states[i]), x.gen
 		x.owed[a] = true
 	}
 	x.mu.Unlock()
@@ -137,8 +168,8 @@ func (x *Exchange) SetLocal(groups []mld.GroupState) {
 }
 
 // SetPeers makes peers (overlay addresses) the exchange's peers: it
-// forgets those no longer listed and owes the new ones the local state.
-// What it knows of the others carries on.
+// forgets those no longer listed and owes the new ones their state. What
+// it knows of the others carries on.
 func (x *Exchange) SetPeers(peers []netip.Addr) {
 	x.mu.Lock()
 	listed := map[netip.Addr]bool{}
@@ -146,7 +177,6 @@ func (x *Exchange) SetPeers(peers []netip.Addr) {
 		listed[a] = true
 		if _, ok := x.peers[a]; !ok {
 			x.peers[a] = &remote{}
-			x.owed[a] = true
 		}
 	}
 	for a := range x.peers {
@@ -156,7 +186,7 @@ func (x *Exchange) SetPeers(peers []netip.Addr) {
 		}
 	}
 	x.mu.Unlock()
-	x.wakeSender()
+	x.Changed()
 }
 
 // Run receives messages and sends hellos until ctx is done; it closes the
@@ -205,7 +235,7 @@ func (x *Exchange) tick(ctx context.Context) {
 		now := time.Now()
 		var hellos []netip.Addr
 		for a, r := range x.peers {
-			if r.ackedOK && r.acked == x.gen {
+			if r.ackedOK && r.acked == r.mineGen {
 				hellos = append(hellos, a)
 			} else {
 				x.owed[a] = true
@@ -213,8 +243,8 @@ func (x *Exchange) tick(ctx context.Context) {
 			if r.epoch != 0 && now.Sub(r.lastHeard) > HoldTime {
 				// Forget the peer: its next message starts afresh.
 				x.log.Info("peer silent, dropping its subscriptions", "peer", a, "silent_for", now.Sub(r.lastHeard).Round(time.Second))
-				*r = remote{}
-				x.apply(a, nil)
+				*r = remote{mine: r.mine, parts: r.parts, mineGen: r.mineGen}
+				x.apply(a, false, nil)
 			}
 		}
 		x.mu.Unlock()
@@ -252,7 +282,7 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 	if m.Epoch != r.epoch {
 		// The peer (re)started: its state is to be learnt afresh. What it
 		// subscribed to before stays until the new state is complete.
-		r.epoch, r.applied, r.pending, r.parts = m.Epoch, false, 0, nil
+		r.epoch, r.applied, r.pending, r.received = m.Epoch, false, 0, nil
 	}
 	var changed []mld.GroupState
 	apply, dropped := false, 0
@@ -274,7 +304,7 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 		if capped {
 			x.log.Warn("peer subscribed to too many groups; keeping the first ones", "peer", addr, "cap", MaxGroupsPerPeer)
 		}
-		x.apply(addr, changed)
+		x.apply(addr, m.Relay, changed)
 		x.log.Debug("applied peer subscriptions", "peer", addr, "generation", m.Generation, "groups", len(changed))
 	}
 	switch {
@@ -295,25 +325,41 @@ func (r *remote) collect(m *Message) (all []mld.GroupState, complete bool, dropp
 	if r.applied && m.Generation <= r.gen {
 		return nil, false, 0 // stale or repeated
 	}
-	if m.Generation != r.pending || r.parts == nil {
-		r.pending, r.parts, r.held, r.capped = m.Generation, map[uint16][]mld.GroupState{}, 0, false
+	if m.Generation != r.pending || r.received == nil {
+		r.pending, r.received, r.held, r.capped = m.Generation, map[uint16][]mld.GroupState{}, 0, false
 	}
-	r.held -= len(r.parts[m.Part]) // a part sent again replaces itself
+	r.held -= len(r.received[m.Part]) // a part sent again replaces itself
 	groups := m.Groups
 	if room := MaxGroupsPerPeer - r.held; len(groups) > room {
 		groups, dropped, r.capped = groups[:room], len(groups)-room, true
 	}
-	r.parts[m.Part] = groups
+	r.received[m.Part] = groups
 	r.held += len(groups)
-	if len(r.parts) < int(m.Parts) {
+	if len(r.received) < int(m.Parts) {
 		return nil, false, dropped
 	}
 	all = make([]mld.GroupState, 0, r.held)
 	for i := range m.Parts {
-		all = append(all, r.parts[i]...)
+		all = append(all, r.received[i]...)
 	}
-	r.applied, r.gen, r.parts, r.held = true, m.Generation, nil, 0
+	r.applied, r.gen, r.received, r.held = true, m.Generation, nil, 0
 	return all, true, dropped
+}
+
+// Silence returns how long the peer at addr has sent nothing, counted from
+// the exchange's start if it never did (or was forgotten, after
+// HoldTime); 0 for a peer the exchange does not know.
+func (x *Exchange) Silence(addr netip.Addr, now time.Time) time.Duration {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	r, ok := x.peers[addr]
+	switch {
+	case !ok:
+		return 0
+	case r.lastHeard.IsZero():
+		return now.Sub(x.started)
+	}
+	return now.Sub(r.lastHeard)
 }
 
 func (x *Exchange) wakeSender() {
@@ -340,7 +386,11 @@ func (x *Exchange) sendStates(ctx context.Context) {
 				break
 			}
 			delete(x.owed, addr)
-			gen, parts := x.gen, len(x.local)
+			var gen uint64
+			var parts int
+			if r, ok := x.peers[addr]; ok {
+				gen, parts = r.mineGen, len(r.parts)
+			}
 			x.mu.Unlock()
 			if !addr.IsValid() {
 				break
@@ -350,10 +400,11 @@ func (x *Exchange) sendStates(ctx context.Context) {
 					return
 				}
 				x.mu.Lock()
-				changed := x.gen != gen
+				r, ok := x.peers[addr]
+				changed := !ok || r.mineGen != gen
 				x.mu.Unlock()
 				if changed {
-					break // the peer is owed the new state, from its start
+					break // the peer is owed the new state, from its start (or is gone)
 				}
 				x.send(addr, i+1, false)
 			}
@@ -372,16 +423,16 @@ func (x *Exchange) quietToward(addr netip.Addr, r *remote, now time.Time) bool {
 func (x *Exchange) send(addr netip.Addr, part int, want bool) {
 	x.mu.Lock()
 	r, ok := x.peers[addr]
-	if !ok || part > len(x.local) || x.quietToward(addr, r, time.Now()) {
+	if !ok || part > len(r.parts) || x.quietToward(addr, r, time.Now()) {
 		x.mu.Unlock()
 		return
 	}
-	m := Message{Want: want, Epoch: x.epoch, PeerEpoch: r.epoch, Generation: x.gen}
+	m := Message{Want: want, Relay: x.relay, Epoch: x.epoch, PeerEpoch: r.epoch, Generation: r.mineGen}
 	if r.applied {
 		m.PeerGeneration = r.gen
 	}
 	if part > 0 {
-		m.Part, m.Parts, m.Groups = uint16(part-1), uint16(len(x.local)), x.local[part-1]
+		m.Part, m.Parts, m.Groups = uint16(part-1), uint16(len(r.parts)), r.parts[part-1]
 	}
 	b := AppendMessage(nil, &m)
 	x.mu.Unlock()

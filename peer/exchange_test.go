@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,16 +24,12 @@ func TestPeerStateCapped(t *testing.T) {
 		return
 	}
 	self, evil, honest := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"), netip.MustParseAddr("fd00::3")
-	for _, a := range []netip.Addr{self, evil, honest} {
-		if out, err := exec.Command("ip", "addr", "add", a.String()+"/128", "dev", "lo", "nodad").CombinedOutput(); err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
-	}
+	addLoopback(t, self, evil, honest)
 	applied := make(chan struct {
 		peer   netip.Addr
 		groups int
 	}, 16)
-	x, err := NewExchange(self, []netip.Addr{evil, honest}, func(p netip.Addr, g []mld.GroupState) {
+	x, err := NewExchange(self, []netip.Addr{evil, honest}, false, noState, func(p netip.Addr, _ bool, g []mld.GroupState) {
 		applied <- struct {
 			peer   netip.Addr
 			groups int
@@ -85,5 +82,84 @@ func TestPeerStateCapped(t *testing.T) {
 	}
 	if d := x.OverCap.Load(); d != million-MaxGroupsPerPeer {
 		t.Fatalf("%d groups counted over the cap, want %d", d, million-MaxGroupsPerPeer)
+	}
+}
+
+func noState(netip.Addr) []mld.GroupState { return nil }
+
+// addLoopback adds addresses to lo, in the test's own namespace.
+func addLoopback(t *testing.T, addrs ...netip.Addr) {
+	t.Helper()
+	for _, a := range addrs {
+		if out, err := exec.Command("ip", "addr", "add", a.String()+"/128", "dev", "lo", "nodad").CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	}
+}
+
+// applied is a state an exchange applied.
+type applied struct {
+	from   netip.Addr
+	relay  bool
+	groups []mld.GroupState
+}
+
+// A relay tells each peer a state of its own and that it relays; a change
+// reaches only the peers whose state it changes.
+func TestExchangeStatePerPeer(t *testing.T) {
+	if !netlab.Isolate(t) {
+		return
+	}
+	relay, y, z := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"), netip.MustParseAddr("fd00::3")
+	addLoopback(t, relay, y, z)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	g := func(group string) []mld.GroupState {
+		return []mld.GroupState{{Group: netip.MustParseAddr(group), Mode: mld.Exclude, Sources: []netip.Addr{}, Hops: 1}}
+	}
+	var mu sync.Mutex
+	states := map[netip.Addr][]mld.GroupState{y: g("ff1e::1"), z: g("ff1e::2")}
+	x, err := NewExchange(relay, []netip.Addr{y, z}, true, func(p netip.Addr) []mld.GroupState {
+		mu.Lock()
+		defer mu.Unlock()
+		return states[p]
+	}, func(netip.Addr, bool, []mld.GroupState) {}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go x.Run(ctx)
+	got := map[netip.Addr]chan applied{y: make(chan applied, 8), z: make(chan applied, 8)}
+	for _, a := range []netip.Addr{y, z} {
+		leaf, err := NewExchange(a, []netip.Addr{relay}, false, noState, func(p netip.Addr, r bool, groups []mld.GroupState) {
+			got[a] <- applied{p, r, groups}
+		}, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go leaf.Run(ctx)
+	}
+	expect := func(at netip.Addr, group string) {
+		t.Helper()
+		select {
+		case s := <-got[at]:
+			if s.from != relay || !s.relay || len(s.groups) != 1 || s.groups[0].Group.String() != group || s.groups[0].Hops != 1 {
+				t.Fatalf("%v applied %+v, want %s from relay %v", at, s, group, relay)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%v applied nothing", at)
+		}
+	}
+	expect(y, "ff1e::1")
+	expect(z, "ff1e::2")
+	mu.Lock()
+	states[z] = g("ff1e::3")
+	mu.Unlock()
+	x.Changed()
+	expect(z, "ff1e::3")
+	select {
+	case s := <-got[y]:
+		t.Fatalf("%v applied %+v again, though its state did not change", y, s)
+	case <-time.After(2 * HelloInterval):
 	}
 }

@@ -18,10 +18,13 @@ import (
 // on every change). A full state is sent as one or more parts; a message
 // without parts is a hello that only announces epoch and generation. Every
 // message also acknowledges the receiver's state: its epoch and the
-// generation last applied from it.
+// generation last applied from it. A relay's state toward each peer is its
+// own, so a generation is a count of changes toward that peer; a relay
+// says it is one, so that the peer accepts other nodes' packets from it.
 //
-//	0  "LCS" 1          magic and version
-//	4  flags            bit 0: want (send me your full state)
+//	0  "LCS" 2          magic and version
+//	4  flags            bit 0: want (send me your full state);
+//	                    bit 1: relay (the sender passes multicast on)
 //	5  0                reserved
 //	6  part, parts      uint16 each; parts 0: a hello
 //	10 epoch            uint64: the sender's
@@ -30,14 +33,17 @@ import (
 //	34 peer generation  uint64: the receiver's, as last applied
 //	42 count            uint16: groups that follow
 //	44 per group:       address (16), mode (1: 0 include, 1 exclude),
-//	                    source count (uint16), sources (16 each)
+//	                    hops (1: relays between the sender and the
+//	                    nearest listener), source count (uint16),
+//	                    sources (16 each)
 const SubscriptionPort = 847
 
 const (
 	msgHeaderLen  = 44
-	msgVersion    = 1
-	groupHdrLen   = 19
+	msgVersion    = 2
+	groupHdrLen   = 20
 	flagWant      = 1
+	flagRelay     = 2
 	maxMsgPayload = 1200 // fits lc0's minimum MTU of 1280 with IPv6 and UDP headers
 )
 
@@ -49,6 +55,7 @@ var ErrBadMessage = errors.New("malformed subscription message")
 // Message is a decoded subscription message.
 type Message struct {
 	Want       bool
+	Relay      bool
 	Part       uint16
 	Parts      uint16
 	Epoch      uint64
@@ -67,6 +74,9 @@ func AppendMessage(b []byte, m *Message) []byte {
 	if m.Want {
 		flags |= flagWant
 	}
+	if m.Relay {
+		flags |= flagRelay
+	}
 	b = append(b, flags, 0)
 	b = binary.BigEndian.AppendUint16(b, m.Part)
 	b = binary.BigEndian.AppendUint16(b, m.Parts)
@@ -77,7 +87,7 @@ func AppendMessage(b []byte, m *Message) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(len(m.Groups)))
 	for _, g := range m.Groups {
 		b = append(b, g.Group.AsSlice()...)
-		b = append(b, byte(g.Mode))
+		b = append(b, byte(g.Mode), g.Hops)
 		b = binary.BigEndian.AppendUint16(b, uint16(len(g.Sources)))
 		for _, s := range g.Sources {
 			b = append(b, s.AsSlice()...)
@@ -93,6 +103,7 @@ func ParseMessage(b []byte) (*Message, error) {
 	}
 	m := &Message{
 		Want:           b[4]&flagWant != 0,
+		Relay:          b[4]&flagRelay != 0,
 		Part:           binary.BigEndian.Uint16(b[6:8]),
 		Parts:          binary.BigEndian.Uint16(b[8:10]),
 		Epoch:          binary.BigEndian.Uint64(b[10:18]),
@@ -113,8 +124,8 @@ func ParseMessage(b []byte) (*Message, error) {
 		if len(rest) < groupHdrLen {
 			return nil, ErrBadMessage
 		}
-		g := mld.GroupState{Group: netip.AddrFrom16([16]byte(rest[0:16])), Mode: mld.FilterMode(rest[16])}
-		nsrc := int(binary.BigEndian.Uint16(rest[17:19]))
+		g := mld.GroupState{Group: netip.AddrFrom16([16]byte(rest[0:16])), Mode: mld.FilterMode(rest[16]), Hops: rest[17]}
+		nsrc := int(binary.BigEndian.Uint16(rest[18:20]))
 		rest = rest[groupHdrLen:]
 		if !g.Group.IsMulticast() || g.Mode > mld.Exclude || len(rest) < 16*nsrc {
 			return nil, ErrBadMessage

@@ -12,12 +12,13 @@ import (
 
 func TestMessageRoundTrip(t *testing.T) {
 	groups := []mld.GroupState{
-		{Group: netip.MustParseAddr("ff1e::1"), Mode: mld.Exclude, Sources: []netip.Addr{}},
+		{Group: netip.MustParseAddr("ff1e::1"), Mode: mld.Exclude, Sources: []netip.Addr{}, Hops: 3},
 		{Group: netip.MustParseAddr("ff3e::8000:1"), Mode: mld.Include, Sources: []netip.Addr{netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("fd6c:6361:7374::1")}},
 	}
 	for _, m := range []Message{
 		{Epoch: 7, PeerEpoch: 9, Generation: 3, PeerGeneration: 4},
 		{Want: true, Epoch: 1},
+		{Relay: true, Epoch: 1},
 		{Epoch: 5, Generation: 2, Part: 1, Parts: 2, Groups: groups},
 		{Epoch: 5, Generation: 2, Part: 0, Parts: 1, Groups: []mld.GroupState{}},
 	} {
@@ -48,7 +49,7 @@ func TestParseMessageRejects(t *testing.T) {
 		"trailing":       append(append([]byte(nil), valid...), 0),
 		"unicast group":  mod(func(b []byte) []byte { b[msgHeaderLen] = 0x20; return b }),
 		"bad mode":       mod(func(b []byte) []byte { b[msgHeaderLen+16] = 2; return b }),
-		"many sources":   mod(func(b []byte) []byte { b[msgHeaderLen+17] = 0xff; return b }),
+		"many sources":   mod(func(b []byte) []byte { b[msgHeaderLen+18] = 0xff; return b }),
 	} {
 		if _, err := ParseMessage(b); !errors.Is(err, ErrBadMessage) {
 			t.Errorf("%s: error %v, want ErrBadMessage", name, err)

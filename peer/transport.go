@@ -188,6 +188,25 @@ func (t *Transport) SetPeers(peers []Config) (added, removed int, err error) {
 	return added, removed, nil
 }
 
+// SetEndpoint makes ep the endpoint of the peer with key k (one that moved,
+// say), and reports whether it differs from the one configured or set
+// before.
+func (t *Transport) SetEndpoint(k Key, ep netip.AddrPort) (bool, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p, ok := t.peers[k]
+	if !ok {
+		return false, fmt.Errorf("no peer %s", k)
+	}
+	if err := t.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\n", hex.EncodeToString(k[:]), ep)); err != nil {
+		return false, fmt.Errorf("configure transport: %w", err)
+	}
+	changed := p.Endpoint != ep
+	p.Endpoint = ep
+	t.peers[k] = p
+	return changed, nil
+}
+
 // Close stops the transport.
 func (t *Transport) Close() {
 	t.keepalive.Stop()

@@ -9,30 +9,41 @@ import (
 )
 
 // FuzzRouter: no packet, read from lc0 or received from a peer, makes the
-// router panic or overrun; what it routes goes to a peer, wrapped, and
-// what it delivers starts inside the packet.
+// router panic or overrun; what it routes goes to a peer, wrapped, what it
+// delivers starts inside the packet, and what it relays (it is a relay, and
+// so is peer A) goes to a peer with a lower hop limit.
 func FuzzRouter(f *testing.F) {
 	f.Add(udpPacket(self, grp1, "hello"), false)
 	f.Add(udpPacket(self, peerB, "unicast"), false)
-	f.Add(wrapped(nil, udpPacket(peerA, grp1, "x"), peerA)[16:], true)
+	f.Add(wrapped(udpPacket(peerA, grp1, "x"), peerA)[16:], true)
 	f.Add(udpPacket(peerA, self, "unicast"), true)
 	f.Add([]byte{0x60}, true)
-	r := New(tuntest.NewChannelTUN().TUN(), self, ScopePolicy{}, func([]byte) {})
+	f.Add(wrapped(udpPacket(peerC, grp1, "relayed"), peerA)[16:], true)
+	r := New(tuntest.NewChannelTUN().TUN(), Config{Self: self, Overlay: overlay, Relay: true, LinkLocal: func([]byte) {}})
 	r.SetPeers([]netip.Addr{peerA, peerB})
-	r.SetSubscriptions(peerA, []Subscription{sub(grp1, mld.Exclude)})
-	r.SetSubscriptions(peerB, []Subscription{sub(grp1, mld.Include, srcS), sub(netip.MustParseAddr("ff02::fb"), mld.Exclude)})
+	r.SetSubscriptions(peerA, true, []Subscription{sub(grp1, mld.Exclude)})
+	r.SetSubscriptions(peerB, false, []Subscription{sub(grp1, mld.Include, srcS), sub(netip.MustParseAddr("ff02::fb"), mld.Exclude)})
 	r.SetLocal([]Subscription{sub(grp1, mld.Exclude)})
 	tab := r.table.Load()
 	f.Fuzz(func(t *testing.T, pkt []byte, fromPeer bool) {
+		from := &fromLc0
 		if fromPeer {
-			if off := r.deliver(tab, pkt); off != -1 && (off < 0 || off > len(pkt)) {
+			var o origin
+			off, relay := r.deliver(tab, pkt, &o)
+			if off != -1 && (off < 0 || off > len(pkt)) {
 				t.Fatalf("deliver returned offset %d of a %d-byte packet", off, len(pkt))
 			}
-			return
+			if !relay {
+				return
+			}
+			if off := WrapLen; o.from == nil || o.hops >= MaxHops || len(pkt) < off+ipv6HeaderLen {
+				t.Fatalf("relays %x as %+v", pkt, o)
+			}
+			pkt, from = pkt[WrapLen:], &o
 		}
 		out := make([]byte, WrapLen+len(pkt))
 		for next := 0; ; {
-			n, to := r.route(tab, pkt, &next, out)
+			n, to := r.route(tab, pkt, from, &next, out)
 			if n == 0 {
 				break
 			}

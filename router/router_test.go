@@ -16,13 +16,14 @@ import (
 )
 
 var (
-	self  = netip.MustParseAddr("fd6c:6361:7374::1")
-	peerA = netip.MustParseAddr("fd6c:6361:7374::a")
-	peerB = netip.MustParseAddr("fd6c:6361:7374::b")
-	peerC = netip.MustParseAddr("fd6c:6361:7374::c")
-	srcS  = netip.MustParseAddr("2001:db8::5")
-	grp1  = netip.MustParseAddr("ff1e::1")
-	grp2  = netip.MustParseAddr("ff1e::2")
+	overlay = netip.MustParsePrefix("fd6c:6361:7374::/48")
+	self    = netip.MustParseAddr("fd6c:6361:7374::1")
+	peerA   = netip.MustParseAddr("fd6c:6361:7374::a")
+	peerB   = netip.MustParseAddr("fd6c:6361:7374::b")
+	peerC   = netip.MustParseAddr("fd6c:6361:7374::c")
+	srcS    = netip.MustParseAddr("2001:db8::5")
+	grp1    = netip.MustParseAddr("ff1e::1")
+	grp2    = netip.MustParseAddr("ff1e::2")
 )
 
 // udpPacket builds an IPv6/UDP packet from src to dst with payload.
@@ -51,13 +52,13 @@ type testRouter struct {
 
 func newTestRouter(t *testing.T) *testRouter {
 	tr := &testRouter{lc0: tuntest.NewChannelTUN()}
-	tr.Router = New(tr.lc0.TUN(), self, ScopePolicy{}, func(pkt []byte) {
+	tr.Router = New(tr.lc0.TUN(), Config{Self: self, Overlay: overlay, LinkLocal: func(pkt []byte) {
 		tr.linkLocal = append(tr.linkLocal, slices.Clone(pkt))
-	})
+	}})
 	tr.SetPeers([]netip.Addr{peerA, peerB, peerC})
-	tr.SetSubscriptions(peerA, []Subscription{sub(grp1, mld.Exclude)})
-	tr.SetSubscriptions(peerB, []Subscription{sub(grp1, mld.Include, srcS)})
-	tr.SetSubscriptions(peerC, []Subscription{sub(grp2, mld.Exclude)})
+	tr.SetSubscriptions(peerA, false, []Subscription{sub(grp1, mld.Exclude)})
+	tr.SetSubscriptions(peerB, false, []Subscription{sub(grp1, mld.Include, srcS)})
+	tr.SetSubscriptions(peerC, false, []Subscription{sub(grp2, mld.Exclude)})
 	return tr
 }
 
@@ -78,14 +79,20 @@ func TestRouteFromLc0(t *testing.T) {
 		t.Fatalf("ff1e::1 from self went to %d packets %v, want one to peer A", len(out), out)
 	}
 	w := out[0]
-	if w[6] != protoIPv6Encap || netip.AddrFrom16([16]byte(w[8:24])) != self ||
-		int(binary.BigEndian.Uint16(w[4:6])) != len(pkt) || string(w[WrapLen:]) != string(pkt) {
+	if w[6] != protoLcast || w[7] != MaxHops || netip.AddrFrom16([16]byte(w[8:24])) != self ||
+		int(binary.BigEndian.Uint16(w[4:6])) != lcastHeaderLen+len(pkt) || w[40] != protoIPv6Encap ||
+		binary.BigEndian.Uint32(w[44:48]) != tr.epoch || string(w[WrapLen:]) != string(pkt) {
 		t.Fatalf("bad wrapping: %x", w)
 	}
+	seq := binary.BigEndian.Uint64(w[48:56])
 	// From the source peer B subscribed to: both A (any source) and B.
 	out = tr.fromLc0(t, udpPacket(srcS, grp1, "x"))
 	if len(out) != 2 || dstOf(out[0]) == dstOf(out[1]) {
 		t.Fatalf("from %s: %d packets", srcS, len(out))
+	}
+	// Both copies are of one packet, a later one.
+	if s0, s1 := binary.BigEndian.Uint64(out[0][48:56]), binary.BigEndian.Uint64(out[1][48:56]); s0 != s1 || s0 <= seq {
+		t.Fatalf("sequence numbers %d, then %d and %d", seq, s0, s1)
 	}
 	if out := tr.fromLc0(t, udpPacket(self, netip.MustParseAddr("ff1e::99"), "x")); len(out) != 0 {
 		t.Fatalf("unsubscribed group went to %d peers", len(out))
@@ -105,7 +112,7 @@ func TestRouteFromLc0(t *testing.T) {
 
 func TestScopeAndLinkLocal(t *testing.T) {
 	tr := newTestRouter(t)
-	tr.SetSubscriptions(peerA, []Subscription{sub(netip.MustParseAddr("ff02::fb"), mld.Exclude), sub(netip.MustParseAddr("ff05::2"), mld.Exclude)})
+	tr.SetSubscriptions(peerA, false, []Subscription{sub(netip.MustParseAddr("ff02::fb"), mld.Exclude), sub(netip.MustParseAddr("ff05::2"), mld.Exclude)})
 	mldReport := mld.AppendV2Report(nil, netip.MustParseAddr("fe80::1"), []mld.ReportRecord{{Type: mld.ChangeToExcludeMode, Group: grp1}})
 	for _, p := range [][]byte{mldReport, udpPacket(self, netip.MustParseAddr("ff02::fb"), "mdns")} {
 		if out := tr.fromLc0(t, p); len(out) != 0 {
@@ -120,9 +127,22 @@ func TestScopeAndLinkLocal(t *testing.T) {
 	}
 }
 
-func wrapped(src, inner []byte, from netip.Addr) []byte {
+// fromLc0 is the origin of the packets the tests route from lc0.
+var fromLc0 = origin{epoch: 7, hops: MaxHops}
+
+// lastSeq numbers the packets wrapped, so that none is a duplicate.
+var lastSeq uint64
+
+// wrapped returns inner as the peer at from sends it to this node, with 16
+// bytes of headroom, and a new sequence number of epoch 1.
+func wrapped(inner []byte, from netip.Addr) []byte {
+	return wrappedAs(inner, from, origin{epoch: 1, seq: lastSeq + 1, hops: MaxHops})
+}
+
+func wrappedAs(inner []byte, from netip.Addr, o origin) []byte {
+	lastSeq = max(lastSeq, o.seq)
 	b := make([]byte, 16+WrapLen+len(inner))
-	wrap(b[16:], from, self, len(inner))
+	wrap(b[16:], from, self, len(inner), &o)
 	copy(b[16+WrapLen:], inner)
 	return b
 }
@@ -143,11 +163,11 @@ func TestDeliverFromPeers(t *testing.T) {
 		drop string
 		peer netip.Addr // whose drop it also is, if any
 	}{
-		{"forged inner source", wrapped(nil, udpPacket(peerB, grp1, "x"), peerA), DropForgedSource, peerA},
-		{"excluded source", wrapped(nil, udpPacket(peerB, grp1, "x"), peerB), DropNoListener, peerB},
-		{"no listener", wrapped(nil, udpPacket(peerA, grp2, "x"), peerA), DropNoListener, peerA},
-		{"not a peer", wrapped(nil, udpPacket(srcS, grp1, "x"), srcS), DropForgedSource, netip.Addr{}},
-		{"link scope", wrapped(nil, udpPacket(peerA, netip.MustParseAddr("ff02::1"), "x"), peerA), DropScope, peerA},
+		{"forged inner source", wrapped(udpPacket(peerB, grp1, "x"), peerA), DropForgedSource, peerA},
+		{"excluded source", wrapped(udpPacket(peerB, grp1, "x"), peerB), DropNoListener, peerB},
+		{"no listener", wrapped(udpPacket(peerA, grp2, "x"), peerA), DropNoListener, peerA},
+		{"not a peer", wrapped(udpPacket(srcS, grp1, "x"), srcS), DropForgedSource, netip.Addr{}},
+		{"link scope", wrapped(udpPacket(peerA, netip.MustParseAddr("ff02::1"), "x"), peerA), DropScope, peerA},
 	}
 	for _, c := range cases {
 		before := tr.Drops()[c.drop]
@@ -162,7 +182,7 @@ func TestDeliverFromPeers(t *testing.T) {
 			}
 		}
 	}
-	tr.Port().Write([][]byte{wrapped(nil, good, peerA), append(make([]byte, 16), udpPacket(peerC, self, "unicast")...)}, 16)
+	tr.Port().Write([][]byte{wrapped(good, peerA), append(make([]byte, 16), udpPacket(peerC, self, "unicast")...)}, 16)
 	for _, want := range []string{string(good), string(udpPacket(peerC, self, "unicast"))} {
 		select {
 		case p := <-got:
@@ -204,7 +224,7 @@ func b2u(b bool) uint64 {
 // With link scope opted in, a peer's link-local address is its own too.
 func TestDeliverLinkLocalSource(t *testing.T) {
 	lc0 := tuntest.NewChannelTUN()
-	r := New(lc0.TUN(), self, ScopePolicy{LinkLocal: true}, func([]byte) {})
+	r := New(lc0.TUN(), Config{Self: self, Overlay: overlay, Scope: ScopePolicy{LinkLocal: true}, LinkLocal: func([]byte) {}})
 	r.SetPeers([]netip.Addr{peerA})
 	mdns := netip.MustParseAddr("ff02::fb")
 	r.SetLocal([]Subscription{sub(mdns, mld.Exclude)})
@@ -213,8 +233,8 @@ func TestDeliverLinkLocalSource(t *testing.T) {
 		}
 	}()
 	llA := netip.MustParseAddr("fe80::a")
-	r.Port().Write([][]byte{wrapped(nil, udpPacket(llA, mdns, "x"), peerA)}, 16)
-	r.Port().Write([][]byte{wrapped(nil, udpPacket(netip.MustParseAddr("fe80::b"), mdns, "x"), peerA)}, 16)
+	r.Port().Write([][]byte{wrapped(udpPacket(llA, mdns, "x"), peerA)}, 16)
+	r.Port().Write([][]byte{wrapped(udpPacket(netip.MustParseAddr("fe80::b"), mdns, "x"), peerA)}, 16)
 	if d := r.Drops(); d[DropForgedSource] != 1 || r.Counters(peerA).RxPackets.Load() != 2 || d[DropNoListener] != 0 {
 		t.Fatalf("drops %v", d)
 	}
@@ -228,13 +248,14 @@ func TestDataPathAllocatesNothing(t *testing.T) {
 	out := make([]byte, 2048)
 	tab := tr.table.Load()
 	if n := testing.AllocsPerRun(1000, func() {
-		for next := 0; routed(tr.route(tab, pkt, &next, out)); {
+		for next := 0; routed(tr.route(tab, pkt, &fromLc0, &next, out)); {
 		}
 	}); n != 0 {
 		t.Fatalf("route allocates %v per packet", n)
 	}
-	in := wrapped(nil, udpPacket(peerA, grp1, "x"), peerA)[16:]
-	if n := testing.AllocsPerRun(1000, func() { tr.deliver(tab, in) }); n != 0 {
+	in := wrapped(udpPacket(peerA, grp1, "x"), peerA)[16:]
+	var o origin
+	if n := testing.AllocsPerRun(1000, func() { tr.deliver(tab, in, &o) }); n != 0 {
 		t.Fatalf("deliver allocates %v per packet", n)
 	}
 }
@@ -250,7 +271,7 @@ func TestRouteMatchesReference(t *testing.T) {
 		peers = append(peers, netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16)))
 	}
 	for run := range 300 {
-		r := New(tuntest.NewChannelTUN().TUN(), self, ScopePolicy{}, func([]byte) {})
+		r := New(tuntest.NewChannelTUN().TUN(), Config{Self: self, Overlay: overlay, Scope: ScopePolicy{}, LinkLocal: func([]byte) {}})
 		r.SetPeers(peers)
 		subs := map[netip.Addr][]Subscription{}
 		for _, p := range peers {
@@ -266,7 +287,7 @@ func TestRouteMatchesReference(t *testing.T) {
 				}
 				subs[p] = append(subs[p], s)
 			}
-			r.SetSubscriptions(p, subs[p])
+			r.SetSubscriptions(p, false, subs[p])
 		}
 		out := make([]byte, 2048)
 		for _, g := range groups {
@@ -275,7 +296,7 @@ func TestRouteMatchesReference(t *testing.T) {
 				var got []netip.Addr
 				tab := r.table.Load()
 				for next := 0; ; {
-					n, _ := r.route(tab, pkt, &next, out)
+					n, _ := r.route(tab, pkt, &fromLc0, &next, out)
 					if n == 0 {
 						break
 					}
@@ -300,7 +321,7 @@ func TestRouteMatchesReference(t *testing.T) {
 }
 
 func BenchmarkRouteFanOut8(b *testing.B) {
-	r := New(tuntest.NewChannelTUN().TUN(), self, ScopePolicy{}, func([]byte) {})
+	r := New(tuntest.NewChannelTUN().TUN(), Config{Self: self, Overlay: overlay, Scope: ScopePolicy{}, LinkLocal: func([]byte) {}})
 	var peers []netip.Addr
 	for i := range 8 {
 		p := netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16))
@@ -308,7 +329,7 @@ func BenchmarkRouteFanOut8(b *testing.B) {
 	}
 	r.SetPeers(peers)
 	for _, p := range peers {
-		r.SetSubscriptions(p, []Subscription{sub(grp1, mld.Exclude)})
+		r.SetSubscriptions(p, false, []Subscription{sub(grp1, mld.Exclude)})
 	}
 	pkt := udpPacket(self, grp1, string(make([]byte, 1152)))
 	out := make([]byte, 2048)
@@ -316,7 +337,7 @@ func BenchmarkRouteFanOut8(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(pkt)) * 8)
 	for b.Loop() {
-		for next := 0; routed(r.route(tab, pkt, &next, out)); {
+		for next := 0; routed(r.route(tab, pkt, &fromLc0, &next, out)); {
 		}
 	}
 }
@@ -325,7 +346,7 @@ func BenchmarkRouteFanOut8(b *testing.B) {
 // the packets that end the wait.
 func TestSubscriptionDuringReadApplies(t *testing.T) {
 	lc0 := tuntest.NewChannelTUN()
-	r := New(lc0.TUN(), self, ScopePolicy{}, func([]byte) {})
+	r := New(lc0.TUN(), Config{Self: self, Overlay: overlay, Scope: ScopePolicy{}, LinkLocal: func([]byte) {}})
 	r.SetPeers([]netip.Addr{peerA})
 	got := make(chan int, 1)
 	go func() {
@@ -334,7 +355,7 @@ func TestSubscriptionDuringReadApplies(t *testing.T) {
 		got <- n
 	}()
 	time.Sleep(50 * time.Millisecond) // Read is waiting for lc0
-	r.SetSubscriptions(peerA, []Subscription{sub(grp1, mld.Exclude)})
+	r.SetSubscriptions(peerA, false, []Subscription{sub(grp1, mld.Exclude)})
 	lc0.Outbound <- udpPacket(self, grp1, "x")
 	select {
 	case n := <-got:
@@ -375,7 +396,7 @@ func readEndsOnClose(t *testing.T, r *Router, close func()) {
 // reports os.ErrClosed, so the transport stops.
 func TestPortEndsWhenLc0Closes(t *testing.T) {
 	lc0 := tuntest.NewChannelTUN()
-	r := New(lc0.TUN(), self, ScopePolicy{}, func([]byte) {})
+	r := New(lc0.TUN(), Config{Self: self, Overlay: overlay, Scope: ScopePolicy{}, LinkLocal: func([]byte) {}})
 	readEndsOnClose(t, r, func() { lc0.TUN().Close() })
 }
 
@@ -384,11 +405,11 @@ func TestPortEndsWhenLc0Closes(t *testing.T) {
 // first subscribes, shifting the others).
 func TestFanOutAcrossReadsWithNewTable(t *testing.T) {
 	lc0 := tuntest.NewChannelTUN()
-	r := New(lc0.TUN(), self, ScopePolicy{}, func([]byte) {})
+	r := New(lc0.TUN(), Config{Self: self, Overlay: overlay, Scope: ScopePolicy{}, LinkLocal: func([]byte) {}})
 	early := netip.MustParseAddr("fd6c:6361:7374::9")
 	r.SetPeers([]netip.Addr{early, peerA, peerB})
-	r.SetSubscriptions(peerA, []Subscription{sub(grp1, mld.Exclude)})
-	r.SetSubscriptions(peerB, []Subscription{sub(grp1, mld.Exclude)})
+	r.SetSubscriptions(peerA, false, []Subscription{sub(grp1, mld.Exclude)})
+	r.SetSubscriptions(peerB, false, []Subscription{sub(grp1, mld.Exclude)})
 	go func() { lc0.Outbound <- udpPacket(self, grp1, "x") }()
 	bufs, sizes := [][]byte{make([]byte, 2048)}, []int{0}
 	read := func() netip.Addr {
@@ -398,7 +419,7 @@ func TestFanOutAcrossReadsWithNewTable(t *testing.T) {
 		return dstOf(bufs[0][:sizes[0]])
 	}
 	first := read()
-	r.SetSubscriptions(early, []Subscription{sub(grp1, mld.Exclude)})
+	r.SetSubscriptions(early, false, []Subscription{sub(grp1, mld.Exclude)})
 	second := read()
 	if first != peerA || second != peerB {
 		t.Fatalf("copies went to %s and %s, want %s and %s", first, second, peerA, peerB)
@@ -486,20 +507,20 @@ func TestPeerQueueBound(t *testing.T) {
 
 // At most QueueLimit packets wait for all peers together.
 func TestQueueBoundForAllPeers(t *testing.T) {
-	r := New(tuntest.NewChannelTUN().TUN(), self, ScopePolicy{}, func([]byte) {})
+	r := New(tuntest.NewChannelTUN().TUN(), Config{Self: self, Overlay: overlay, Scope: ScopePolicy{}, LinkLocal: func([]byte) {}})
 	var peers []netip.Addr
 	for i := range QueueLimit/PeerQueueLimit + 1 {
 		peers = append(peers, netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16)))
 	}
 	r.SetPeers(peers)
 	for _, p := range peers {
-		r.SetSubscriptions(p, []Subscription{sub(grp1, mld.Exclude)})
+		r.SetSubscriptions(p, false, []Subscription{sub(grp1, mld.Exclude)})
 	}
 	pkt, out, tab := udpPacket(self, grp1, "x"), make([]byte, 2048), r.table.Load()
 	admitted := 0
 	for range PeerQueueLimit + 1 {
 		for next := 0; ; {
-			n, _ := r.route(tab, pkt, &next, out)
+			n, _ := r.route(tab, pkt, &fromLc0, &next, out)
 			if n == 0 {
 				break
 			}
@@ -514,6 +535,6 @@ func TestQueueBoundForAllPeers(t *testing.T) {
 // Closing the port ends a Read that waits for packets, with lc0 still
 // open: the transport can stop when it fails to start.
 func TestPortCloseEndsRead(t *testing.T) {
-	r := New(tuntest.NewChannelTUN().TUN(), self, ScopePolicy{}, func([]byte) {})
+	r := New(tuntest.NewChannelTUN().TUN(), Config{Self: self, Overlay: overlay, Scope: ScopePolicy{}, LinkLocal: func([]byte) {}})
 	readEndsOnClose(t, r, func() { r.Port().Close() })
 }

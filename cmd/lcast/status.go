@@ -14,13 +14,15 @@ import (
 
 // printStatus prints st as aligned tables for people: the interface, the
 // groups local programs listen to, the peers with their handshake age,
-// traffic, drops and groups, and drops by reason. now dates the handshakes.
+// traffic, drops and groups, where each group's packets go and why, and
+// drops by reason. now dates the handshakes.
 func printStatus(w io.Writer, st *control.Status, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "interface:\t%s\n", st.Interface)
 	fmt.Fprintf(tw, "address:\t%s\n", st.Address)
 	fmt.Fprintf(tw, "public key:\t%s\n", st.PublicKey)
 	fmt.Fprintf(tw, "listen port:\t%d\n", st.ListenPort)
+	fmt.Fprintf(tw, "relay:\t%s\n", yesNo(st.Relay))
 	tw.Flush()
 	fmt.Fprintf(w, "\nlocal groups: %d\n", len(st.LocalGroups))
 	if len(st.LocalGroups) > 0 {
@@ -34,8 +36,24 @@ func printStatus(w io.Writer, st *control.Status, now time.Time) {
 	if len(st.Peers) > 0 {
 		fmt.Fprintln(tw, "  PUBLIC KEY\tENDPOINT\tHANDSHAKE\tRX\tTX\tDROPPED\tGROUPS")
 		for _, p := range st.Peers {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%s\n", p.PublicKey, orDash(p.Endpoint), handshake(p, now),
+			key := p.PublicKey
+			if p.Relay {
+				key += " (relay)"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%s\n", key, orDash(p.Endpoint), handshake(p, now),
 				traffic(p.RxPackets, p.RxBytes), traffic(p.TxPackets, p.TxBytes), total(p.Drops), groupList(p.Groups))
+		}
+		tw.Flush()
+	}
+	fmt.Fprintf(w, "\nforwarding: %d groups\n", len(st.Forwarding))
+	if len(st.Forwarding) > 0 {
+		fmt.Fprintln(tw, "  GROUP\tTO PEER\tMODE\tSOURCES\tWHY")
+		for _, f := range st.Forwarding {
+			group := f.Group
+			for _, to := range f.To {
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", group, to.PublicKey, to.Mode, orDash(strings.Join(to.Sources, ",")), to.Reason)
+				group = ""
+			}
 		}
 		tw.Flush()
 	}
@@ -101,6 +119,13 @@ func groupList(groups []control.Group) string {
 		names = append(names, g.Group)
 	}
 	return orDash(strings.Join(names, ","))
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 func orDash(s string) string {

@@ -28,8 +28,14 @@ func TestPrintStatus(t *testing.T) {
 			{PublicKey: "pubB=", Endpoint: "[2001:db8:2::2]:51840", Connected: true, LastHandshake: &recent,
 				RxPackets: 3, RxBytes: 271, TxPackets: 123456, TxBytes: 150 << 20, Groups: groups("ff1e::1", "ff1e::2", "ff1e::3", "ff1e::4", "ff1e::5"),
 				Drops: map[string]uint64{"no_listener": 2, "peer_queue_full": 5}},
-			{PublicKey: "pubC=", Endpoint: "[2001:db8:3::2]:51840", LastHandshake: &old, RxBytes: 1536, Drops: map[string]uint64{}},
+			{PublicKey: "pubC=", Endpoint: "[2001:db8:3::2]:51840", Relay: true, LastHandshake: &old, RxBytes: 1536, Drops: map[string]uint64{}},
 			{PublicKey: "pubD=", Groups: []control.Group{}},
+		},
+		Forwarding: []control.Forward{
+			{Group: "ff1e::1", To: []control.ForwardTo{
+				{PublicKey: "pubB=", Mode: "exclude", Sources: []string{}, Reason: "listeners on the peer"},
+				{PublicKey: "pubC=", Mode: "include", Sources: []string{"fd6c::1"}, Hops: 2, Reason: "listeners 2 relay(s) beyond the peer"}}},
+			{Group: "ff1e::2", To: []control.ForwardTo{{PublicKey: "pubB=", Mode: "exclude", Sources: []string{}, Reason: "listeners on the peer"}}},
 		},
 		Drops: map[string]uint64{"no_listener": 2, "peer_queue_full": 5, "no_subscriber": 9, "scope": 0},
 	}
@@ -39,6 +45,7 @@ func TestPrintStatus(t *testing.T) {
 address:      fd6c:6361:7374:a6e9::1
 public key:   pubA=
 listen port:  51840
+relay:        no
 
 local groups: 2
   GROUP       MODE     SOURCES
@@ -46,10 +53,16 @@ local groups: 2
   ff3e::1234  include  fd6c::1,fd6c::2
 
 peers: 3
-  PUBLIC KEY  ENDPOINT               HANDSHAKE           RX               TX                      DROPPED  GROUPS
-  pubB=       [2001:db8:2::2]:51840  2s ago              3 pkts, 271 B    123456 pkts, 150.0 MiB  7        ff1e::1,ff1e::2,ff1e::3,+2 more
-  pubC=       [2001:db8:3::2]:51840  3m20s ago (lapsed)  0 pkts, 1.5 KiB  0 pkts, 0 B             0        -
-  pubD=       -                      never               0 pkts, 0 B      0 pkts, 0 B             0        -
+  PUBLIC KEY     ENDPOINT               HANDSHAKE           RX               TX                      DROPPED  GROUPS
+  pubB=          [2001:db8:2::2]:51840  2s ago              3 pkts, 271 B    123456 pkts, 150.0 MiB  7        ff1e::1,ff1e::2,ff1e::3,+2 more
+  pubC= (relay)  [2001:db8:3::2]:51840  3m20s ago (lapsed)  0 pkts, 1.5 KiB  0 pkts, 0 B             0        -
+  pubD=          -                      never               0 pkts, 0 B      0 pkts, 0 B             0        -
+
+forwarding: 2 groups
+  GROUP    TO PEER  MODE     SOURCES  WHY
+  ff1e::1  pubB=    exclude  -        listeners on the peer
+           pubC=    include  fd6c::1  listeners 2 relay(s) beyond the peer
+  ff1e::2  pubB=    exclude  -        listeners on the peer
 
 dropped: 16
   REASON           PACKETS

@@ -21,8 +21,9 @@ const (
 	DefaultInterface  = "lc0"
 	DefaultListenPort = 51840
 	// DefaultMTU leaves room, under a 1500-byte underlay MTU, for the peer
-	// encapsulation: outer IPv6 (40) + UDP (8) + WireGuard (32) + inner IPv6 (40).
-	DefaultMTU = 1380
+	// encapsulation: outer IPv6 (40) + UDP (8) + WireGuard (32) + the
+	// router's wrapping (router.WrapLen: IPv6 40 + lcast 16).
+	DefaultMTU = 1364
 	// MinMTU is IPv6's minimum link MTU (RFC 8200).
 	MinMTU = 1280
 )
@@ -46,7 +47,10 @@ type Config struct {
 	// MetricsListen is the TCP "host:port" on which Prometheus metrics
 	// are served at /metrics; empty for none.
 	MetricsListen string `toml:"metrics_listen"`
-	Peers         []Peer `toml:"peer"`
+	// Relay makes the node pass multicast between its peers, and subscribe
+	// at each peer for what its other peers subscribed to.
+	Relay bool   `toml:"relay"`
+	Peers []Peer `toml:"peer"`
 
 	// Key is the private key, from private_key or private_key_file.
 	Key peer.Key `toml:"-"`
@@ -275,6 +279,7 @@ func (c *Config) NeedRestart(next *Config) []string {
 		{"mtu", c.MTU == next.MTU},
 		{"forward_link_scope", c.ForwardLinkScope == next.ForwardLinkScope},
 		{"metrics_listen", c.MetricsListen == next.MetricsListen},
+		{"relay", c.Relay == next.Relay},
 	} {
 		if !k.same {
 			keys = append(keys, k.key)

@@ -25,6 +25,7 @@ func TestParseValid(t *testing.T) {
 private_key = "` + privA.String() + `"
 listen_port = 4000
 metrics_listen = "[::1]:9847"
+relay = true
 
 [[peer]]
 public_key = "` + pubB.String() + `"
@@ -38,7 +39,7 @@ endpoint = "example.net:51840"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Interface != "lc0" || c.Key != privA || c.Port != 4000 || c.MTU != DefaultMTU || c.ControlSocket != "@lcast/lc0" || c.MetricsListen != "[::1]:9847" {
+	if c.Interface != "lc0" || c.Key != privA || c.Port != 4000 || c.MTU != DefaultMTU || c.ControlSocket != "@lcast/lc0" || c.MetricsListen != "[::1]:9847" || !c.Relay {
 		t.Fatalf("parsed %+v", c)
 	}
 	if len(c.Peers) != 2 || c.Peers[0].PublicKey != pubB || c.Peers[1].Endpoint.String() != "example.net:51840" || c.Peers[0].Endpoint.Host != "2001:db8::1" {
@@ -130,6 +131,7 @@ func TestNeedRestart(t *testing.T) {
 		{"interface, and so the control socket", base + "interface = \"lc1\"\n", []string{"interface", "control_socket"}},
 		{"link scope", base + "forward_link_scope = true\n", []string{"forward_link_scope"}},
 		{"metrics", base + "metrics_listen = \"[::1]:9847\"\n", []string{"metrics_listen"}},
+		{"relay", base + "relay = true\n", []string{"relay"}},
 	} {
 		if got := old.NeedRestart(parse(tc.doc)); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: NeedRestart = %v, want %v", tc.name, got, tc.want)

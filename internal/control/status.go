@@ -5,14 +5,38 @@ import "time"
 // Status is the daemon's state as `lcast status --json` prints it. Its field
 // names are part of lcast's stable contract (README, DESIGN.md).
 type Status struct {
-	Interface   string       `json:"interface"`
-	Address     string       `json:"address"`
-	PublicKey   string       `json:"public_key"`
-	ListenPort  int          `json:"listen_port"`
+	Interface  string `json:"interface"`
+	Address    string `json:"address"`
+	PublicKey  string `json:"public_key"`
+	ListenPort int    `json:"listen_port"`
+	// Relay tells whether this node passes multicast between its peers.
+	Relay       bool         `json:"relay"`
 	LocalGroups []Group      `json:"local_groups"`
 	Peers       []PeerStatus `json:"peers"`
+	// Forwarding tells, per group some peer subscribed to, where the
+	// group's packets go and why.
+	Forwarding []Forward `json:"forwarding"`
 	// Drops counts packets dropped, by reason.
 	Drops map[string]uint64 `json:"drops"`
+}
+
+// Forward is where the packets of a group go: to each peer in To (on a
+// relay, except the peer a packet came from).
+type Forward struct {
+	Group string      `json:"group"`
+	To    []ForwardTo `json:"to"`
+}
+
+// ForwardTo is one peer a group's packets go to, the source filter of its
+// subscription and the reason it subscribed: "listeners on the peer", or
+// "listeners N relay(s) beyond the peer" when it is a relay that speaks for
+// other nodes (Hops is N).
+type ForwardTo struct {
+	PublicKey string   `json:"public_key"`
+	Mode      string   `json:"mode"`
+	Sources   []string `json:"sources"`
+	Hops      int      `json:"hops"`
+	Reason    string   `json:"reason"`
 }
 
 // Group is a multicast group with its source filter. In "include" mode,
@@ -22,12 +46,18 @@ type Group struct {
 	Group   string   `json:"group"`
 	Mode    string   `json:"mode"`
 	Sources []string `json:"sources"`
+	// Hops is, for a peer's subscription, how many relays lie between the
+	// peer and the nearest listener; 0 for programs on the peer itself
+	// (and for local groups).
+	Hops int `json:"hops"`
 }
 
 // PeerStatus is one peer's link and subscriptions.
 type PeerStatus struct {
-	PublicKey     string     `json:"public_key"`
-	Endpoint      string     `json:"endpoint"`
+	PublicKey string `json:"public_key"`
+	Endpoint  string `json:"endpoint"`
+	// Relay tells whether the peer said it passes multicast on.
+	Relay         bool       `json:"relay"`
 	Connected     bool       `json:"connected"`
 	LastHandshake *time.Time `json:"last_handshake"` // null before the first
 	RxBytes       uint64     `json:"rx_bytes"`

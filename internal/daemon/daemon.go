@@ -112,14 +112,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		return err
 	}
 	undo = append(undo, func() { d.ifc.Close() })
-	d.router = router.New(d.ifc.Device, d.addr, d.scope, d.handleLinkLocal)
+	d.router = router.New(d.ifc.Device, router.Config{Self: d.addr, Overlay: peer.OverlayPrefix, Scope: d.scope, Relay: cfg.Relay, LinkLocal: d.handleLinkLocal})
 	d.router.SetPeers(addrs)
 	if d.transport, err = peer.NewTransport(cfg.Key, cfg.Port, peers, d.router.Port(), log); err != nil {
 		return err
 	}
 	// The transport's reader blocks on lc0, so lc0 closes first.
 	undo = append(undo, func() { d.ifc.Close(); d.transport.Close() })
-	if d.exchange, err = peer.NewExchange(d.addr, addrs, d.router.SetSubscriptions, log); err != nil {
+	if d.exchange, err = peer.NewExchange(d.addr, addrs, cfg.Relay, d.router.Advertised, d.peerSubscribed, log); err != nil {
 		return fmt.Errorf("subscription socket: %w", err)
 	}
 	undo = nil // started: from here on, shutdown below cleans up
@@ -145,6 +145,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	wg.Go(func() { querier.Run(ctx) })
 	wg.Go(func() { d.exchange.Run(ctx) })
 	wg.Go(func() { d.announce(ctx) })
+	wg.Go(func() { d.reresolve(ctx) })
 	srv := control.NewServer(d.Status, log)
 	wg.Go(func() {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -219,6 +220,47 @@ func resolvePeers(ctx context.Context, peers []config.Peer) ([]peer.Config, []ne
 	return out, addrs, nil
 }
 
+// reresolveInterval is how often the endpoints of silent peers that are
+// DNS names are looked up again.
+const reresolveInterval = 10 * time.Second
+
+// reresolve looks up again, every reresolveInterval, the endpoint names of
+// the peers that have been silent for peer.HoldTime or more (they may have
+// moved), and points the transport at the address the name gives now.
+func (d *Daemon) reresolve(ctx context.Context) {
+	tick := time.NewTicker(reresolveInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		d.peersMu.Lock()
+		peers := d.peers
+		d.peersMu.Unlock()
+		for _, p := range peers {
+			if _, err := netip.ParseAddr(p.Endpoint.Host); p.Endpoint.IsZero() || err == nil ||
+				d.exchange.Silence(peer.OverlayAddr(p.PublicKey), time.Now()) < peer.HoldTime {
+				continue
+			}
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			ep, err := peer.ResolveEndpoint(rctx, p.Endpoint.Host, p.Endpoint.Port)
+			cancel()
+			if err != nil {
+				d.log.Warn("silent peer: endpoint does not resolve", "peer", p.PublicKey, "err", err)
+				continue
+			}
+			switch changed, err := d.transport.SetEndpoint(p.PublicKey, ep); {
+			case err != nil:
+				d.log.Warn("silent peer: endpoint not changed", "peer", p.PublicKey, "err", err)
+			case changed:
+				d.log.Info("silent peer: endpoint resolved anew", "peer", p.PublicKey, "name", p.Endpoint, "endpoint", ep)
+			}
+		}
+	}
+}
+
 // reload applies next's [[peer]] tables: peers no longer listed are
 // removed, new ones added, changed endpoints updated; the sessions and
 // subscriptions of the others carry on, and so does their traffic. Other
@@ -267,6 +309,15 @@ func (d *Daemon) handleLinkLocal(pkt []byte) {
 	}
 }
 
+// peerSubscribed takes a peer's subscriptions from the exchange. On a relay
+// they change what it subscribes to at its other peers.
+func (d *Daemon) peerSubscribed(addr netip.Addr, relay bool, groups []mld.GroupState) {
+	d.router.SetSubscriptions(addr, relay, groups)
+	if d.cfg.Relay {
+		d.localChanged()
+	}
+}
+
 // localChanged is the Link's change callback: it wakes announce.
 func (d *Daemon) localChanged() {
 	select {
@@ -285,7 +336,7 @@ func (d *Daemon) announce(ctx context.Context) {
 			groups := d.withProvisional(d.link.Groups())
 			d.log.Debug("local memberships changed", "groups", len(groups))
 			d.router.SetLocal(groups)
-			d.exchange.SetLocal(forwarded(d.scope, groups))
+			d.exchange.Changed()
 		}
 	}
 }
@@ -343,23 +394,6 @@ func (d *Daemon) withProvisional(groups []mld.GroupState) []mld.GroupState {
 	return groups
 }
 
-// forwarded keeps the groups whose traffic may come from peers: groups
-// itself when that is all of them, which the router and the exchange then
-// share (neither changes it).
-func forwarded(scope router.ScopePolicy, groups []mld.GroupState) []mld.GroupState {
-	i := slices.IndexFunc(groups, func(g mld.GroupState) bool { return !scope.Forwards(g.Group) })
-	if i < 0 {
-		return groups
-	}
-	out := slices.Clone(groups[:i])
-	for _, g := range groups[i+1:] {
-		if scope.Forwards(g.Group) {
-			out = append(out, g)
-		}
-	}
-	return out
-}
-
 // writeToLink writes one packet into lc0.
 func (d *Daemon) writeToLink(pkt []byte) error {
 	buf := make([]byte, wgOffset+len(pkt))
@@ -375,6 +409,7 @@ func (d *Daemon) Status() control.Status {
 		Address:     d.addr.String(),
 		PublicKey:   d.cfg.Key.PublicKey().String(),
 		ListenPort:  d.cfg.Port,
+		Relay:       d.cfg.Relay,
 		LocalGroups: groupsJSON(d.link.Groups()),
 		Peers:       []control.PeerStatus{},
 		Drops:       d.router.Drops(),
@@ -390,12 +425,15 @@ func (d *Daemon) Status() control.Status {
 	d.peersMu.Lock()
 	peers := d.peers
 	d.peersMu.Unlock()
+	keys := map[netip.Addr]string{}
 	for _, p := range peers {
 		addr := peer.OverlayAddr(p.PublicKey)
+		keys[addr] = p.PublicKey.String()
 		s := stats[p.PublicKey]
 		ps := control.PeerStatus{
 			PublicKey: p.PublicKey.String(),
 			Endpoint:  s.Endpoint,
+			Relay:     d.router.Relays(addr),
 			Connected: s.Connected(now),
 			Groups:    groupsJSON(d.router.Subscriptions(addr)),
 		}
@@ -410,16 +448,40 @@ func (d *Daemon) Status() control.Status {
 		}
 		st.Peers = append(st.Peers, ps)
 	}
+	st.Forwarding = forwardingJSON(d.router.Routes(), keys)
 	return st
+}
+
+// forwardingJSON turns the router's routes into the status's, naming
+// peers by their public keys.
+func forwardingJSON(routes []router.Route, keys map[netip.Addr]string) []control.Forward {
+	out := make([]control.Forward, len(routes))
+	for i, rt := range routes {
+		out[i] = control.Forward{Group: rt.Group.String(), To: make([]control.ForwardTo, len(rt.To))}
+		for j, via := range rt.To {
+			g := groupJSON(via.Sub)
+			reason := "listeners on the peer"
+			if via.Sub.Hops > 0 {
+				reason = fmt.Sprintf("listeners %d relay(s) beyond the peer", via.Sub.Hops)
+			}
+			out[i].To[j] = control.ForwardTo{PublicKey: keys[via.Peer], Mode: g.Mode, Sources: g.Sources, Hops: g.Hops, Reason: reason}
+		}
+	}
+	return out
 }
 
 func groupsJSON(groups []mld.GroupState) []control.Group {
 	out := make([]control.Group, len(groups))
 	for i, g := range groups {
-		out[i] = control.Group{Group: g.Group.String(), Mode: g.Mode.String(), Sources: make([]string, len(g.Sources))}
-		for j, s := range g.Sources {
-			out[i].Sources[j] = s.String()
-		}
+		out[i] = groupJSON(g)
+	}
+	return out
+}
+
+func groupJSON(g mld.GroupState) control.Group {
+	out := control.Group{Group: g.Group.String(), Mode: g.Mode.String(), Sources: make([]string, len(g.Sources)), Hops: int(g.Hops)}
+	for j, s := range g.Sources {
+		out.Sources[j] = s.String()
 	}
 	return out
 }

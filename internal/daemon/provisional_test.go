@@ -51,16 +51,3 @@ func TestProvisionalJoins(t *testing.T) {
 		t.Fatalf("an expired join counts: %v", got)
 	}
 }
-
-// Peers are told only of groups whose traffic crosses between them.
-func TestForwarded(t *testing.T) {
-	scope := router.ScopePolicy{}
-	all := []mld.GroupState{anySource("ff0e::101"), anySource("ff1e::2")}
-	if got := forwarded(scope, all); !reflect.DeepEqual(got, all) {
-		t.Fatalf("every group crosses: got %v", got)
-	}
-	mixed := []mld.GroupState{anySource("ff02::fb"), anySource("ff0e::101"), anySource("ff0e::2"), anySource("ff1e::2")}
-	if got := forwarded(scope, mixed); !reflect.DeepEqual(got, all) {
-		t.Fatalf("link-scope and all-routers groups kept: got %v, want %v", got, all)
-	}
-}
