@@ -36,6 +36,9 @@ type benchSystem struct {
 	// daemons lists the processes that forward, whose CPU and memory
 	// are measured (none for the kernel's).
 	daemons []*netlab.Process
+	// ready, if set, waits until the receivers' subscriptions for fan-out
+	// k reached the sender.
+	ready func(k int)
 }
 
 // loadRun is one measured stream from site 1 to k receiver sites.
@@ -209,6 +212,11 @@ func (s *sideBySide) addLcast() {
 		name:  "lcast",
 		to:    func(k int) string { return fmt.Sprintf("ff1e::4:%d", k) },
 		group: func(k int) string { return fmt.Sprintf("ff1e::4:%d%%lc0", k) },
+		ready: func(k int) {
+			for i := range k {
+				s.m.waitSubscribed(s.b, 0, i+1, fmt.Sprintf("ff1e::4:%d", k), true, 5*time.Second)
+			}
+		},
 	}
 	for _, n := range s.m.nodes {
 		sys.daemons = append(sys.daemons, n.daemon)
@@ -230,11 +238,8 @@ func (s *sideBySide) load(sys *benchSystem, k, rate int, dur time.Duration) load
 		}
 		sinks = append(sinks, startHelperUntil(b, r.Namespace, "ready", args...))
 	}
-	if sys.name == "lcast" {
-		group, _, _ := strings.Cut(sys.group(k), "%")
-		for i := range k {
-			s.m.waitSubscribed(b, 0, i+1, group, true, 5*time.Second)
-		}
+	if sys.ready != nil {
+		sys.ready(k)
 	}
 	hostBefore := hostBusy()
 	daemonBefore := daemonsCPU(sys.daemons)

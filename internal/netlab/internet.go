@@ -3,6 +3,7 @@ package netlab
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -57,4 +58,49 @@ func (in *Internet) AddSite(prefix string) *Site {
 		in.t.Fatalf("site %s cannot reach its gateway %s", s.Name, gw)
 	}
 	return s
+}
+
+// AddNATSite creates a site behind a NAT, as at home: a router namespace
+// attached to the Internet like a site (see AddSite), and behind it the
+// site itself, with eth0 at the unique local fd00:N::2/64, which the
+// Internet does not route. The router masquerades (nftables) what the
+// site sends out, so the site reaches the Internet but nothing there can
+// reach the site unless the site spoke first.
+func (in *Internet) AddNATSite(prefix string) (site, router *Site) {
+	in.t.Helper()
+	router = in.AddSite(prefix + "-nat")
+	n := in.sites
+	site = &Site{Namespace: NewNamespace(in.t, prefix), Addr: netip.MustParseAddr(fmt.Sprintf("fd00:%x::2", n))}
+	gw := fmt.Sprintf("fd00:%x::1", n)
+	router.Run("ip", "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", site.Name)
+	router.Run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+	router.Run("sysctl", "-qw", "net.ipv6.conf.lan0.accept_dad=0")
+	site.Run("sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0")
+	router.Run("ip", "addr", "add", gw+"/64", "dev", "lan0", "nodad")
+	router.Run("ip", "link", "set", "lan0", "up")
+	site.Run("ip", "addr", "add", site.Addr.String()+"/64", "dev", "eth0", "nodad")
+	site.Run("ip", "link", "set", "eth0", "up")
+	site.Run("ip", "-6", "route", "add", "default", "via", gw)
+	nat := router.Command("nft", "-f", "-")
+	nat.Stdin = strings.NewReader(`table ip6 lcastnat {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "eth0" masquerade
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		iifname "lan0" accept
+		ct state established,related accept
+	}
+}
+`)
+	if out, err := nat.CombinedOutput(); err != nil {
+		in.t.Fatalf("nft in %s: %v: %s", router.Name, err, out)
+	}
+	if _, ok := Poll(5*time.Second, func() bool {
+		return site.Command("ping", "-6", "-c1", "-W1", gw).Run() == nil
+	}); !ok {
+		in.t.Fatalf("site %s cannot reach its NAT router %s", site.Name, gw)
+	}
+	return site, router
 }
