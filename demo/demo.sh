@@ -78,9 +78,10 @@ echo "== socat in sites 2 and 3 joins ff1e::1234 on lc0"
 for i in 2 3; do
 	ip netns exec "$(site "$i")" socat -u UDP6-RECV:4242,ipv6-join-group=[ff1e::1234]:lc0 - > "$WORK/received$i" &
 done
-# Wait until site 1 knows both subscriptions.
+# Wait until site 1 forwards ff1e::1234 to both sites: each peer it goes
+# to has a "reason" in the status's forwarding list.
 for _ in $(seq 50); do
-	n=$(ip netns exec "$(site 1)" "$LCAST" status -c "$WORK/site1.toml" --json | grep -c '"group": "ff1e::1234"' || true)
+	n=$(ip netns exec "$(site 1)" "$LCAST" status -c "$WORK/site1.toml" --json | grep -c '"reason"' || true)
 	[ "$n" -ge 2 ] && break
 	sleep 0.1
 done

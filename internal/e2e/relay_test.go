@@ -142,6 +142,10 @@ func TestRelayChain(t *testing.T) {
 	for _, dir := range []struct{ from, to int }{{0, 2}, {2, 0}} {
 		recvs, send := m.relayStream(t, dir.from, []int{dir.to}, "ff1e::71", n, 1000)
 		waitExit(t, send, 10*time.Second, "sender")
+		if dir.from == 0 { // the relay's status, as people read it
+			out, err := m.nodes[1].ns.Command(lcastBin, "status", "-c", m.nodes[1].cfg).CombinedOutput()
+			t.Logf("lcast status at the relay: %v\n%s", err, out)
+		}
 		m.expectOnce(t, recvs, []int{dir.to}, n)
 		m.waitSettled(t, dir.from, "ff1e::71", true)
 	}
