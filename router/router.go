@@ -250,9 +250,7 @@ func (r *Router) SetPeers(addrs []netip.Addr) {
 // whether it relays (passes on packets that other nodes sent).
 func (r *Router) SetSubscriptions(addr netip.Addr, relay bool, subs []Subscription) {
 	r.update(func(old, t *table) {
-		maps.Copy(t.peers, old.peers)
-		maps.Copy(t.subs, old.subs)
-		maps.Copy(t.relays, old.relays)
+		t.keepPeers(old)
 		if _, ok := t.peers[addr]; ok {
 			t.subs[addr] = slices.Clone(subs)
 			t.relays[addr] = relay
@@ -269,11 +267,17 @@ func (r *Router) SetLocal(groups []Subscription) {
 		slices.SortFunc(groups, byGroup)
 	}
 	r.update(func(old, t *table) {
-		maps.Copy(t.peers, old.peers)
-		maps.Copy(t.subs, old.subs)
-		maps.Copy(t.relays, old.relays)
+		t.keepPeers(old)
 		t.local, t.forwarded = groups, r.forwarded(groups)
 	})
+}
+
+// keepPeers carries old's peers, their subscriptions and relay flags over
+// into t.
+func (t *table) keepPeers(old *table) {
+	maps.Copy(t.peers, old.peers)
+	maps.Copy(t.subs, old.subs)
+	maps.Copy(t.relays, old.relays)
 }
 
 // forwarded returns the groups whose traffic crosses between peers: groups

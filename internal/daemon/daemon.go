@@ -41,6 +41,7 @@ type Daemon struct {
 	transport *peer.Transport
 	exchange  *peer.Exchange
 	changed   chan struct{} // local memberships changed
+	relayed   chan struct{} // on a relay: a peer's subscriptions changed
 
 	// peers are the configured peers, in the configuration's order (which
 	// Status follows), changed by a reload.
@@ -68,6 +69,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		log:     log,
 		addr:    peer.OverlayAddr(cfg.Key.PublicKey()),
 		changed: make(chan struct{}, 1),
+		relayed: make(chan struct{}, 1),
 
 		provisional: map[netip.Addr]time.Time{},
 	}
@@ -314,7 +316,10 @@ func (d *Daemon) handleLinkLocal(pkt []byte) {
 func (d *Daemon) peerSubscribed(addr netip.Addr, relay bool, groups []mld.GroupState) {
 	d.router.SetSubscriptions(addr, relay, groups)
 	if d.cfg.Relay {
-		d.localChanged()
+		select {
+		case d.relayed <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -326,7 +331,8 @@ func (d *Daemon) localChanged() {
 	}
 }
 
-// announce passes local membership changes to the router and the peers.
+// announce passes local membership changes to the router and the peers,
+// and on a relay the changes of peers' subscriptions to the other peers.
 func (d *Daemon) announce(ctx context.Context) {
 	for {
 		select {
@@ -336,6 +342,8 @@ func (d *Daemon) announce(ctx context.Context) {
 			groups := d.withProvisional(d.link.Groups())
 			d.log.Debug("local memberships changed", "groups", len(groups))
 			d.router.SetLocal(groups)
+			d.exchange.Changed()
+		case <-d.relayed:
 			d.exchange.Changed()
 		}
 	}
