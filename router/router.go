@@ -436,7 +436,7 @@ func (r *Router) route(t *table, pkt []byte, o *origin, next *int, out []byte) (
 	for *next < len(subs) {
 		s := subs[*next]
 		*next++
-		if !s.sub.Wants(src) || s.peer == o.from || s.peer.addr == src {
+		if !s.takes(src, o.from) {
 			continue
 		}
 		if !s.peer.admit() {
@@ -536,29 +536,35 @@ func (r *Router) deliver(t *table, pkt []byte, o *origin) (toLc0 int, relay bool
 	return WrapLen, relay
 }
 
-// wantedBeyond reports whether a peer other than from and the sender's own
-// node subscribed to traffic from sender to group.
+// wantedBeyond reports whether a subscriber of group takes a packet from
+// sender that came from the peer from.
 func (t *table) wantedBeyond(group, sender netip.Addr, from *routerPeer) bool {
-	for _, s := range t.groups[group] {
-		if s.peer != from && s.peer.addr != sender && s.sub.Wants(sender) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(t.groups[group], func(s subscriber) bool { return s.takes(sender, from) })
+}
+
+// takes reports whether the subscriber gets a packet from src that came from
+// the peer from (nil: from lc0): it wants src, and is neither the peer the
+// packet came from nor src's own node.
+func (s subscriber) takes(src netip.Addr, from *routerPeer) bool {
+	return s.sub.Wants(src) && s.peer != from && s.peer.addr != src
 }
 
 // isNodeAddr reports whether a is an address a node sends multicast from:
 // its overlay address or its link-local one.
 func (r *Router) isNodeAddr(a [16]byte) bool {
-	return r.overlay.Contains(netip.AddrFrom16(a)) || [8]byte(a[:8]) == [8]byte{0xfe, 0x80}
+	return r.overlay.Contains(netip.AddrFrom16(a)) || isLinkLocal(a)
 }
 
 // isLinkLocalOf reports whether a is fe80::/64 with the interface
 // identifier of the overlay address overlay (peer.LinkLocalAddr).
 func isLinkLocalOf(a [16]byte, overlay netip.Addr) bool {
 	o := overlay.As16()
-	return [8]byte(a[:8]) == [8]byte{0xfe, 0x80} && [8]byte(a[8:]) == [8]byte(o[8:])
+	return isLinkLocal(a) && [8]byte(a[8:]) == [8]byte(o[8:])
 }
+
+// isLinkLocal reports whether a is in fe80::/64, where lc0's link-local
+// addresses lie.
+func isLinkLocal(a [16]byte) bool { return [8]byte(a[:8]) == [8]byte{0xfe, 0x80} }
 
 // Port is the transport's side of the router, a tun.Device: Read hands out
 // packets for peers, routed from lc0; Write takes packets from peers; Sent
