@@ -16,7 +16,7 @@ VERSION ?= $(shell deploy/version.sh)
 .PHONY: all build deps test fuzz check-deploy bench demo install uninstall deb clean help
 
 # What the demo and the tests run besides lcast, as Debian packages.
-DEB_DEPS = iproute2 iputils-ping procps util-linux socat iperf nftables tinc gcc liblibrecast-dev libsodium-dev systemd groff-base
+DEB_DEPS = iproute2 iputils-ping procps util-linux socat iperf nftables tinc tcpdump gcc liblibrecast-dev libsodium-dev systemd groff-base
 
 all: build
 
@@ -24,7 +24,7 @@ help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 deps: ## as root on Debian: install what the demo and the tests need, if missing
-	@missing=; for c in ip ping sysctl unshare socat iperf nft tincd gcc systemd-analyze groff; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=; for c in ip ping sysctl unshare socat iperf nft tincd tcpdump gcc systemd-analyze groff; do command -v $$c >/dev/null || missing=1; done; \
 	[ -f /usr/include/librecast.h ] && [ -f /usr/include/sodium.h ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

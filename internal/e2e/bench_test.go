@@ -81,7 +81,7 @@ const benchSites = 9 // a sender and up to 8 receivers
 // results.json and fanout.png to -bench.out. Run it with -benchtime=1x
 // (make bench does).
 func BenchmarkSideBySide(b *testing.B) {
-	netlab.Require(b, "bridge", "tincd")
+	netlab.Require(b, "bridge", "tincd", "tcpdump")
 	b.Setenv("LCAST_E2E_DEBUG", "1") // the group benchmark reads peers' logs
 	s := &sideBySide{b: b, m: newMesh(b, benchSites)}
 	s.addDirect()
@@ -422,6 +422,7 @@ func (s *sideBySide) run() *benchReport {
 	})
 	fmt.Printf("latency: %d datagrams/s, 1->2\n", latencyRate)
 	s.rounds(func(sys *benchSystem) { s.load(sys, 2, latencyRate, 2*time.Second) })
+	s.latencyStages(rep)
 	rep.Runs = s.runs
 	for _, sys := range s.systems {
 		for _, k := range fanOuts {
