@@ -51,12 +51,11 @@ func (s *sideBySide) latencyStages(rep *benchReport) {
 			b.Fatalf("tcpdump on %s %s did not start:\n%s", p.site.Name, p.dev, p.proc.Output())
 		}
 	}
-	var lcast *benchSystem
-	for _, sys := range s.systems {
-		if sys.name == "lcast" {
-			lcast = sys
-		}
+	i := slices.IndexFunc(s.systems, func(sys *benchSystem) bool { return sys.name == "lcast" })
+	if i < 0 {
+		b.Fatal("latency by stage: no lcast among the systems")
 	}
+	lcast := s.systems[i]
 	fmt.Printf("latency by stage: lcast, %d datagrams/s, 1->2, tcpdump at four points\n", latencyRate)
 	run := s.load(lcast, 2, latencyRate, 3*time.Second)
 	s.runs = s.runs[:len(s.runs)-1] // not one of the rounds' runs
