@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/librecast/lcast/internal/ip6"
 	"github.com/librecast/lcast/mld"
 	wgtun "golang.zx2c4.com/wireguard/tun"
 )
@@ -41,7 +42,7 @@ const WrapLen = ipv6HeaderLen + lcastHeaderLen
 const MaxHops = 8
 
 const (
-	ipv6HeaderLen  = 40
+	ipv6HeaderLen  = ip6.HeaderLen
 	lcastHeaderLen = 16
 	protoLcast     = 253 // lcast's header follows the IPv6 header
 	protoIPv6Encap = 41  // the wrapped packet is an IPv6 packet
@@ -101,8 +102,8 @@ type PeerCounters struct {
 }
 
 // Drops returns the peer's drop counters by reason, for each reason that
-// can concern one peer (scope, no_listener, forged_source, malformed and
-// peer_queue_full).
+// can concern one peer (peerDrops: scope, no_listener, forged_source,
+// malformed, peer_queue_full, duplicate, loop, hop_limit and too_big).
 func (c *PeerCounters) Drops() map[string]uint64 {
 	out := make(map[string]uint64, len(peerDrops))
 	for _, i := range peerDrops {
