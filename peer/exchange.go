@@ -1,13 +1,12 @@
 package peer
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"errors"
 	"log/slog"
 	"maps"
-	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -15,14 +14,14 @@ import (
 	"time"
 
 	"github.com/librecast/lcast/mld"
-	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 )
 
 // Timing of the subscription exchange.
 const (
 	// HelloInterval is how often a node tells each peer its epoch and
-	// generation, so that a peer that missed a part asks for the state again.
+	// generation, so that a peer that missed a part asks for the state
+	// again. Each hello is also a ping (see health.go).
 	HelloInterval = time.Second
 	// HoldTime is how long a peer's subscriptions stay without any message
 	// from it (a dead or unreachable peer stops getting traffic then).
@@ -31,40 +30,66 @@ const (
 	MaxGroupsPerPeer = 1 << 18
 	// quietStart is how long after start a node with the higher overlay
 	// address waits for a peer to speak first. Two WireGuard handshakes
-	// that cross on the wire both fail and are retried only after the
-	// 5 s rekey timeout; at a simultaneous start only one side initiates.
+	// that cross on the wire both fail; at a simultaneous start only one
+	// side initiates (and health.go repairs what crossing remains).
 	quietStart = 500 * time.Millisecond
 	// StateRate and stateBurst pace the datagrams of full states, across
 	// all peers: a state of 100,000 groups is 1,640 datagrams per peer,
-	// and sent unpaced on every change it would overflow lc0's queue
-	// (a lost part costs a whole resend) and pile up in the transport.
-	StateRate   = 20000 // datagrams per second
-	stateBurst  = 64
-	stateRcvBuf = 8 << 20 // bytes of receive buffer for incoming states
+	// and sent unpaced on every change it would overflow the transport's
+	// queues (a lost part costs a whole resend).
+	StateRate  = 20000 // datagrams per second
+	stateBurst = 64
+	// inboxLen bounds the control messages received and not yet handled:
+	// at most inboxLen*maxMsgPayload bytes (5 MiB) wait.
+	inboxLen = 4096
 )
+
+// ExchangeConfig is what an Exchange is made with.
+type ExchangeConfig struct {
+	// Self is this node's overlay address, Peers the peers'.
+	Self  netip.Addr
+	Peers []netip.Addr
+	// Relay tells the peers that this node passes multicast on.
+	Relay bool
+	// State returns the subscriptions to make at a peer; the exchange
+	// keeps the slice, so State must not change it afterwards.
+	State func(peer netip.Addr) []mld.GroupState
+	// Apply receives a peer's subscriptions whenever they change (nil
+	// when they expire) and whether it relays.
+	Apply func(peer netip.Addr, relay bool, groups []mld.GroupState)
+	// Send sends a control message to a peer inside the transport; it
+	// must not keep msg.
+	Send func(peer netip.Addr, msg []byte) error
+	// Sessions repairs the sessions of peers that answer nothing; nil
+	// repairs none.
+	Sessions Sessions
+	Log      *slog.Logger
+}
 
 // Exchange keeps this node's subscriptions known to its peers and learns
 // theirs, as soft state: a full state on every change, sent again each
 // HelloInterval until the peer acknowledges it (a hello otherwise), a full
 // state on request, and expiry after HoldTime of silence. The state toward
 // each peer is its own (a relay subscribes at each peer for its other
-// peers), and changes only when its content does.
+// peers), and changes only when its content does. Its messages travel
+// inside the transport (Send, HandleControl), never through a socket. The
+// same messages measure each session's health (health.go).
 //
-// One goroutine sends full states, paced at StateRate: changes that come
-// while it sends coalesce, and a state that changes while it is being
+// Run's goroutines handle received messages, send hellos and repair
+// sessions (tick), and send full states, paced at StateRate: changes that
+// come while it sends coalesce, and a state that changes while it is being
 // sent is sent again from its first part.
 type Exchange struct {
-	conn    *net.UDPConn
-	self    netip.Addr
-	relay   bool
-	started time.Time
-	epoch   uint64
-	log     *slog.Logger
-	// state returns the subscriptions to make at a peer; apply receives
-	// a peer's subscriptions whenever they change (nil when they expire)
-	// and whether it relays.
-	state func(peer netip.Addr) []mld.GroupState
-	apply func(peer netip.Addr, relay bool, groups []mld.GroupState)
+	self     netip.Addr
+	relay    bool
+	started  time.Time
+	epoch    uint64
+	log      *slog.Logger
+	state    func(peer netip.Addr) []mld.GroupState
+	apply    func(peer netip.Addr, relay bool, groups []mld.GroupState)
+	out      func(peer netip.Addr, msg []byte) error
+	sessions Sessions
+	inbox    chan inbound
 
 	changeMu sync.Mutex // serializes the computing of states
 	mu       sync.Mutex
@@ -74,12 +99,20 @@ type Exchange struct {
 	wake     chan struct{}       // wakes the state sender
 	pace     *rate.Limiter
 
-	// BadMessages counts datagrams dropped as malformed, from unknown
-	// addresses or from an unprivileged port.
+	// BadMessages counts control messages dropped as malformed or from
+	// addresses that are not peers.
 	BadMessages atomic.Uint64
 	// OverCap counts the groups dropped from peers' states beyond
 	// MaxGroupsPerPeer.
 	OverCap atomic.Uint64
+	// InboxFull counts control messages dropped because inboxLen waited.
+	InboxFull atomic.Uint64
+}
+
+// inbound is a control message received from a peer.
+type inbound struct {
+	from netip.Addr
+	msg  []byte
 }
 
 // remote is what this node knows of one peer's state, and the state it
@@ -101,42 +134,49 @@ type remote struct {
 	// applied, valid while ackedOK (the peer knows this node's epoch).
 	acked   uint64
 	ackedOK bool
+	// nextResend is when the state, if the peer has not acknowledged
+	// it, is owed again.
+	nextResend time.Time
+
+	health
 }
 
-// NewExchange listens on [self]:SubscriptionPort. self must be an address of
-// lc0; peers are the overlay addresses of the peers; relay tells them that
-// this node passes multicast on; state and apply are as in Exchange.
-func NewExchange(self netip.Addr, peers []netip.Addr, relay bool, state func(netip.Addr) []mld.GroupState,
-	apply func(netip.Addr, bool, []mld.GroupState), log *slog.Logger) (*Exchange, error) {
-	conn, err := net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(self, SubscriptionPort)))
-	if err != nil {
-		return nil, err
-	}
-	// A peer's full state arrives as a burst of up to thousands of parts.
-	if rc, err := conn.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, stateRcvBuf) })
-	}
+// NewExchange returns the exchange of cfg; Run runs it.
+func NewExchange(cfg ExchangeConfig) *Exchange {
 	var e [8]byte
 	rand.Read(e[:])
 	x := &Exchange{
-		conn:    conn,
-		self:    self,
-		relay:   relay,
-		started: time.Now(),
-		epoch:   binary.BigEndian.Uint64(e[:]) | 1,
-		log:     log,
-		state:   state,
-		apply:   apply,
-		peers:   map[netip.Addr]*remote{},
-		owed:    map[netip.Addr]bool{},
-		wake:    make(chan struct{}, 1),
-		pace:    rate.NewLimiter(StateRate, stateBurst),
+		self:     cfg.Self,
+		relay:    cfg.Relay,
+		started:  time.Now(),
+		epoch:    binary.BigEndian.Uint64(e[:]) | 1,
+		log:      cfg.Log,
+		state:    cfg.State,
+		apply:    cfg.Apply,
+		out:      cfg.Send,
+		sessions: cfg.Sessions,
+		inbox:    make(chan inbound, inboxLen),
+		peers:    map[netip.Addr]*remote{},
+		owed:     map[netip.Addr]bool{},
+		wake:     make(chan struct{}, 1),
+		pace:     rate.NewLimiter(StateRate, stateBurst),
 	}
-	for _, p := range peers {
+	for _, p := range cfg.Peers {
 		x.peers[p] = &remote{}
 	}
 	x.Changed()
-	return x, nil
+	return x
+}
+
+// HandleControl takes a control message that the transport received from
+// the peer at from (authenticated); it copies msg. When inboxLen messages
+// wait, it drops msg and counts it (InboxFull).
+func (x *Exchange) HandleControl(from netip.Addr, msg []byte) {
+	select {
+	case x.inbox <- inbound{from, bytes.Clone(msg)}:
+	default:
+		x.InboxFull.Add(1)
+	}
 }
 
 // Changed tells the exchange that the states to make at peers may have
@@ -189,13 +229,9 @@ func (x *Exchange) SetPeers(peers []netip.Addr) {
 	x.Changed()
 }
 
-// Run receives messages and sends hellos until ctx is done; it closes the
-// socket when it returns.
+// Run handles received messages, sends hellos and states and repairs
+// sessions until ctx is done, and waits for its goroutines.
 func (x *Exchange) Run(ctx context.Context) {
-	go func() {
-		<-ctx.Done()
-		x.conn.Close()
-	}()
 	// Toward peers it kept quiet with at start (see quietStart) and has
 	// still not heard from, the state goes as soon as the quiet ends, not
 	// at the next hello.
@@ -211,46 +247,57 @@ func (x *Exchange) Run(ctx context.Context) {
 	})
 	defer quietEnd.Stop()
 	var wg sync.WaitGroup
+	defer wg.Wait()
 	wg.Go(func() { x.tick(ctx) })
 	wg.Go(func() { x.sendStates(ctx) })
-	buf := make([]byte, 65536)
 	for {
-		n, from, err := x.conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				break
-			}
-			continue
+		select {
+		case <-ctx.Done():
+			return
+		case in := <-x.inbox:
+			x.receive(in.from, in.msg)
 		}
-		x.receive(from, buf[:n])
 	}
-	wg.Wait()
 }
 
+// tick sends hellos, owes unacknowledged states, forgets silent peers and
+// repairs sessions that answer nothing, every tickInterval.
 func (x *Exchange) tick(ctx context.Context) {
-	t := time.NewTicker(HelloInterval)
+	t := time.NewTicker(tickInterval)
 	defer t.Stop()
 	for {
-		x.mu.Lock()
 		now := time.Now()
-		var hellos []netip.Addr
+		x.mu.Lock()
+		var hellos, repair []netip.Addr
 		for a, r := range x.peers {
-			if r.ackedOK && r.acked == r.mineGen {
+			if !now.Before(r.nextResend) {
+				r.nextResend = now.Add(HelloInterval)
+				if !r.ackedOK || r.acked != r.mineGen {
+					x.owed[a] = true
+				}
+			}
+			if !now.Before(r.nextHello) {
+				r.nextHello = now.Add(r.helloInterval(x.since(now)))
 				hellos = append(hellos, a)
-			} else {
-				x.owed[a] = true
+			}
+			if x.repairDue(a, r, now) {
+				repair = append(repair, a)
 			}
 			if r.epoch != 0 && now.Sub(r.lastHeard) > HoldTime {
 				// Forget the peer: its next message starts afresh.
 				x.log.Info("peer silent, dropping its subscriptions", "peer", a, "silent_for", now.Sub(r.lastHeard).Round(time.Second))
-				*r = remote{mine: r.mine, parts: r.parts, mineGen: r.mineGen}
+				*r = remote{mine: r.mine, parts: r.parts, mineGen: r.mineGen, health: r.health}
 				x.apply(a, false, nil)
 			}
 		}
 		x.mu.Unlock()
 		x.wakeSender()
 		for _, a := range hellos {
-			x.send(a, 0, false)
+			x.send(a, 0, sendFlags{ping: true})
+		}
+		if len(repair) > 0 && x.sessions != nil {
+			x.log.Debug("repairing sessions that answer nothing", "peers", repair)
+			x.sessions.Repair(repair, minRTO)
 		}
 		select {
 		case <-ctx.Done():
@@ -260,11 +307,10 @@ func (x *Exchange) tick(ctx context.Context) {
 	}
 }
 
-func (x *Exchange) receive(from netip.AddrPort, b []byte) {
-	addr := from.Addr().Unmap()
+func (x *Exchange) receive(addr netip.Addr, b []byte) {
 	x.mu.Lock()
 	r, known := x.peers[addr]
-	if !known || from.Port() != SubscriptionPort {
+	if !known {
 		x.mu.Unlock()
 		x.BadMessages.Add(1)
 		return
@@ -275,14 +321,17 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 		x.BadMessages.Add(1)
 		return
 	}
-	r.lastHeard = time.Now()
-	if m.PeerEpoch == x.epoch {
-		r.acked, r.ackedOK = m.PeerGeneration, true
-	}
+	now := time.Now()
+	r.lastHeard = now
 	if m.Epoch != r.epoch {
 		// The peer (re)started: its state is to be learnt afresh. What it
 		// subscribed to before stays until the new state is complete.
-		r.epoch, r.applied, r.pending, r.received = m.Epoch, false, 0, nil
+		r.epoch, r.applied, r.pending, r.received, r.heard = m.Epoch, false, 0, nil, 0
+	}
+	r.heard = max(r.heard, m.Stamp)
+	if m.PeerEpoch == x.epoch {
+		r.acked, r.ackedOK = m.PeerGeneration, true
+		r.echoed(m, x.since(now))
 	}
 	var changed []mld.GroupState
 	apply, dropped := false, 0
@@ -295,6 +344,7 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 	if sendState {
 		x.owed[addr] = true
 	}
+	pong := m.Ping && r.mayPong(x.since(now))
 	x.mu.Unlock()
 
 	if dropped > 0 {
@@ -307,13 +357,14 @@ func (x *Exchange) receive(from netip.AddrPort, b []byte) {
 		x.apply(addr, m.Relay, changed)
 		x.log.Debug("applied peer subscriptions", "peer", addr, "generation", m.Generation, "groups", len(changed))
 	}
-	switch {
-	case sendState:
+	if sendState {
 		x.wakeSender()
+	}
+	switch {
 	case want:
-		x.send(addr, 0, true)
-	case apply:
-		x.send(addr, 0, false) // acknowledge at once: the peer stops resending
+		x.send(addr, 0, sendFlags{want: true, pong: pong})
+	case apply || pong:
+		x.send(addr, 0, sendFlags{pong: pong}) // acknowledge at once: the peer stops resending
 	}
 }
 
@@ -406,7 +457,7 @@ func (x *Exchange) sendStates(ctx context.Context) {
 				if changed {
 					break // the peer is owed the new state, from its start (or is gone)
 				}
-				x.send(addr, i+1, false)
+				x.send(addr, i+1, sendFlags{})
 			}
 		}
 	}
@@ -419,24 +470,33 @@ func (x *Exchange) quietToward(addr netip.Addr, r *remote, now time.Time) bool {
 	return r.epoch == 0 && x.self.Compare(addr) > 0 && now.Sub(x.started) < quietStart
 }
 
+// sendFlags are the flags of a message to send.
+type sendFlags struct{ want, ping, pong bool }
+
 // send sends part (1-based; 0 for a hello) of the local state to addr.
-func (x *Exchange) send(addr netip.Addr, part int, want bool) {
+func (x *Exchange) send(addr netip.Addr, part int, f sendFlags) {
 	x.mu.Lock()
 	r, ok := x.peers[addr]
-	if !ok || part > len(r.parts) || x.quietToward(addr, r, time.Now()) {
+	now := time.Now()
+	if !ok || part > len(r.parts) || x.quietToward(addr, r, now) {
 		x.mu.Unlock()
 		return
 	}
-	m := Message{Want: want, Relay: x.relay, Epoch: x.epoch, PeerEpoch: r.epoch, Generation: r.mineGen}
+	stamp := stampOf(x.since(now))
+	m := Message{Want: f.want, Ping: f.ping, Pong: f.pong, Relay: x.relay, Epoch: x.epoch, PeerEpoch: r.epoch, Generation: r.mineGen,
+		Stamp: stamp, Echo: r.heard}
 	if r.applied {
 		m.PeerGeneration = r.gen
 	}
 	if part > 0 {
 		m.Part, m.Parts, m.Groups = uint16(part-1), uint16(len(r.parts)), r.parts[part-1]
 	}
+	if f.ping {
+		r.pinged(stamp)
+	}
 	b := AppendMessage(nil, &m)
 	x.mu.Unlock()
-	if _, err := x.conn.WriteToUDPAddrPort(b, netip.AddrPortFrom(addr, SubscriptionPort)); err != nil && !errors.Is(err, net.ErrClosed) {
+	if err := x.out(addr, b); err != nil {
 		x.log.Debug("sending subscription message", "peer", addr, "err", err)
 	}
 }

@@ -5,62 +5,105 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
-	"os/exec"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/librecast/lcast/internal/netlab"
 	"github.com/librecast/lcast/mld"
+)
+
+// wire connects exchanges in-process, as the transport does, and can cut
+// each direction.
+type wire struct {
+	mu    sync.Mutex
+	nodes map[netip.Addr]*Exchange
+	cut   map[[2]netip.Addr]bool // from, to
+}
+
+func newWire() *wire {
+	return &wire{nodes: map[netip.Addr]*Exchange{}, cut: map[[2]netip.Addr]bool{}}
+}
+
+// sender returns the Send function of the node at from.
+func (w *wire) sender(from netip.Addr) func(netip.Addr, []byte) error {
+	return func(to netip.Addr, msg []byte) error {
+		w.mu.Lock()
+		x, cut := w.nodes[to], w.cut[[2]netip.Addr{from, to}]
+		w.mu.Unlock()
+		if x != nil && !cut {
+			x.HandleControl(from, msg)
+		}
+		return nil
+	}
+}
+
+func (w *wire) setCut(from, to netip.Addr, cut bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.cut[[2]netip.Addr{from, to}] = cut
+}
+
+// start runs an exchange for cfg on the wire until the test ends.
+func (w *wire) start(t *testing.T, cfg ExchangeConfig) *Exchange {
+	t.Helper()
+	if cfg.State == nil {
+		cfg.State = noState
+	}
+	if cfg.Apply == nil {
+		cfg.Apply = func(netip.Addr, bool, []mld.GroupState) {}
+	}
+	cfg.Send = w.sender(cfg.Self)
+	cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	x := NewExchange(cfg)
+	w.mu.Lock()
+	w.nodes[cfg.Self] = x
+	w.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { x.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return x
+}
+
+func noState(netip.Addr) []mld.GroupState { return nil }
+
+func exclude(group string) []mld.GroupState {
+	return []mld.GroupState{{Group: netip.MustParseAddr(group), Mode: mld.Exclude, Sources: []netip.Addr{}, Hops: 1}}
+}
+
+var (
+	addrA = netip.MustParseAddr("fd00::1")
+	addrB = netip.MustParseAddr("fd00::2")
+	addrC = netip.MustParseAddr("fd00::3")
 )
 
 // A peer that subscribes to a million groups gets MaxGroupsPerPeer of them,
 // the rest dropped and counted as they arrive; another peer's state is
 // applied meanwhile.
 func TestPeerStateCapped(t *testing.T) {
-	if !netlab.Isolate(t) {
-		return
-	}
-	self, evil, honest := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"), netip.MustParseAddr("fd00::3")
-	addLoopback(t, self, evil, honest)
-	applied := make(chan struct {
+	self, evil, honest := addrA, addrB, addrC
+	type appliedCount struct {
 		peer   netip.Addr
 		groups int
-	}, 16)
-	x, err := NewExchange(self, []netip.Addr{evil, honest}, false, noState, func(p netip.Addr, _ bool, g []mld.GroupState) {
-		applied <- struct {
-			peer   netip.Addr
-			groups int
-		}{p, len(g)}
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go x.Run(ctx)
-
+	applied := make(chan appliedCount, 16)
+	w := newWire()
+	x := w.start(t, ExchangeConfig{Self: self, Peers: []netip.Addr{evil, honest}, Apply: func(p netip.Addr, _ bool, g []mld.GroupState) {
+		applied <- appliedCount{p, len(g)}
+	}})
 	sendState := func(from netip.Addr, n int) {
-		c, err := net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(from, SubscriptionPort)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
 		groups := make([]mld.GroupState, n)
 		for i := range groups {
 			groups[i] = mld.GroupState{Group: netip.MustParseAddr(fmt.Sprintf("ff1e::%x:%x", i>>16, i&0xffff)), Mode: mld.Exclude, Sources: []netip.Addr{}}
 		}
 		parts := SplitGroups(groups)
-		to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(self, SubscriptionPort))
 		for i, p := range parts {
 			m := &Message{Epoch: 7, Generation: 1, Part: uint16(i), Parts: uint16(len(parts)), Groups: p}
-			if _, err := c.WriteToUDP(AppendMessage(nil, m), to); err != nil {
-				t.Fatal(err)
-			}
+			x.HandleControl(from, AppendMessage(nil, m))
 			if i%1000 == 999 {
-				time.Sleep(20 * time.Millisecond) // within the receive buffer
+				time.Sleep(20 * time.Millisecond) // within the inbox
 			}
 		}
 	}
@@ -68,13 +111,13 @@ func TestPeerStateCapped(t *testing.T) {
 	sendState(evil, million)
 	sendState(honest, 3)
 	got := map[netip.Addr]int{}
-	timeout := time.After(10 * time.Second)
+	timeout := time.After(20 * time.Second)
 	for len(got) < 2 {
 		select {
 		case a := <-applied:
 			got[a.peer] = a.groups
 		case <-timeout:
-			t.Fatalf("states applied: %v (dropped over the cap: %d, bad messages: %d)", got, x.OverCap.Load(), x.BadMessages.Load())
+			t.Fatalf("states applied: %v (dropped over the cap: %d, bad messages: %d, inbox full: %d)", got, x.OverCap.Load(), x.BadMessages.Load(), x.InboxFull.Load())
 		}
 	}
 	if got[evil] != MaxGroupsPerPeer || got[honest] != 3 {
@@ -85,15 +128,22 @@ func TestPeerStateCapped(t *testing.T) {
 	}
 }
 
-func noState(netip.Addr) []mld.GroupState { return nil }
-
-// addLoopback adds addresses to lo, in the test's own namespace.
-func addLoopback(t *testing.T, addrs ...netip.Addr) {
-	t.Helper()
-	for _, a := range addrs {
-		if out, err := exec.Command("ip", "addr", "add", a.String()+"/128", "dev", "lo", "nodad").CombinedOutput(); err != nil {
-			t.Fatalf("%v: %s", err, out)
+// Messages from an address that is no peer, and malformed ones, are
+// dropped and counted.
+func TestExchangeDropsStrangers(t *testing.T) {
+	w := newWire()
+	x := w.start(t, ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}})
+	x.HandleControl(addrC, AppendMessage(nil, &Message{Epoch: 1}))
+	x.HandleControl(addrB, []byte("LCS\x03 not a message"))
+	deadline := time.Now().Add(5 * time.Second)
+	for x.BadMessages.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bad messages counted, want 2", x.BadMessages.Load())
 		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if h := x.Health(addrC); !h.LastHeard.IsZero() {
+		t.Fatalf("a stranger is known: %+v", h)
 	}
 }
 
@@ -107,37 +157,20 @@ type applied struct {
 // A relay tells each peer a state of its own and that it relays; a change
 // reaches only the peers whose state it changes.
 func TestExchangeStatePerPeer(t *testing.T) {
-	if !netlab.Isolate(t) {
-		return
-	}
-	relay, y, z := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"), netip.MustParseAddr("fd00::3")
-	addLoopback(t, relay, y, z)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	g := func(group string) []mld.GroupState {
-		return []mld.GroupState{{Group: netip.MustParseAddr(group), Mode: mld.Exclude, Sources: []netip.Addr{}, Hops: 1}}
-	}
+	relay, y, z := addrA, addrB, addrC
 	var mu sync.Mutex
-	states := map[netip.Addr][]mld.GroupState{y: g("ff1e::1"), z: g("ff1e::2")}
-	x, err := NewExchange(relay, []netip.Addr{y, z}, true, func(p netip.Addr) []mld.GroupState {
+	states := map[netip.Addr][]mld.GroupState{y: exclude("ff1e::1"), z: exclude("ff1e::2")}
+	w := newWire()
+	x := w.start(t, ExchangeConfig{Self: relay, Peers: []netip.Addr{y, z}, Relay: true, State: func(p netip.Addr) []mld.GroupState {
 		mu.Lock()
 		defer mu.Unlock()
 		return states[p]
-	}, func(netip.Addr, bool, []mld.GroupState) {}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go x.Run(ctx)
+	}})
 	got := map[netip.Addr]chan applied{y: make(chan applied, 8), z: make(chan applied, 8)}
 	for _, a := range []netip.Addr{y, z} {
-		leaf, err := NewExchange(a, []netip.Addr{relay}, false, noState, func(p netip.Addr, r bool, groups []mld.GroupState) {
+		w.start(t, ExchangeConfig{Self: a, Peers: []netip.Addr{relay}, Apply: func(p netip.Addr, r bool, groups []mld.GroupState) {
 			got[a] <- applied{p, r, groups}
-		}, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go leaf.Run(ctx)
+		}})
 	}
 	expect := func(at netip.Addr, group string) {
 		t.Helper()
@@ -153,7 +186,7 @@ func TestExchangeStatePerPeer(t *testing.T) {
 	expect(y, "ff1e::1")
 	expect(z, "ff1e::2")
 	mu.Lock()
-	states[z] = g("ff1e::3")
+	states[z] = exclude("ff1e::3")
 	mu.Unlock()
 	x.Changed()
 	expect(z, "ff1e::3")
@@ -161,5 +194,111 @@ func TestExchangeStatePerPeer(t *testing.T) {
 	case s := <-got[y]:
 		t.Fatalf("%v applied %+v again, though its state did not change", y, s)
 	case <-time.After(2 * HelloInterval):
+	}
+}
+
+// waitConnected waits until at's view of peer is connected (want) and
+// returns how long that took.
+func waitConnected(t *testing.T, x *Exchange, peer netip.Addr, want bool, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !x.Health(peer).Connected(time.Now()) != !want {
+		if time.Since(start) > within {
+			t.Fatalf("%v: connected is not %v after %v (%+v)", peer, want, within, x.Health(peer))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// Connected means two-way traffic: cutting one direction makes both sides
+// say not connected, and mending it makes them connected again at once
+// (the unanswered side pings every fastHello).
+func TestConnectedMeansBothWays(t *testing.T) {
+	w := newWire()
+	a := w.start(t, ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}})
+	b := w.start(t, ExchangeConfig{Self: addrB, Peers: []netip.Addr{addrA}})
+	t.Logf("connected after %v", waitConnected(t, a, addrB, true, 2*time.Second))
+	waitConnected(t, b, addrA, true, 2*time.Second)
+
+	w.setCut(addrA, addrB, true)
+	t.Logf("A to B cut: A says not connected after %v", waitConnected(t, a, addrB, false, ConnectedWithin+time.Second))
+	waitConnected(t, b, addrA, false, ConnectedWithin+time.Second)
+
+	w.setCut(addrA, addrB, false)
+	for _, x := range []struct {
+		at   *Exchange
+		peer netip.Addr
+	}{{a, addrB}, {b, addrA}} {
+		if d := waitConnected(t, x.at, x.peer, true, time.Second); d > 500*time.Millisecond {
+			t.Errorf("connected again %v after the mend, want within 500 ms", d)
+		}
+	}
+}
+
+// sessions is a transport whose sessions carry nothing until repaired:
+// Repair mends the wire between the two nodes.
+type sessions struct {
+	w        *wire
+	self     netip.Addr
+	repaired atomic.Int32
+	first    chan time.Time
+}
+
+func (s *sessions) Repair(addrs []netip.Addr, _ time.Duration) {
+	for _, a := range addrs {
+		if s.repaired.Add(1) == 1 {
+			s.first <- time.Now()
+		}
+		s.w.setCut(s.self, a, false)
+		s.w.setCut(a, s.self, false)
+	}
+}
+
+// Two nodes whose sessions carry nothing (handshakes that crossed): the one
+// with the lower address repairs, within minRTO and a tick of its first
+// unanswered ping; the other, which waits repairLag longer, finds the
+// session working and repairs nothing.
+func TestRepairUnansweredSession(t *testing.T) {
+	w := newWire()
+	w.setCut(addrA, addrB, true)
+	w.setCut(addrB, addrA, true)
+	lower := &sessions{w: w, self: addrA, first: make(chan time.Time, 1)}
+	higher := &sessions{w: w, self: addrB, first: make(chan time.Time, 1)}
+	start := time.Now()
+	a := w.start(t, ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}, Sessions: lower})
+	w.start(t, ExchangeConfig{Self: addrB, Peers: []netip.Addr{addrA}, Sessions: higher})
+	select {
+	case at := <-lower.first:
+		if d := at.Sub(start); d > minRTO+3*tickInterval {
+			t.Errorf("repaired %v after start, want within %v", d, minRTO+3*tickInterval)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the lower node never repaired")
+	}
+	t.Logf("connected %v after start", waitConnected(t, a, addrB, true, time.Second)+time.Since(start))
+	time.Sleep(repairLag + 2*minRTO) // past the higher node's turn
+	if n := higher.repaired.Load(); n != 0 {
+		t.Errorf("the higher node repaired %d times after the lower one had", n)
+	}
+	if n := lower.repaired.Load(); n != 1 {
+		t.Errorf("the lower node repaired %d times, want 1", n)
+	}
+}
+
+// A peer that echoes stamps this node never sent (from the future) does
+// not make itself look connected.
+func TestForgedEchoIgnored(t *testing.T) {
+	w := newWire()
+	x := w.start(t, ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}})
+	x.mu.Lock()
+	epoch := x.epoch
+	x.mu.Unlock()
+	for range 10 {
+		x.HandleControl(addrB, AppendMessage(nil, &Message{Epoch: 9, PeerEpoch: epoch, Stamp: 1, Echo: 1 << 62, Pong: true}))
+		time.Sleep(20 * time.Millisecond)
+	}
+	if h := x.Health(addrB); h.Connected(time.Now()) || !h.LastAcked.IsZero() {
+		t.Fatalf("a forged echo counts: %+v", h)
 	}
 }

@@ -9,10 +9,10 @@ import (
 )
 
 // Subscription messages tell a peer which groups, with which source
-// filters, this node's programs listen to. They travel as UDP datagrams
-// between overlay addresses on SubscriptionPort, inside the authenticated
-// transport; a node accepts them only from that (privileged) source port,
-// so only the peer's root, not any program on it, can send them.
+// filters, this node's programs listen to. They travel inside the
+// authenticated transport as lcast control packets (see bridge.SendControl),
+// on a path of their own: no kernel socket, and no program on lc0 can send
+// or receive them.
 //
 // A node's state has an epoch (random, per start) and a generation (raised
 // on every change). A full state is sent as one or more parts; a message
@@ -22,29 +22,37 @@ import (
 // own, so a generation is a count of changes toward that peer; a relay
 // says it is one, so that the peer accepts other nodes' packets from it.
 //
-//	0  "LCS" 2          magic and version
+// Every message also carries the sender's clock (stamp) and echoes the
+// newest stamp it received from the receiver, so that each side knows
+// when the peer last got one of its messages: the session's health (see
+// health.go). A ping asks for an immediate pong, which echoes at once.
+//
+//	0  "LCS" 3          magic and version
 //	4  flags            bit 0: want (send me your full state);
-//	                    bit 1: relay (the sender passes multicast on)
+//	                    bit 1: relay (the sender passes multicast on);
+//	                    bit 2: ping (answer at once); bit 3: pong (an answer)
 //	5  0                reserved
 //	6  part, parts      uint16 each; parts 0: a hello
 //	10 epoch            uint64: the sender's
 //	18 peer epoch       uint64: the receiver's, as last heard (0: none)
 //	26 generation       uint64: the sender's
 //	34 peer generation  uint64: the receiver's, as last applied
-//	42 count            uint16: groups that follow
-//	44 per group:       address (16), mode (1: 0 include, 1 exclude),
+//	42 stamp            uint64: microseconds since the sender's start
+//	50 echo             uint64: the receiver's newest stamp heard (0: none)
+//	58 count            uint16: groups that follow
+//	60 per group:       address (16), mode (1: 0 include, 1 exclude),
 //	                    hops (1: relays between the sender and the
 //	                    nearest listener), source count (uint16),
 //	                    sources (16 each)
-const SubscriptionPort = 847
-
 const (
-	msgHeaderLen  = 44
-	msgVersion    = 2
+	msgHeaderLen  = 60
+	msgVersion    = 3
 	groupHdrLen   = 20
 	flagWant      = 1
 	flagRelay     = 2
-	maxMsgPayload = 1200 // fits lc0's minimum MTU of 1280 with IPv6 and UDP headers
+	flagPing      = 4
+	flagPong      = 8
+	maxMsgPayload = 1200 // fits lc0's minimum MTU of 1280 with the IPv6 header
 )
 
 var msgMagic = [3]byte{'L', 'C', 'S'}
@@ -56,6 +64,7 @@ var ErrBadMessage = errors.New("malformed subscription message")
 type Message struct {
 	Want       bool
 	Relay      bool
+	Ping, Pong bool
 	Part       uint16
 	Parts      uint16
 	Epoch      uint64
@@ -64,7 +73,10 @@ type Message struct {
 	// PeerGeneration is the receiver's generation the sender last applied
 	// (meaningful when PeerEpoch is the receiver's epoch).
 	PeerGeneration uint64
-	Groups         []mld.GroupState
+	// Stamp is the sender's clock, Echo the receiver's newest Stamp the
+	// sender heard (meaningful when PeerEpoch is the receiver's epoch).
+	Stamp, Echo uint64
+	Groups      []mld.GroupState
 }
 
 // AppendMessage encodes m; its groups must fit (see SplitGroups).
@@ -77,6 +89,12 @@ func AppendMessage(b []byte, m *Message) []byte {
 	if m.Relay {
 		flags |= flagRelay
 	}
+	if m.Ping {
+		flags |= flagPing
+	}
+	if m.Pong {
+		flags |= flagPong
+	}
 	b = append(b, flags, 0)
 	b = binary.BigEndian.AppendUint16(b, m.Part)
 	b = binary.BigEndian.AppendUint16(b, m.Parts)
@@ -84,6 +102,8 @@ func AppendMessage(b []byte, m *Message) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.PeerEpoch)
 	b = binary.BigEndian.AppendUint64(b, m.Generation)
 	b = binary.BigEndian.AppendUint64(b, m.PeerGeneration)
+	b = binary.BigEndian.AppendUint64(b, m.Stamp)
+	b = binary.BigEndian.AppendUint64(b, m.Echo)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(m.Groups)))
 	for _, g := range m.Groups {
 		b = append(b, g.Group.AsSlice()...)
@@ -104,17 +124,21 @@ func ParseMessage(b []byte) (*Message, error) {
 	m := &Message{
 		Want:           b[4]&flagWant != 0,
 		Relay:          b[4]&flagRelay != 0,
+		Ping:           b[4]&flagPing != 0,
+		Pong:           b[4]&flagPong != 0,
 		Part:           binary.BigEndian.Uint16(b[6:8]),
 		Parts:          binary.BigEndian.Uint16(b[8:10]),
 		Epoch:          binary.BigEndian.Uint64(b[10:18]),
 		PeerEpoch:      binary.BigEndian.Uint64(b[18:26]),
 		Generation:     binary.BigEndian.Uint64(b[26:34]),
 		PeerGeneration: binary.BigEndian.Uint64(b[34:42]),
+		Stamp:          binary.BigEndian.Uint64(b[42:50]),
+		Echo:           binary.BigEndian.Uint64(b[50:58]),
 	}
 	if m.Epoch == 0 || (m.Parts > 0 && m.Part >= m.Parts) {
 		return nil, ErrBadMessage
 	}
-	n := int(binary.BigEndian.Uint16(b[42:44]))
+	n := int(binary.BigEndian.Uint16(b[58:60]))
 	if m.Parts == 0 && n > 0 {
 		return nil, ErrBadMessage
 	}

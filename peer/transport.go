@@ -23,10 +23,6 @@ import (
 // NAT mappings open (WireGuard's persistent keepalive).
 const KeepaliveInterval = 25 * time.Second
 
-// connectedWithin is how recent a handshake must be for a peer to count as
-// connected: WireGuard rejects sessions older than this.
-const connectedWithin = 180 * time.Second
-
 // Config is a peer as the transport needs it.
 type Config struct {
 	PublicKey Key
@@ -44,8 +40,9 @@ type Transport struct {
 	dev       *device.Device
 	keepalive *time.Timer // enables the delayed keepalives (see NewTransport)
 
-	mu    sync.Mutex
-	peers map[Key]Config // as last configured
+	mu     sync.Mutex
+	peers  map[Key]Config     // as last configured
+	byAddr map[netip.Addr]Key // their overlay addresses
 }
 
 // Stats is a peer's link as the transport sees it.
@@ -54,12 +51,6 @@ type Stats struct {
 	LastHandshake time.Time // zero before the first
 	RxBytes       uint64    // UDP payload bytes, handshakes included
 	TxBytes       uint64
-}
-
-// Connected reports whether the peer completed a handshake recently enough
-// for its session to be valid.
-func (s Stats) Connected(now time.Time) bool {
-	return !s.LastHandshake.IsZero() && now.Sub(s.LastHandshake) < connectedWithin
 }
 
 // Port is what the transport carries: it reads from a Port the packets to
@@ -125,10 +116,8 @@ func NewTransport(private Key, listenPort int, peers []Config, port Port, log *s
 		dev.Close()
 		return nil, fmt.Errorf("listen_port %d: %w", listenPort, err)
 	}
-	t := &Transport{dev: dev, peers: map[Key]Config{}}
-	for _, p := range peers {
-		t.peers[p.PublicKey] = p
-	}
+	t := &Transport{dev: dev}
+	t.setPeers(peers)
 	t.keepalive = time.AfterFunc(quietStart, func() {
 		if err := dev.IpcSet(later.String()); err != nil {
 			log.Warn("enabling keepalives", "err", err)
@@ -146,7 +135,7 @@ func writePeer(b *strings.Builder, p Config, keepalive bool) {
 	if p.Endpoint.IsValid() {
 		fmt.Fprintf(b, "endpoint=%s\n", p.Endpoint)
 	}
-	fmt.Fprintf(b, "allowed_ip=%s/128\n", OverlayAddr(p.PublicKey))
+	fmt.Fprintf(b, "allowed_ip=%s/128\nallowed_ip=%s/128\n", OverlayAddr(p.PublicKey), LinkLocalAddr(p.PublicKey))
 	if keepalive {
 		b.WriteString(keepaliveLine)
 	}
@@ -161,9 +150,9 @@ func (t *Transport) SetPeers(peers []Config) (added, removed int, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var b strings.Builder
-	next := map[Key]Config{}
+	next := map[Key]bool{}
 	for _, p := range peers {
-		next[p.PublicKey] = p
+		next[p.PublicKey] = true
 		old, known := t.peers[p.PublicKey]
 		switch {
 		case !known:
@@ -184,8 +173,51 @@ func (t *Transport) SetPeers(peers []Config) (added, removed int, err error) {
 			return 0, 0, fmt.Errorf("configure transport: %w", err)
 		}
 	}
-	t.peers = next
+	t.setPeers(peers)
 	return added, removed, nil
+}
+
+// setPeers records peers as configured; the caller holds t.mu or owns t.
+func (t *Transport) setPeers(peers []Config) {
+	t.peers, t.byAddr = map[Key]Config{}, map[netip.Addr]Key{}
+	for _, p := range peers {
+		t.peers[p.PublicKey] = p
+		t.byAddr[OverlayAddr(p.PublicKey)] = p.PublicKey
+	}
+}
+
+// Repair starts a new handshake with each peer at addrs (overlay
+// addresses) that has not completed one within recent: it drops the
+// peer's keys, whose session carries nothing (see health.go), and sends an
+// initiation at once rather than after WireGuard's rekey timeout. Packets
+// for the peer wait for the new session.
+func (t *Transport) Repair(addrs []netip.Addr, recent time.Duration) {
+	stats, err := t.Stats()
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	t.mu.Lock()
+	keys := make([]Key, 0, len(addrs))
+	for _, a := range addrs {
+		if k, ok := t.byAddr[a]; ok {
+			keys = append(keys, k)
+		}
+	}
+	t.mu.Unlock()
+	for _, k := range keys {
+		if hs := stats[k].LastHandshake; !hs.IsZero() && now.Sub(hs) < recent {
+			continue
+		}
+		p := t.dev.LookupPeer(device.NoisePublicKey(k))
+		if p == nil {
+			continue
+		}
+		p.ExpireCurrentKeypairs()
+		// An error (no endpoint known yet, for a peer behind NAT) leaves
+		// the peer to contact this node.
+		p.SendHandshakeInitiation(false)
+	}
 }
 
 // SetEndpoint makes ep the endpoint of the peer with key k (one that moved,

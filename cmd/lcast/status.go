@@ -13,9 +13,10 @@ import (
 )
 
 // printStatus prints st as aligned tables for people: the interface, the
-// groups local programs listen to, the peers with their handshake age,
-// traffic, drops and groups, where each group's packets go and why, and
-// drops by reason. now dates the handshakes.
+// groups local programs listen to, the peers with whether traffic flows
+// both ways, the age of their last packet and handshake, traffic, drops
+// and groups, where each group's packets go and why, and drops by reason.
+// now dates the packets and handshakes.
 func printStatus(w io.Writer, st *control.Status, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "interface:\t%s\n", st.Interface)
@@ -34,13 +35,13 @@ func printStatus(w io.Writer, st *control.Status, now time.Time) {
 	}
 	fmt.Fprintf(w, "\npeers: %d\n", len(st.Peers))
 	if len(st.Peers) > 0 {
-		fmt.Fprintln(tw, "  PUBLIC KEY\tENDPOINT\tHANDSHAKE\tRX\tTX\tDROPPED\tGROUPS")
+		fmt.Fprintln(tw, "  PUBLIC KEY\tENDPOINT\tCONNECTED\tLAST RX\tHANDSHAKE\tRX\tTX\tDROPPED\tGROUPS")
 		for _, p := range st.Peers {
 			key := p.PublicKey
 			if p.Relay {
 				key += " (relay)"
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%s\n", key, orDash(p.Endpoint), handshake(p, now),
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", key, orDash(p.Endpoint), yesNo(p.Connected), ago(p.LastRx, now), ago(p.LastHandshake, now),
 				traffic(p.RxPackets, p.RxBytes), traffic(p.TxPackets, p.TxBytes), total(p.Drops), groupList(p.Groups))
 		}
 		tw.Flush()
@@ -69,17 +70,12 @@ func printStatus(w io.Writer, st *control.Status, now time.Time) {
 	}
 }
 
-// handshake says how long ago the peer's last handshake was, and whether
-// its session has lapsed.
-func handshake(p control.PeerStatus, now time.Time) string {
-	if p.LastHandshake == nil {
+// ago says how long before now t was, or "never" for nil.
+func ago(t *time.Time, now time.Time) string {
+	if t == nil {
 		return "never"
 	}
-	s := now.Sub(*p.LastHandshake).Round(time.Second).String() + " ago"
-	if !p.Connected {
-		s += " (lapsed)"
-	}
-	return s
+	return now.Sub(*t).Round(time.Second).String() + " ago"
 }
 
 // traffic is a packet count and a byte count in binary units.

@@ -57,9 +57,15 @@ type PeerStatus struct {
 	PublicKey string `json:"public_key"`
 	Endpoint  string `json:"endpoint"`
 	// Relay tells whether the peer said it passes multicast on.
-	Relay         bool       `json:"relay"`
+	Relay bool `json:"relay"`
+	// Connected tells whether traffic flows both ways: authenticated
+	// traffic from the peer arrived recently and the peer acknowledged
+	// this node's recently (not only that a handshake happened).
 	Connected     bool       `json:"connected"`
 	LastHandshake *time.Time `json:"last_handshake"` // null before the first
+	// LastRx is when the last packet from the peer arrived (null before
+	// the first).
+	LastRx *time.Time `json:"last_rx"`
 	RxBytes       uint64     `json:"rx_bytes"`
 	TxBytes       uint64     `json:"tx_bytes"`
 	RxPackets     uint64     `json:"rx_packets"`

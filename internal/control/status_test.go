@@ -38,7 +38,7 @@ func TestStatusJSONContract(t *testing.T) {
 	}{
 		{"status", top, []string{"interface", "address", "public_key", "listen_port", "local_groups", "peers"}},
 		{"local_groups[0]", st.LocalGroups[0], []string{"group", "mode", "sources"}},
-		{"peers[0]", st.Peers[0], []string{"public_key", "endpoint", "connected", "last_handshake", "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "groups"}},
+		{"peers[0]", st.Peers[0], []string{"public_key", "endpoint", "connected", "last_handshake", "last_rx", "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "groups"}},
 	} {
 		for _, k := range c.keys {
 			if _, ok := c.object[k]; !ok {

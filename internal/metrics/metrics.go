@@ -32,9 +32,11 @@ var (
 	drops = prometheus.NewDesc("lcast_drops_total",
 		"Packets dropped, by reason.", []string{"reason"}, nil)
 	peerConnected = prometheus.NewDesc("lcast_peer_connected",
-		"1 while the peer's session is up (its last handshake is recent enough), else 0.", []string{"peer"}, nil)
+		"1 while traffic flows both ways (the peer was heard from and acknowledged this node's messages within the last 2.5 s), else 0.", []string{"peer"}, nil)
 	peerHandshakeAge = prometheus.NewDesc("lcast_peer_handshake_age_seconds",
 		"Seconds since the peer's last handshake; absent before the first.", []string{"peer"}, nil)
+	peerLastRx = prometheus.NewDesc("lcast_peer_last_rx_age_seconds",
+		"Seconds since the last packet from the peer arrived; absent before the first.", []string{"peer"}, nil)
 	peerGroups = prometheus.NewDesc("lcast_peer_groups",
 		"Groups the peer subscribed to.", []string{"peer"}, nil)
 	peerRxPackets = prometheus.NewDesc("lcast_peer_rx_packets_total",
@@ -57,7 +59,7 @@ type collector struct {
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{info, localGroups, peers, drops, peerConnected, peerHandshakeAge,
-		peerGroups, peerRxPackets, peerRxBytes, peerTxPackets, peerTxBytes, peerDrops} {
+		peerLastRx, peerGroups, peerRxPackets, peerRxBytes, peerTxPackets, peerTxBytes, peerDrops} {
 		ch <- d
 	}
 }
@@ -85,6 +87,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(peerConnected, connected, p.PublicKey)
 		if p.LastHandshake != nil {
 			gauge(peerHandshakeAge, now.Sub(*p.LastHandshake).Seconds(), p.PublicKey)
+		}
+		if p.LastRx != nil {
+			gauge(peerLastRx, now.Sub(*p.LastRx).Seconds(), p.PublicKey)
 		}
 		gauge(peerGroups, float64(len(p.Groups)), p.PublicKey)
 		counter(peerRxPackets, p.RxPackets, p.PublicKey)

@@ -16,7 +16,7 @@ import (
 var now = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
 func testStatus() control.Status {
-	hs := now.Add(-42 * time.Second)
+	hs, rx := now.Add(-42*time.Second), now.Add(-time.Second/2)
 	return control.Status{
 		Interface:   "lc0",
 		Address:     "fd6c:6361:7374::1",
@@ -24,7 +24,7 @@ func testStatus() control.Status {
 		LocalGroups: []control.Group{{Group: "ff1e::1", Mode: "exclude"}, {Group: "ff1e::2", Mode: "exclude"}},
 		Drops:       map[string]uint64{"no_listener": 3, "scope": 0},
 		Peers: []control.PeerStatus{
-			{PublicKey: "pubB=", Connected: true, LastHandshake: &hs, RxPackets: 10, RxBytes: 1000, TxPackets: 20, TxBytes: 2400,
+			{PublicKey: "pubB=", Connected: true, LastHandshake: &hs, LastRx: &rx, RxPackets: 10, RxBytes: 1000, TxPackets: 20, TxBytes: 2400,
 				Groups: []control.Group{{Group: "ff1e::1"}}, Drops: map[string]uint64{"no_listener": 3}},
 			{PublicKey: "pubC=", Drops: map[string]uint64{"no_listener": 0}},
 		},
@@ -46,7 +46,7 @@ lcast_info{address="fd6c:6361:7374::1",interface="lc0",public_key="pubA="} 1
 # HELP lcast_local_groups Groups local programs listen to on the interface.
 # TYPE lcast_local_groups gauge
 lcast_local_groups 2
-# HELP lcast_peer_connected 1 while the peer's session is up (its last handshake is recent enough), else 0.
+# HELP lcast_peer_connected 1 while traffic flows both ways (the peer was heard from and acknowledged this node's messages within the last 2.5 s), else 0.
 # TYPE lcast_peer_connected gauge
 lcast_peer_connected{peer="pubB="} 1
 lcast_peer_connected{peer="pubC="} 0
@@ -61,6 +61,9 @@ lcast_peer_groups{peer="pubC="} 0
 # HELP lcast_peer_handshake_age_seconds Seconds since the peer's last handshake; absent before the first.
 # TYPE lcast_peer_handshake_age_seconds gauge
 lcast_peer_handshake_age_seconds{peer="pubB="} 42
+# HELP lcast_peer_last_rx_age_seconds Seconds since the last packet from the peer arrived; absent before the first.
+# TYPE lcast_peer_last_rx_age_seconds gauge
+lcast_peer_last_rx_age_seconds{peer="pubB="} 0.5
 # HELP lcast_peer_rx_bytes_total Bytes of the overlay packets received from the peer (inside the encryption).
 # TYPE lcast_peer_rx_bytes_total counter
 lcast_peer_rx_bytes_total{peer="pubB="} 1000

@@ -24,7 +24,7 @@ func TestCheck(t *testing.T) {
 		{"missing required field", "        - name: lcast\n", "        - \n", "spec.template.spec.containers[0].name in body is required"},
 		{"number for a string", "type: CharDevice", "type: 7", "cannot unmarshal number into Go struct field HostPathVolumeSource"},
 		{"pod network", "hostNetwork: true", "hostNetwork: false", "hostNetwork is not true"},
-		{"no NET_ADMIN", `add: ["NET_ADMIN", "NET_BIND_SERVICE"]`, `add: ["NET_BIND_SERVICE"]`, "does not add the capabilities"},
+		{"no NET_ADMIN", `add: ["NET_ADMIN"]`, `add: ["NET_RAW"]`, "does not add the capability"},
 		{"no tun", "path: /dev/net/tun", "path: /dev/net/tan", "/dev/net/tun is not mounted"},
 		{"secret not defined", "secretName: lcast-config", "secretName: lcast-other", "names secret lcast-other, which the manifest does not define"},
 		{"selector", "      labels:\n        app.kubernetes.io/name: lcast\n    spec:", "      labels:\n        app.kubernetes.io/name: other\n    spec:", "does not match the pod template's labels"},
