@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/librecast/lcast/mld"
-	"golang.zx2c4.com/wireguard/tun/tuntest"
 )
 
 // nodeX is a node that is no peer of the router under test: its packets
@@ -17,27 +16,26 @@ var nodeX = netip.MustParseAddr("fd6c:6361:7374::99")
 // newRelay returns a relay whose peers are A (a relay), B and C; B
 // subscribed to grp1 from any source, C to grp1 from srcS only, and local
 // programs listen to grp1.
-func newRelay(t *testing.T) *testRouter {
-	tr := &testRouter{lc0: tuntest.NewChannelTUN()}
-	tr.Router = New(tr.lc0.TUN(), Config{Self: self, Overlay: overlay, Relay: true, LinkLocal: func([]byte) {}})
+func newRelay(t *testing.T) *Router {
+	tr := New(Config{Self: self, Overlay: overlay, Relay: true})
 	tr.SetPeers([]netip.Addr{peerA, peerB, peerC})
 	tr.SetSubscriptions(peerA, true, []Subscription{sub(grp1, mld.Exclude)})
 	tr.SetSubscriptions(peerB, false, []Subscription{sub(grp1, mld.Exclude)})
 	tr.SetSubscriptions(peerC, false, []Subscription{sub(grp1, mld.Include, srcS), sub(grp2, mld.Exclude)})
 	tr.SetLocal([]Subscription{sub(grp1, mld.Exclude)})
-	go func() {
-		for range tr.lc0.Inbound {
-		}
-	}()
 	return tr
 }
 
-// relayed writes pkts into the port as packets from peers and returns
-// what the router passes on to peers.
-func (tr *testRouter) relayed(t *testing.T, pkts ...[]byte) [][]byte {
-	t.Helper()
-	tr.Port().Write(pkts, 16)
-	out, _ := tr.readToMarker(t, nil)
+// relayed delivers pkts (with 16 bytes of headroom) as packets from peers
+// and returns what the router passes on to peers.
+func relayed(r *Router, pkts ...[]byte) [][]byte {
+	var out [][]byte
+	for _, p := range pkts {
+		var o Origin
+		if d := r.Deliver(r.Table(), p[16:], &o); d.Relay {
+			out = append(out, routeAll(r, p[16+WrapLen:], &o)...)
+		}
+	}
 	return out
 }
 
@@ -49,8 +47,8 @@ func seqOf(w []byte) uint64 { return binary.BigEndian.Uint64(w[48:56]) }
 func TestRelayPassesOn(t *testing.T) {
 	tr := newRelay(t)
 	inner := udpPacket(nodeX, grp1, "from X")
-	in := wrappedAs(inner, peerA, origin{epoch: 5, seq: 42, hops: 3})
-	out := tr.relayed(t, in)
+	in := wrappedAs(inner, peerA, Origin{epoch: 5, seq: 42, hops: 3})
+	out := relayed(tr, in)
 	if len(out) != 1 || dstOf(out[0]) != peerB {
 		t.Fatalf("relayed %d packets (%v), want one to B", len(out), out)
 	}
@@ -63,14 +61,14 @@ func TestRelayPassesOn(t *testing.T) {
 		t.Fatalf("peer A rx %d", n)
 	}
 	// Relays carry nodes' packets only, from their overlay addresses.
-	if out := tr.relayed(t, wrapped(udpPacket(srcS, grp1, "x"), peerA)); len(out) != 0 || tr.Drops()[DropForgedSource] != 1 {
+	if out := relayed(tr, wrapped(udpPacket(srcS, grp1, "x"), peerA)); len(out) != 0 || tr.Dropped(DropForgedSource) != 1 {
 		t.Fatalf("a relay's packet from a non-node source went on: %v", out)
 	}
 	// C's own packet, relayed by A, does not go back to C.
-	if out := tr.relayed(t, wrapped(udpPacket(peerC, grp2, "C's own"), peerA)); len(out) != 0 || tr.Drops()[DropNoListener] != 1 {
+	if out := relayed(tr, wrapped(udpPacket(peerC, grp2, "C's own"), peerA)); len(out) != 0 || tr.Dropped(DropNoListener) != 1 {
 		t.Fatalf("C's packet went back to C: %v, drops %v", out, tr.Drops())
 	}
-	if out := tr.relayed(t, wrapped(udpPacket(peerB, grp1, "from B"), peerB)); len(out) != 1 || dstOf(out[0]) != peerA {
+	if out := relayed(tr, wrapped(udpPacket(peerB, grp1, "from B"), peerB)); len(out) != 1 || dstOf(out[0]) != peerA {
 		t.Fatalf("B's packet went to %d peers, want A alone", len(out))
 	}
 }
@@ -80,17 +78,13 @@ func TestRelayPassesOn(t *testing.T) {
 func TestRelayTrust(t *testing.T) {
 	tr := newTestRouter(t) // not a relay
 	tr.SetLocal([]Subscription{sub(grp1, mld.Exclude)})
-	go func() {
-		for range tr.lc0.Inbound {
-		}
-	}()
-	if out := tr.relayed(t, wrapped(udpPacket(peerA, grp1, "x"), peerA)); len(out) != 0 {
+	if out := relayed(tr, wrapped(udpPacket(peerA, grp1, "x"), peerA)); len(out) != 0 {
 		t.Fatalf("a router that is no relay passed %d packets on", len(out))
 	}
 	tr.SetSubscriptions(peerA, true, []Subscription{sub(grp1, mld.Exclude)})
-	tr.relayed(t, wrapped(udpPacket(nodeX, grp1, "x"), peerA), wrapped(udpPacket(nodeX, grp1, "x"), peerB))
-	if d := tr.Drops(); d[DropForgedSource] != 1 || tr.Counters(peerB).Drops()[DropForgedSource] != 1 {
-		t.Fatalf("X's packet from relay A and from B (no relay): drops %v", d)
+	relayed(tr, wrapped(udpPacket(nodeX, grp1, "x"), peerA), wrapped(udpPacket(nodeX, grp1, "x"), peerB))
+	if tr.Dropped(DropForgedSource) != 1 || tr.Counters(peerB).Dropped(DropForgedSource) != 1 {
+		t.Fatalf("X's packet from relay A and from B (no relay): drops %v", tr.Drops())
 	}
 }
 
@@ -101,31 +95,31 @@ func TestRelayDuplicatesLoopsHops(t *testing.T) {
 	tr := newRelay(t)
 	tr.SetSubscriptions(peerB, true, []Subscription{sub(grp1, mld.Exclude)})
 	x := udpPacket(nodeX, grp1, "x")
-	first := origin{epoch: 9, seq: 1000, hops: MaxHops}
-	if out := tr.relayed(t, wrappedAs(x, peerA, first)); len(out) != 1 {
+	first := Origin{epoch: 9, seq: 1000, hops: MaxHops}
+	if out := relayed(tr, wrappedAs(x, peerA, first)); len(out) != 1 {
 		t.Fatalf("first copy: %d relayed", len(out))
 	}
-	if out := tr.relayed(t, wrappedAs(x, peerB, first), wrappedAs(x, peerA, first)); len(out) != 0 {
+	if out := relayed(tr, wrappedAs(x, peerB, first), wrappedAs(x, peerA, first)); len(out) != 0 {
 		t.Fatalf("second copies: %d relayed", len(out))
 	}
-	if d := tr.Drops()[DropDuplicate]; d != 2 {
+	if d := tr.Dropped(DropDuplicate); d != 2 {
 		t.Fatalf("duplicate drops %d, want 2", d)
 	}
 	// Older and out of order, but within the window: still new.
-	if out := tr.relayed(t, wrappedAs(x, peerA, origin{epoch: 9, seq: 10, hops: MaxHops})); len(out) != 1 {
+	if out := relayed(tr, wrappedAs(x, peerA, Origin{epoch: 9, seq: 10, hops: MaxHops})); len(out) != 1 {
 		t.Fatalf("an earlier packet: %d relayed", len(out))
 	}
 	// X restarts: its new epoch starts afresh, its old one is over.
-	if out := tr.relayed(t, wrappedAs(x, peerA, origin{epoch: 10, seq: 1, hops: MaxHops})); len(out) != 1 {
+	if out := relayed(tr, wrappedAs(x, peerA, Origin{epoch: 10, seq: 1, hops: MaxHops})); len(out) != 1 {
 		t.Fatalf("after a restart: %d relayed", len(out))
 	}
-	if out := tr.relayed(t, wrappedAs(x, peerA, origin{epoch: 9, seq: 1001, hops: MaxHops})); len(out) != 0 || tr.Drops()[DropDuplicate] != 3 {
+	if out := relayed(tr, wrappedAs(x, peerA, Origin{epoch: 9, seq: 1001, hops: MaxHops})); len(out) != 0 || tr.Dropped(DropDuplicate) != 3 {
 		t.Fatalf("the old epoch: %d relayed, drops %v", len(out), tr.Drops())
 	}
-	if out := tr.relayed(t, wrapped(udpPacket(self, grp1, "mine"), peerA)); len(out) != 0 || tr.Drops()[DropLoop] != 1 {
+	if out := relayed(tr, wrapped(udpPacket(self, grp1, "mine"), peerA)); len(out) != 0 || tr.Dropped(DropLoop) != 1 {
 		t.Fatalf("own packet: %d relayed, drops %v", len(out), tr.Drops())
 	}
-	if out := tr.relayed(t, wrappedAs(x, peerA, origin{epoch: 10, seq: 2, hops: 1})); len(out) != 0 || tr.Drops()[DropHopLimit] != 1 {
+	if out := relayed(tr, wrappedAs(x, peerA, Origin{epoch: 10, seq: 2, hops: 1})); len(out) != 0 || tr.Dropped(DropHopLimit) != 1 {
 		t.Fatalf("last hop: %d relayed, drops %v", len(out), tr.Drops())
 	}
 }
