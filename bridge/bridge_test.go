@@ -123,8 +123,13 @@ type testBridge struct {
 // newTestBridge returns a bridge whose router has peers A, B and C (A and
 // B subscribed to grp1, C to grp2), closed with lc0 when the test ends.
 func newTestBridge(t *testing.T, rcfg router.Config, cfg Config) *testBridge {
+	return newTestBridgeOn(t, newFakeTUN(1), rcfg, cfg)
+}
+
+// newTestBridgeOn is newTestBridge with lc0 given.
+func newTestBridgeOn(t *testing.T, lc0 *fakeTUN, rcfg router.Config, cfg Config) *testBridge {
 	rcfg.Self, rcfg.Overlay = self, overlay
-	tb := &testBridge{r: router.New(rcfg), lc0: newFakeTUN(1)}
+	tb := &testBridge{r: router.New(rcfg), lc0: lc0}
 	tb.r.SetPeers([]netip.Addr{peerA, peerB, peerC})
 	tb.r.SetSubscriptions(peerA, false, []router.Subscription{sub(grp1, mld.Exclude)})
 	tb.r.SetSubscriptions(peerB, false, []router.Subscription{sub(grp1, mld.Exclude)})
