@@ -19,18 +19,6 @@ import (
 // TestMain fails the tests if any goroutine outlives them.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-var (
-	overlay = netip.MustParsePrefix("fd6c:6361:7374::/48")
-	self    = netip.MustParseAddr("fd6c:6361:7374::1")
-	peerA   = netip.MustParseAddr("fd6c:6361:7374::a")
-	peerB   = netip.MustParseAddr("fd6c:6361:7374::b")
-	peerC   = netip.MustParseAddr("fd6c:6361:7374::c")
-	grp1    = netip.MustParseAddr("ff1e::1")
-	grp2    = netip.MustParseAddr("ff1e::2")
-
-	udpPacket = packettest.UDP
-)
-
 var errTooManySegments = errors.New("too many segments")
 
 // fakeTUN is lc0 for tests: each Read returns the packets of one result
@@ -128,12 +116,12 @@ func newTestBridge(t *testing.T, rcfg router.Config, cfg Config) *testBridge {
 
 // newTestBridgeOn is newTestBridge with lc0 given.
 func newTestBridgeOn(t *testing.T, lc0 *fakeTUN, rcfg router.Config, cfg Config) *testBridge {
-	rcfg.Self, rcfg.Overlay = self, overlay
+	rcfg.Self, rcfg.Overlay = packettest.Self, packettest.Overlay
 	tb := &testBridge{r: router.New(rcfg), lc0: lc0}
-	tb.r.SetPeers([]netip.Addr{peerA, peerB, peerC})
-	tb.r.SetSubscriptions(peerA, false, []router.Subscription{sub(grp1, mld.Exclude)})
-	tb.r.SetSubscriptions(peerB, false, []router.Subscription{sub(grp1, mld.Exclude)})
-	tb.r.SetSubscriptions(peerC, false, []router.Subscription{sub(grp2, mld.Exclude)})
+	tb.r.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC})
+	tb.r.SetSubscriptions(packettest.PeerA, false, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
+	tb.r.SetSubscriptions(packettest.PeerB, false, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
+	tb.r.SetSubscriptions(packettest.PeerC, false, []router.Subscription{sub(packettest.Group2, mld.Exclude)})
 	tb.Bridge = New(tb.lc0, tb.r, cfg)
 	t.Cleanup(func() {
 		tb.lc0.Close()
@@ -167,7 +155,7 @@ func (tb *testBridge) read(t *testing.T, n int) (pkts [][]byte, bufs [][]byte) {
 // to peers (without the marker) and the buffers they were read into.
 func (tb *testBridge) readToMarker(t *testing.T, pkts [][]byte) (out [][]byte, bufs [][]byte) {
 	t.Helper()
-	marker := udpPacket(self, grp2, "marker")
+	marker := packettest.UDP(packettest.Self, packettest.Group2, "marker")
 	pushed := make(chan struct{})
 	go func() {
 		defer close(pushed)
@@ -190,8 +178,8 @@ func (tb *testBridge) readToMarker(t *testing.T, pkts [][]byte) (out [][]byte, b
 // the packets that end the wait.
 func TestSubscriptionDuringReadApplies(t *testing.T) {
 	tb := newTestBridge(t, router.Config{}, Config{})
-	tb.r.SetSubscriptions(peerA, false, nil)
-	tb.r.SetSubscriptions(peerB, false, nil)
+	tb.r.SetSubscriptions(packettest.PeerA, false, nil)
+	tb.r.SetSubscriptions(packettest.PeerB, false, nil)
 	got := make(chan int, 1)
 	go func() {
 		bufs, sizes := [][]byte{make([]byte, 2048)}, []int{0}
@@ -199,8 +187,8 @@ func TestSubscriptionDuringReadApplies(t *testing.T) {
 		got <- n
 	}()
 	time.Sleep(50 * time.Millisecond) // Read is waiting for lc0
-	tb.r.SetSubscriptions(peerA, false, []router.Subscription{sub(grp1, mld.Exclude)})
-	tb.lc0.push(udpPacket(self, grp1, "x"))
+	tb.r.SetSubscriptions(packettest.PeerA, false, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
+	tb.lc0.push(packettest.UDP(packettest.Self, packettest.Group1, "x"))
 	select {
 	case n := <-got:
 		if n != 1 {
@@ -263,8 +251,8 @@ func TestPortCloseEndsRead(t *testing.T) {
 func TestFanOutAcrossReadsWithNewTable(t *testing.T) {
 	tb := newTestBridge(t, router.Config{}, Config{})
 	early := netip.MustParseAddr("fd6c:6361:7374::9")
-	tb.r.SetPeers([]netip.Addr{early, peerA, peerB})
-	go tb.lc0.push(udpPacket(self, grp1, "x"))
+	tb.r.SetPeers([]netip.Addr{early, packettest.PeerA, packettest.PeerB})
+	go tb.lc0.push(packettest.UDP(packettest.Self, packettest.Group1, "x"))
 	read := func() netip.Addr {
 		pkts, _ := tb.read(t, 1)
 		if len(pkts) != 1 {
@@ -273,10 +261,10 @@ func TestFanOutAcrossReadsWithNewTable(t *testing.T) {
 		return dstOf(pkts[0])
 	}
 	first := read()
-	tb.r.SetSubscriptions(early, false, []router.Subscription{sub(grp1, mld.Exclude)})
+	tb.r.SetSubscriptions(early, false, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
 	second := read()
-	if first != peerA || second != peerB {
-		t.Fatalf("copies went to %s and %s, want %s and %s", first, second, peerA, peerB)
+	if first != packettest.PeerA || second != packettest.PeerB {
+		t.Fatalf("copies went to %s and %s, want %s and %s", first, second, packettest.PeerA, packettest.PeerB)
 	}
 }
 
@@ -286,11 +274,11 @@ func TestFanOutAcrossReadsWithNewTable(t *testing.T) {
 // it never reports.
 func TestPeerQueueBound(t *testing.T) {
 	tb := newTestBridge(t, router.Config{}, Config{})
-	tb.r.SetSubscriptions(peerB, false, nil)
+	tb.r.SetSubscriptions(packettest.PeerB, false, nil)
 	burst := func(n int) [][]byte {
 		var pkts [][]byte
 		for i := range n {
-			pkts = append(pkts, udpPacket(self, grp1, fmt.Sprint(i)))
+			pkts = append(pkts, packettest.UDP(packettest.Self, packettest.Group1, fmt.Sprint(i)))
 		}
 		return pkts
 	}
@@ -299,7 +287,7 @@ func TestPeerQueueBound(t *testing.T) {
 		t.Fatalf("%d packets of %d went to peer A, %d dropped; want %d and 10",
 			len(out), PeerQueueLimit+10, tb.r.Dropped(router.DropPeerQueue), PeerQueueLimit)
 	}
-	if a, c := tb.r.Counters(peerA).Dropped(router.DropPeerQueue), tb.r.Counters(peerC).Dropped(router.DropPeerQueue); a != 10 || c != 0 {
+	if a, c := tb.r.Counters(packettest.PeerA).Dropped(router.DropPeerQueue), tb.r.Counters(packettest.PeerC).Dropped(router.DropPeerQueue); a != 10 || c != 0 {
 		t.Fatalf("queue drops of peer A %d and C %d; want 10 and 0", a, c)
 	}
 	// Peer C's marker passed meanwhile (readToMarker returned). Sending
@@ -317,18 +305,18 @@ func TestPeerQueueBound(t *testing.T) {
 
 // At most QueueLimit packets wait for all peers together.
 func TestQueueBoundForAllPeers(t *testing.T) {
-	r := router.New(router.Config{Self: self, Overlay: overlay})
+	r := router.New(router.Config{Self: packettest.Self, Overlay: packettest.Overlay})
 	var peers []netip.Addr
 	for i := range QueueLimit/PeerQueueLimit + 1 {
 		peers = append(peers, netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16)))
 	}
 	r.SetPeers(peers)
 	for _, p := range peers {
-		r.SetSubscriptions(p, false, []router.Subscription{sub(grp1, mld.Exclude)})
+		r.SetSubscriptions(p, false, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
 	}
 	var q queued
 	q.init()
-	pkt, out, tab := udpPacket(self, grp1, "x"), make([]byte, 2048), r.Table()
+	pkt, out, tab := packettest.UDP(packettest.Self, packettest.Group1, "x"), make([]byte, 2048), r.Table()
 	admitted := 0
 	for range PeerQueueLimit + 1 {
 		o := r.NextOrigin()
@@ -349,9 +337,9 @@ func TestQueueBoundForAllPeers(t *testing.T) {
 // with 16 bytes of headroom: the peer's own router wraps it.
 func wrapFrom(t *testing.T, from netip.Addr, pkt []byte) []byte {
 	t.Helper()
-	r := router.New(router.Config{Self: from, Overlay: overlay})
-	r.SetPeers([]netip.Addr{self})
-	r.SetSubscriptions(self, false, []router.Subscription{sub(dstOf(pkt), mld.Exclude)})
+	r := router.New(router.Config{Self: from, Overlay: packettest.Overlay})
+	r.SetPeers([]netip.Addr{packettest.Self})
+	r.SetSubscriptions(packettest.Self, false, []router.Subscription{sub(dstOf(pkt), mld.Exclude)})
 	o, next := r.NextOrigin(), 0
 	out := make([]byte, 16+router.WrapLen+len(pkt))
 	if n, _ := r.Route(r.Table(), pkt, &o, &next, out[16:], func(*router.Peer) bool { return true }); n != len(out)-16 {
@@ -364,9 +352,9 @@ func wrapFrom(t *testing.T, from netip.Addr, pkt []byte) []byte {
 // unicast to this node; on a relay it hands Read what to pass on.
 func TestWrite(t *testing.T) {
 	tb := newTestBridge(t, router.Config{Relay: true}, Config{})
-	tb.r.SetLocal([]router.Subscription{sub(grp1, mld.Exclude)})
-	mcast, uni := udpPacket(peerA, grp1, "from A"), udpPacket(peerC, self, "unicast")
-	if _, err := tb.Port().Write([][]byte{wrapFrom(t, peerA, mcast), append(make([]byte, 16), uni...)}, 16); err != nil {
+	tb.r.SetLocal([]router.Subscription{sub(packettest.Group1, mld.Exclude)})
+	mcast, uni := packettest.UDP(packettest.PeerA, packettest.Group1, "from A"), packettest.UDP(packettest.PeerC, packettest.Self, "unicast")
+	if _, err := tb.Port().Write([][]byte{wrapFrom(t, packettest.PeerA, mcast), append(make([]byte, 16), uni...)}, 16); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range [][]byte{mcast, uni} {
@@ -376,7 +364,7 @@ func TestWrite(t *testing.T) {
 	}
 	// A relays the packet on to B, the other subscriber.
 	out, _ := tb.read(t, 8)
-	if len(out) != 1 || dstOf(out[0]) != peerB || string(out[0][router.WrapLen:]) != string(mcast) {
+	if len(out) != 1 || dstOf(out[0]) != packettest.PeerB || string(out[0][router.WrapLen:]) != string(mcast) {
 		t.Fatalf("relayed %d packets: %x", len(out), out)
 	}
 }

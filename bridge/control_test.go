@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"errors"
+	"github.com/librecast/lcast/internal/packettest"
 	"net/netip"
 	"testing"
 	"time"
@@ -26,11 +27,11 @@ func isControl(p []byte) bool { return p[6] == router.ProtoControl }
 // as waiting in the transport.
 func TestControlGoesFirst(t *testing.T) {
 	tb := newTestBridge(t, router.Config{}, Config{})
-	tb.lc0.push(udpPacket(self, grp1, "1"), udpPacket(self, grp1, "2"))
+	tb.lc0.push(packettest.UDP(packettest.Self, packettest.Group1, "1"), packettest.UDP(packettest.Self, packettest.Group1, "2"))
 	for len(tb.port.full) < 1 {
 		time.Sleep(time.Millisecond) // the reader hands over a batch
 	}
-	if err := tb.SendControl(peerA, []byte("subscriptions")); err != nil {
+	if err := tb.SendControl(packettest.PeerA, []byte("subscriptions")); err != nil {
 		t.Fatal(err)
 	}
 	out, bufs := tb.read(t, 3)
@@ -38,7 +39,7 @@ func TestControlGoesFirst(t *testing.T) {
 		t.Fatalf("Read handed out %d packets, first %x", len(out), out[0])
 	}
 	c := out[0]
-	if dstOf(c) != peerA || netip.AddrFrom16([16]byte(c[8:24])) != self || c[7] != 255 || string(c[40:]) != "subscriptions" {
+	if dstOf(c) != packettest.PeerA || netip.AddrFrom16([16]byte(c[8:24])) != packettest.Self || c[7] != 255 || string(c[40:]) != "subscriptions" {
 		t.Fatalf("control packet %x", c)
 	}
 	if tb.port.queue.total.Load() != 2 { // the copies for A and B of the first
@@ -59,12 +60,12 @@ func TestControlWakesRead(t *testing.T) {
 		got <- out
 	}()
 	time.Sleep(20 * time.Millisecond) // Read waits for lc0
-	if err := tb.SendControl(peerB, []byte("hello")); err != nil {
+	if err := tb.SendControl(packettest.PeerB, []byte("hello")); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case out := <-got:
-		if len(out) != 1 || !isControl(out[0]) || dstOf(out[0]) != peerB {
+		if len(out) != 1 || !isControl(out[0]) || dstOf(out[0]) != packettest.PeerB {
 			t.Fatalf("Read returned %x", out)
 		}
 	case <-time.After(2 * time.Second):
@@ -81,12 +82,12 @@ func TestControlQueueFull(t *testing.T) {
 	var err error
 	sent := 0
 	for ; err == nil && sent <= controlQueueBytes/len(msg); sent++ {
-		err = tb.SendControl(peerA, msg)
+		err = tb.SendControl(packettest.PeerA, msg)
 	}
 	if !errors.Is(err, ErrControlQueueFull) || sent != controlQueueBytes/(len(msg)+40)+1 {
 		t.Fatalf("after %d messages: %v", sent, err)
 	}
-	if err := tb.SendControl(peerA, make([]byte, 1500)); !errors.Is(err, ErrControlTooBig) {
+	if err := tb.SendControl(packettest.PeerA, make([]byte, 1500)); !errors.Is(err, ErrControlTooBig) {
 		t.Fatalf("a message beyond the MTU: %v", err)
 	}
 }
@@ -98,18 +99,18 @@ func TestControlFromPeers(t *testing.T) {
 	h := &controlRecorder{}
 	tb := newTestBridge(t, router.Config{}, Config{Control: h})
 	control := func(from, to netip.Addr, msg string) []byte {
-		return append(make([]byte, 16), router.New(router.Config{Self: from, Overlay: overlay}).AppendControl(nil, to, []byte(msg))...)
+		return append(make([]byte, 16), router.New(router.Config{Self: from, Overlay: packettest.Overlay}).AppendControl(nil, to, []byte(msg))...)
 	}
-	tb.Port().Write([][]byte{control(peerA, self, "from A"), control(peerB, peerC, "not for us"), control(peerC, self, "from C")}, 16)
-	if len(h.msgs) != 2 || h.from[0] != peerA || h.msgs[0] != "from A" || h.from[1] != peerC || h.msgs[1] != "from C" {
+	tb.Port().Write([][]byte{control(packettest.PeerA, packettest.Self, "from A"), control(packettest.PeerB, packettest.PeerC, "not for us"), control(packettest.PeerC, packettest.Self, "from C")}, 16)
+	if len(h.msgs) != 2 || h.from[0] != packettest.PeerA || h.msgs[0] != "from A" || h.from[1] != packettest.PeerC || h.msgs[1] != "from C" {
 		t.Fatalf("handler got %v from %v", h.msgs, h.from)
 	}
-	if tb.r.Dropped(router.DropNotForNode) != 1 || tb.r.Counters(peerB).Dropped(router.DropNotForNode) != 1 {
+	if tb.r.Dropped(router.DropNotForNode) != 1 || tb.r.Counters(packettest.PeerB).Dropped(router.DropNotForNode) != 1 {
 		t.Fatalf("drops %v", tb.r.Drops())
 	}
 	unhandled := newTestBridge(t, router.Config{}, Config{})
-	unhandled.Port().Write([][]byte{control(peerA, self, "from A")}, 16)
-	if unhandled.r.Counters(peerA).Dropped(router.DropControlUnhandled) != 1 {
+	unhandled.Port().Write([][]byte{control(packettest.PeerA, packettest.Self, "from A")}, 16)
+	if unhandled.r.Counters(packettest.PeerA).Dropped(router.DropControlUnhandled) != 1 {
 		t.Fatalf("with no handler: drops %v", unhandled.r.Drops())
 	}
 }
@@ -118,7 +119,7 @@ func TestControlFromPeers(t *testing.T) {
 // must not forge control.
 func TestControlFromLc0Dropped(t *testing.T) {
 	tb := newTestBridge(t, router.Config{}, Config{})
-	forged := router.New(router.Config{Self: self, Overlay: overlay}).AppendControl(nil, peerA, []byte("forged"))
+	forged := router.New(router.Config{Self: packettest.Self, Overlay: packettest.Overlay}).AppendControl(nil, packettest.PeerA, []byte("forged"))
 	if out, _ := tb.readToMarker(t, [][]byte{forged}); len(out) != 0 || tb.r.Dropped(router.DropMalformed) != 1 {
 		t.Fatalf("went to peers: %x; drops %v", out, tb.r.Drops())
 	}

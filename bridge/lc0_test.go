@@ -3,6 +3,7 @@ package bridge
 import (
 	"errors"
 	"fmt"
+	"github.com/librecast/lcast/internal/packettest"
 	"net/netip"
 	"sync"
 	"testing"
@@ -39,8 +40,8 @@ func (l *linkRecorder) count() int {
 // counts what it does not take (or all of it, with no handler) as
 // link_local; the rest goes to peers.
 func TestLinkPackets(t *testing.T) {
-	report := mld.AppendV2Report(nil, netip.MustParseAddr("fe80::1"), []mld.ReportRecord{{Type: mld.ChangeToExcludeMode, Group: grp1}})
-	routerSolicitation := udpPacket(netip.MustParseAddr("fe80::1"), netip.MustParseAddr("ff02::2"), "rs")
+	report := mld.AppendV2Report(nil, netip.MustParseAddr("fe80::1"), []mld.ReportRecord{{Type: mld.ChangeToExcludeMode, Group: packettest.Group1}})
+	routerSolicitation := packettest.UDP(netip.MustParseAddr("fe80::1"), netip.MustParseAddr("ff02::2"), "rs")
 	for _, c := range []struct {
 		name      string
 		link      *linkRecorder
@@ -56,8 +57,8 @@ func TestLinkPackets(t *testing.T) {
 			}
 			tb := newTestBridgeOn(t, newFakeTUN(4), router.Config{}, cfg)
 			// One read of three packets: the link's two and one for peers.
-			tb.lc0.reads <- readResult{pkts: [][]byte{report, udpPacket(self, grp1, "x"), routerSolicitation}}
-			if out, _ := tb.readToMarker(t, nil); len(out) != 2 || string(out[0][router.WrapLen:]) != string(udpPacket(self, grp1, "x")) {
+			tb.lc0.reads <- readResult{pkts: [][]byte{report, packettest.UDP(packettest.Self, packettest.Group1, "x"), routerSolicitation}}
+			if out, _ := tb.readToMarker(t, nil); len(out) != 2 || string(out[0][router.WrapLen:]) != string(packettest.UDP(packettest.Self, packettest.Group1, "x")) {
 				t.Fatalf("went to peers: %x", out)
 			}
 			if c.link != nil && (c.link.count() != 1 || string(c.link.pkts[0]) != string(report)) {
@@ -89,7 +90,7 @@ func TestReadErrorBacksOff(t *testing.T) {
 			t.Fatalf("lc0_read_error drops %d, want 5", tb.r.Dropped(router.DropLc0Read))
 		}
 	}
-	if out, _ := tb.readToMarker(t, [][]byte{udpPacket(self, grp1, "after")}); len(out) != 2 {
+	if out, _ := tb.readToMarker(t, [][]byte{packettest.UDP(packettest.Self, packettest.Group1, "after")}); len(out) != 2 {
 		t.Fatalf("after the failures: %d packets to peers", len(out))
 	}
 	start = time.Now()
@@ -104,10 +105,10 @@ func TestReadErrorBacksOff(t *testing.T) {
 // super-packet of many segments comes whole, none lost as lc0_read_error.
 func TestSuperPacketReadWhole(t *testing.T) {
 	tb := newTestBridgeOn(t, newFakeTUN(128), router.Config{}, Config{})
-	tb.r.SetSubscriptions(peerB, false, nil)
+	tb.r.SetSubscriptions(packettest.PeerB, false, nil)
 	var segments [][]byte
 	for i := range 128 {
-		segments = append(segments, udpPacket(self, peerA, fmt.Sprintf("segment %d", i)))
+		segments = append(segments, packettest.UDP(packettest.Self, packettest.PeerA, fmt.Sprintf("segment %d", i)))
 	}
 	tb.lc0.reads <- readResult{pkts: segments}
 	out, _ := tb.readToMarker(t, nil)

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"github.com/librecast/lcast/internal/packettest"
 	"net/netip"
 	"testing"
 
@@ -13,18 +14,18 @@ import (
 // what it relays (it is a relay, and so is peer A) goes to a peer with a
 // lower hop limit.
 func FuzzRouter(f *testing.F) {
-	f.Add(udpPacket(self, grp1, "hello"), false)
-	f.Add(udpPacket(self, peerB, "unicast"), false)
-	f.Add(wrapped(udpPacket(peerA, grp1, "x"), peerA)[16:], true)
-	f.Add(udpPacket(peerA, self, "unicast"), true)
+	f.Add(packettest.UDP(packettest.Self, packettest.Group1, "hello"), false)
+	f.Add(packettest.UDP(packettest.Self, packettest.PeerB, "unicast"), false)
+	f.Add(wrapped(packettest.UDP(packettest.PeerA, packettest.Group1, "x"), packettest.PeerA)[16:], true)
+	f.Add(packettest.UDP(packettest.PeerA, packettest.Self, "unicast"), true)
 	f.Add([]byte{0x60}, true)
-	f.Add(wrapped(udpPacket(peerC, grp1, "relayed"), peerA)[16:], true)
-	f.Add(New(Config{Self: peerA, Overlay: overlay}).AppendControl(nil, self, []byte("control")), true)
-	r := New(Config{Self: self, Overlay: overlay, Relay: true})
-	r.SetPeers([]netip.Addr{peerA, peerB})
-	r.SetSubscriptions(peerA, true, []Subscription{sub(grp1, mld.Exclude)})
-	r.SetSubscriptions(peerB, false, []Subscription{sub(grp1, mld.Include, srcS), sub(netip.MustParseAddr("ff02::fb"), mld.Exclude)})
-	r.SetLocal([]Subscription{sub(grp1, mld.Exclude)})
+	f.Add(wrapped(packettest.UDP(packettest.PeerC, packettest.Group1, "relayed"), packettest.PeerA)[16:], true)
+	f.Add(New(Config{Self: packettest.PeerA, Overlay: packettest.Overlay}).AppendControl(nil, packettest.Self, []byte("control")), true)
+	r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay, Relay: true})
+	r.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB})
+	r.SetSubscriptions(packettest.PeerA, true, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	r.SetSubscriptions(packettest.PeerB, false, []Subscription{sub(packettest.Group1, mld.Include, srcS), sub(netip.MustParseAddr("ff02::fb"), mld.Exclude)})
+	r.SetLocal([]Subscription{sub(packettest.Group1, mld.Exclude)})
 	tab := r.Table()
 	f.Fuzz(func(t *testing.T, pkt []byte, fromPeer bool) {
 		from := &fromLc0Origin

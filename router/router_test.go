@@ -16,16 +16,7 @@ import (
 // TestMain fails the tests if any goroutine outlives them.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-var (
-	overlay = netip.MustParsePrefix("fd6c:6361:7374::/48")
-	self    = netip.MustParseAddr("fd6c:6361:7374::1")
-	peerA   = netip.MustParseAddr("fd6c:6361:7374::a")
-	peerB   = netip.MustParseAddr("fd6c:6361:7374::b")
-	peerC   = netip.MustParseAddr("fd6c:6361:7374::c")
-	srcS    = netip.MustParseAddr("2001:db8::5")
-	grp1    = netip.MustParseAddr("ff1e::1")
-	grp2    = netip.MustParseAddr("ff1e::2")
-)
+var srcS = netip.MustParseAddr("2001:db8::5")
 
 var udpPacket = packettest.UDP
 
@@ -37,11 +28,11 @@ func sub(g netip.Addr, mode mld.FilterMode, sources ...netip.Addr) Subscription 
 var admitAll = func(*Peer) bool { return true }
 
 func newTestRouter(t *testing.T) *Router {
-	r := New(Config{Self: self, Overlay: overlay})
-	r.SetPeers([]netip.Addr{peerA, peerB, peerC})
-	r.SetSubscriptions(peerA, false, []Subscription{sub(grp1, mld.Exclude)})
-	r.SetSubscriptions(peerB, false, []Subscription{sub(grp1, mld.Include, srcS)})
-	r.SetSubscriptions(peerC, false, []Subscription{sub(grp2, mld.Exclude)})
+	r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay})
+	r.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC})
+	r.SetSubscriptions(packettest.PeerA, false, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	r.SetSubscriptions(packettest.PeerB, false, []Subscription{sub(packettest.Group1, mld.Include, srcS)})
+	r.SetSubscriptions(packettest.PeerC, false, []Subscription{sub(packettest.Group2, mld.Exclude)})
 	return r
 }
 
@@ -70,20 +61,20 @@ func dstOf(p []byte) netip.Addr { return netip.AddrFrom16([16]byte(p[24:40])) }
 
 func TestRouteFromLc0(t *testing.T) {
 	r := newTestRouter(t)
-	pkt := udpPacket(self, grp1, "hello")
+	pkt := packettest.UDP(packettest.Self, packettest.Group1, "hello")
 	out := fromLc0(r, pkt)
-	if len(out) != 1 || dstOf(out[0]) != peerA {
+	if len(out) != 1 || dstOf(out[0]) != packettest.PeerA {
 		t.Fatalf("ff1e::1 from self went to %d packets %v, want one to peer A", len(out), out)
 	}
 	w := out[0]
-	if w[6] != protoLcast || w[7] != MaxHops || netip.AddrFrom16([16]byte(w[8:24])) != self ||
+	if w[6] != protoLcast || w[7] != MaxHops || netip.AddrFrom16([16]byte(w[8:24])) != packettest.Self ||
 		int(binary.BigEndian.Uint16(w[4:6])) != lcastHeaderLen+len(pkt) || w[40] != protoIPv6Encap ||
 		binary.BigEndian.Uint32(w[44:48]) != r.epoch || string(w[WrapLen:]) != string(pkt) {
 		t.Fatalf("bad wrapping: %x", w)
 	}
 	seq := binary.BigEndian.Uint64(w[48:56])
 	// From the source peer B subscribed to: both A (any source) and B.
-	out = fromLc0(r, udpPacket(srcS, grp1, "x"))
+	out = fromLc0(r, packettest.UDP(srcS, packettest.Group1, "x"))
 	if len(out) != 2 || dstOf(out[0]) == dstOf(out[1]) {
 		t.Fatalf("from %s: %d packets", srcS, len(out))
 	}
@@ -91,13 +82,13 @@ func TestRouteFromLc0(t *testing.T) {
 	if s0, s1 := binary.BigEndian.Uint64(out[0][48:56]), binary.BigEndian.Uint64(out[1][48:56]); s0 != s1 || s0 <= seq {
 		t.Fatalf("sequence numbers %d, then %d and %d", seq, s0, s1)
 	}
-	if out := fromLc0(r, udpPacket(self, netip.MustParseAddr("ff1e::99"), "x")); len(out) != 0 {
+	if out := fromLc0(r, packettest.UDP(packettest.Self, netip.MustParseAddr("ff1e::99"), "x")); len(out) != 0 {
 		t.Fatalf("unsubscribed group went to %d peers", len(out))
 	}
 	if got := r.Dropped(DropNoSubscriber); got != 1 {
 		t.Fatalf("no_subscriber drops = %d, want 1", got)
 	}
-	if out := fromLc0(r, udpPacket(self, netip.MustParseAddr("fd6c:6361:7374::99"), "x")); len(out) != 0 || r.Dropped(DropNoRoute) != 1 {
+	if out := fromLc0(r, packettest.UDP(packettest.Self, netip.MustParseAddr("fd6c:6361:7374::99"), "x")); len(out) != 0 || r.Dropped(DropNoRoute) != 1 {
 		t.Fatalf("unicast to no peer: %d packets, drops %v", len(out), r.Drops())
 	}
 }
@@ -107,8 +98,8 @@ func TestRouteFromLc0(t *testing.T) {
 func TestRouteUnicast(t *testing.T) {
 	r := newTestRouter(t)
 	for _, pkt := range [][]byte{
-		udpPacket(self, peerB, "to the overlay address"),
-		udpPacket(linkLocalOf(self), linkLocalOf(peerB), "to the link-local address"),
+		packettest.UDP(packettest.Self, packettest.PeerB, "to the overlay address"),
+		packettest.UDP(linkLocalOf(packettest.Self), linkLocalOf(packettest.PeerB), "to the link-local address"),
 	} {
 		if r.OnLink(pkt) {
 			t.Fatalf("%s is taken for link traffic", dstOf(pkt))
@@ -118,7 +109,7 @@ func TestRouteUnicast(t *testing.T) {
 			t.Fatalf("unicast to %s: %x", dstOf(pkt), out)
 		}
 	}
-	if n := r.Counters(peerB).TxPackets.Load(); n != 2 {
+	if n := r.Counters(packettest.PeerB).TxPackets.Load(); n != 2 {
 		t.Fatalf("peer B tx %d, want 2", n)
 	}
 }
@@ -129,28 +120,28 @@ func TestRouteUnicast(t *testing.T) {
 func TestOnLinkAndScope(t *testing.T) {
 	r := newTestRouter(t)
 	mdns := netip.MustParseAddr("ff02::fb")
-	r.SetSubscriptions(peerA, false, []Subscription{sub(mdns, mld.Exclude), sub(netip.MustParseAddr("ff05::2"), mld.Exclude)})
+	r.SetSubscriptions(packettest.PeerA, false, []Subscription{sub(mdns, mld.Exclude), sub(netip.MustParseAddr("ff05::2"), mld.Exclude)})
 	for _, c := range []struct {
 		name string
 		pkt  []byte
 		want bool
 	}{
-		{"MLD report", mld.AppendV2Report(nil, netip.MustParseAddr("fe80::1"), []mld.ReportRecord{{Type: mld.ChangeToExcludeMode, Group: grp1}}), true},
-		{"mDNS, link scope not forwarded", udpPacket(self, mdns, "mdns"), true},
-		{"unicast to a link-local address of no peer", udpPacket(self, netip.MustParseAddr("fe80::99"), "x"), true},
-		{"realm scope", udpPacket(self, grp1, "x"), false},
-		{"all-routers of site scope", udpPacket(self, netip.MustParseAddr("ff05::2"), "x"), false},
+		{"MLD report", mld.AppendV2Report(nil, netip.MustParseAddr("fe80::1"), []mld.ReportRecord{{Type: mld.ChangeToExcludeMode, Group: packettest.Group1}}), true},
+		{"mDNS, link scope not forwarded", packettest.UDP(packettest.Self, mdns, "mdns"), true},
+		{"unicast to a link-local address of no peer", packettest.UDP(packettest.Self, netip.MustParseAddr("fe80::99"), "x"), true},
+		{"realm scope", packettest.UDP(packettest.Self, packettest.Group1, "x"), false},
+		{"all-routers of site scope", packettest.UDP(packettest.Self, netip.MustParseAddr("ff05::2"), "x"), false},
 		{"not IPv6", []byte{0x45, 0}, false},
 	} {
 		if got := r.OnLink(c.pkt); got != c.want {
 			t.Errorf("%s: OnLink = %v, want %v", c.name, got, c.want)
 		}
 	}
-	if out := fromLc0(r, udpPacket(self, netip.MustParseAddr("ff05::2"), "x")); len(out) != 0 || r.Dropped(DropScope) != 1 {
+	if out := fromLc0(r, packettest.UDP(packettest.Self, netip.MustParseAddr("ff05::2"), "x")); len(out) != 0 || r.Dropped(DropScope) != 1 {
 		t.Fatalf("all-routers: %d packets, drops %v", len(out), r.Drops())
 	}
-	r2 := New(Config{Self: self, Overlay: overlay, Scope: ScopePolicy{LinkLocal: true}})
-	if r2.OnLink(udpPacket(self, mdns, "mdns")) {
+	r2 := New(Config{Self: packettest.Self, Overlay: packettest.Overlay, Scope: ScopePolicy{LinkLocal: true}})
+	if r2.OnLink(packettest.UDP(packettest.Self, mdns, "mdns")) {
 		t.Fatal("mDNS stays on the link with link scope forwarded")
 	}
 }
@@ -160,13 +151,13 @@ func TestOnLinkAndScope(t *testing.T) {
 func TestRouteForgedFromLc0(t *testing.T) {
 	r := newTestRouter(t)
 	for _, proto := range []byte{protoLcast, ProtoControl} {
-		pkt := udpPacket(self, peerA, "forged")
+		pkt := packettest.UDP(packettest.Self, packettest.PeerA, "forged")
 		pkt[6] = proto
 		if out := fromLc0(r, pkt); len(out) != 0 {
 			t.Fatalf("next header %d from lc0 went to a peer", proto)
 		}
 	}
-	if d := r.Dropped(DropMalformed); d != 2 || r.Counters(peerA).Dropped(DropMalformed) != 2 {
+	if d := r.Dropped(DropMalformed); d != 2 || r.Counters(packettest.PeerA).Dropped(DropMalformed) != 2 {
 		t.Fatalf("malformed drops %d", d)
 	}
 }
@@ -186,7 +177,7 @@ func wrapped(inner []byte, from netip.Addr) []byte {
 func wrappedAs(inner []byte, from netip.Addr, o Origin) []byte {
 	lastSeq = max(lastSeq, o.seq)
 	b := make([]byte, 16+WrapLen+len(inner))
-	wrap(b[16:], from, self, len(inner), &o)
+	wrap(b[16:], from, packettest.Self, len(inner), &o)
 	copy(b[16+WrapLen:], inner)
 	return b
 }
@@ -201,22 +192,22 @@ func headroom(pkt []byte) []byte { return append(make([]byte, 16), pkt...) }
 
 func TestDeliverFromPeers(t *testing.T) {
 	r := newTestRouter(t)
-	r.SetLocal([]Subscription{sub(grp1, mld.Exclude, peerB)})
-	llA := linkLocalOf(peerA)
+	r.SetLocal([]Subscription{sub(packettest.Group1, mld.Exclude, packettest.PeerB)})
+	llA := linkLocalOf(packettest.PeerA)
 	cases := []struct {
 		name string
 		pkt  []byte
 		drop Reason
 		peer netip.Addr // whose drop it also is, if any
 	}{
-		{"forged inner source", wrapped(udpPacket(peerB, grp1, "x"), peerA), DropForgedSource, peerA},
-		{"excluded source", wrapped(udpPacket(peerB, grp1, "x"), peerB), DropNoListener, peerB},
-		{"no listener", wrapped(udpPacket(peerA, grp2, "x"), peerA), DropNoListener, peerA},
-		{"not a peer", wrapped(udpPacket(srcS, grp1, "x"), srcS), DropForgedSource, netip.Addr{}},
-		{"link scope", wrapped(udpPacket(peerA, netip.MustParseAddr("ff02::1"), "x"), peerA), DropScope, peerA},
-		{"wrapped from a link-local address", wrapped(udpPacket(peerA, grp1, "x"), llA), DropMalformed, peerA},
-		{"unicast to another node", headroom(udpPacket(peerA, peerB, "x")), DropNotForNode, peerA},
-		{"unicast to another link-local address", headroom(udpPacket(llA, linkLocalOf(peerB), "x")), DropNotForNode, peerA},
+		{"forged inner source", wrapped(packettest.UDP(packettest.PeerB, packettest.Group1, "x"), packettest.PeerA), DropForgedSource, packettest.PeerA},
+		{"excluded source", wrapped(packettest.UDP(packettest.PeerB, packettest.Group1, "x"), packettest.PeerB), DropNoListener, packettest.PeerB},
+		{"no listener", wrapped(packettest.UDP(packettest.PeerA, packettest.Group2, "x"), packettest.PeerA), DropNoListener, packettest.PeerA},
+		{"not a peer", wrapped(packettest.UDP(srcS, packettest.Group1, "x"), srcS), DropForgedSource, netip.Addr{}},
+		{"link scope", wrapped(packettest.UDP(packettest.PeerA, netip.MustParseAddr("ff02::1"), "x"), packettest.PeerA), DropScope, packettest.PeerA},
+		{"wrapped from a link-local address", wrapped(packettest.UDP(packettest.PeerA, packettest.Group1, "x"), llA), DropMalformed, packettest.PeerA},
+		{"unicast to another node", headroom(packettest.UDP(packettest.PeerA, packettest.PeerB, "x")), DropNotForNode, packettest.PeerA},
+		{"unicast to another link-local address", headroom(packettest.UDP(llA, linkLocalOf(packettest.PeerB), "x")), DropNotForNode, packettest.PeerA},
 	}
 	for _, c := range cases {
 		before := r.Dropped(c.drop)
@@ -238,16 +229,16 @@ func TestDeliverFromPeers(t *testing.T) {
 		pkt  []byte
 		lc0  int
 	}{
-		{"wrapped", wrapped(udpPacket(peerA, grp1, "from A"), peerA), WrapLen},
-		{"unicast", headroom(udpPacket(peerC, self, "unicast")), 0},
-		{"unicast from and to link-local addresses", headroom(udpPacket(linkLocalOf(peerC), linkLocalOf(self), "x")), 0},
-		{"unicast from link-local to overlay", headroom(udpPacket(linkLocalOf(peerC), self, "x")), 0},
+		{"wrapped", wrapped(packettest.UDP(packettest.PeerA, packettest.Group1, "from A"), packettest.PeerA), WrapLen},
+		{"unicast", headroom(packettest.UDP(packettest.PeerC, packettest.Self, "unicast")), 0},
+		{"unicast from and to link-local addresses", headroom(packettest.UDP(linkLocalOf(packettest.PeerC), linkLocalOf(packettest.Self), "x")), 0},
+		{"unicast from link-local to overlay", headroom(packettest.UDP(linkLocalOf(packettest.PeerC), packettest.Self, "x")), 0},
 	} {
 		if d := deliver(r, c.pkt); d.Lc0 != c.lc0 || d.Relay || d.Control != nil {
 			t.Errorf("%s: delivered as %+v, want into lc0 from %d", c.name, d, c.lc0)
 		}
 	}
-	if c := r.Counters(peerA); c.RxPackets.Load() != 7 {
+	if c := r.Counters(packettest.PeerA); c.RxPackets.Load() != 7 {
 		t.Fatalf("peer A rx packets %d, want 7", c.RxPackets.Load())
 	}
 }
@@ -256,15 +247,15 @@ func TestDeliverFromPeers(t *testing.T) {
 // the control handler, whole; to another address it is dropped.
 func TestDeliverControl(t *testing.T) {
 	r := newTestRouter(t)
-	peerSide := New(Config{Self: peerA, Overlay: overlay})
+	peerSide := New(Config{Self: packettest.PeerA, Overlay: packettest.Overlay})
 	msg := []byte("subscriptions")
 	var o Origin
-	d := r.Deliver(r.Table(), peerSide.AppendControl(nil, self, msg), &o)
-	if string(d.Control) != string(msg) || d.Lc0 != -1 || d.Relay || o.From() == nil || o.From().Addr() != peerA {
+	d := r.Deliver(r.Table(), peerSide.AppendControl(nil, packettest.Self, msg), &o)
+	if string(d.Control) != string(msg) || d.Lc0 != -1 || d.Relay || o.From() == nil || o.From().Addr() != packettest.PeerA {
 		t.Fatalf("control message delivered as %+v from %v", d, o.From())
 	}
-	pkt := peerSide.AppendControl(nil, self, msg)
-	if pkt[7] != 255 || pkt[6] != ProtoControl || netip.AddrFrom16([16]byte(pkt[8:24])) != peerA {
+	pkt := peerSide.AppendControl(nil, packettest.Self, msg)
+	if pkt[7] != 255 || pkt[6] != ProtoControl || netip.AddrFrom16([16]byte(pkt[8:24])) != packettest.PeerA {
 		t.Fatalf("control packet %x", pkt)
 	}
 	for _, c := range []struct {
@@ -272,16 +263,16 @@ func TestDeliverControl(t *testing.T) {
 		pkt  []byte
 		drop Reason
 	}{
-		{"to another node", peerSide.AppendControl(nil, peerB, msg), DropNotForNode},
-		{"to this node's link-local address", peerSide.AppendControl(nil, linkLocalOf(self), msg), DropNotForNode},
-		{"longer than the packet", peerSide.AppendControl(nil, self, msg)[:ipv6HeaderLen+3], DropMalformed},
+		{"to another node", peerSide.AppendControl(nil, packettest.PeerB, msg), DropNotForNode},
+		{"to this node's link-local address", peerSide.AppendControl(nil, linkLocalOf(packettest.Self), msg), DropNotForNode},
+		{"longer than the packet", peerSide.AppendControl(nil, packettest.Self, msg)[:ipv6HeaderLen+3], DropMalformed},
 	} {
-		before := r.Counters(peerA).Dropped(c.drop)
+		before := r.Counters(packettest.PeerA).Dropped(c.drop)
 		if d := r.Deliver(r.Table(), c.pkt, &o); d.Control != nil || d.Lc0 != -1 {
 			t.Errorf("%s: delivered as %+v", c.name, d)
 		}
-		if r.Counters(peerA).Dropped(c.drop) != before+1 {
-			t.Errorf("%s: peer A's drops %v", c.name, r.Counters(peerA).Drops())
+		if r.Counters(packettest.PeerA).Dropped(c.drop) != before+1 {
+			t.Errorf("%s: peer A's drops %v", c.name, r.Counters(packettest.PeerA).Drops())
 		}
 	}
 }
@@ -289,7 +280,7 @@ func TestDeliverControl(t *testing.T) {
 // peerDropTotals returns each peer's count of drops for reason.
 func peerDropTotals(r *Router, reason Reason) map[netip.Addr]uint64 {
 	out := map[netip.Addr]uint64{}
-	for _, a := range []netip.Addr{peerA, peerB, peerC} {
+	for _, a := range []netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC} {
 		if c := r.Counters(a); c != nil {
 			out[a] = c.Dropped(reason)
 		}
@@ -306,14 +297,14 @@ func b2u(b bool) uint64 {
 
 // With link scope opted in, a peer's link-local address is its own too.
 func TestDeliverLinkLocalSource(t *testing.T) {
-	r := New(Config{Self: self, Overlay: overlay, Scope: ScopePolicy{LinkLocal: true}})
-	r.SetPeers([]netip.Addr{peerA})
+	r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay, Scope: ScopePolicy{LinkLocal: true}})
+	r.SetPeers([]netip.Addr{packettest.PeerA})
 	mdns := netip.MustParseAddr("ff02::fb")
 	r.SetLocal([]Subscription{sub(mdns, mld.Exclude)})
 	llA := netip.MustParseAddr("fe80::a")
-	deliver(r, wrapped(udpPacket(llA, mdns, "x"), peerA))
-	deliver(r, wrapped(udpPacket(netip.MustParseAddr("fe80::b"), mdns, "x"), peerA))
-	if d := r.Drops(); d[DropForgedSource.String()] != 1 || r.Counters(peerA).RxPackets.Load() != 2 || d[DropNoListener.String()] != 0 {
+	deliver(r, wrapped(packettest.UDP(llA, mdns, "x"), packettest.PeerA))
+	deliver(r, wrapped(packettest.UDP(netip.MustParseAddr("fe80::b"), mdns, "x"), packettest.PeerA))
+	if d := r.Drops(); d[DropForgedSource.String()] != 1 || r.Counters(packettest.PeerA).RxPackets.Load() != 2 || d[DropNoListener.String()] != 0 {
 		t.Fatalf("drops %v", d)
 	}
 }
@@ -321,8 +312,8 @@ func TestDeliverLinkLocalSource(t *testing.T) {
 // Routing and delivering allocate nothing per packet.
 func TestDataPathAllocatesNothing(t *testing.T) {
 	r := newTestRouter(t)
-	r.SetLocal([]Subscription{sub(grp1, mld.Exclude)})
-	pkt := udpPacket(self, grp1, "hello")
+	r.SetLocal([]Subscription{sub(packettest.Group1, mld.Exclude)})
+	pkt := packettest.UDP(packettest.Self, packettest.Group1, "hello")
 	out := make([]byte, 2048)
 	tab := r.Table()
 	if n := testing.AllocsPerRun(1000, func() {
@@ -331,7 +322,7 @@ func TestDataPathAllocatesNothing(t *testing.T) {
 	}); n != 0 {
 		t.Fatalf("route allocates %v per packet", n)
 	}
-	in := wrapped(udpPacket(peerA, grp1, "x"), peerA)[16:]
+	in := wrapped(packettest.UDP(packettest.PeerA, packettest.Group1, "x"), packettest.PeerA)[16:]
 	var o Origin
 	if n := testing.AllocsPerRun(1000, func() { r.Deliver(tab, in, &o) }); n != 0 {
 		t.Fatalf("deliver allocates %v per packet", n)
@@ -345,14 +336,14 @@ func routed(n int, _ *Peer) bool { return n > 0 }
 // obvious reading of every peer's subscriptions gives.
 func TestRouteMatchesReference(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	groups := []netip.Addr{grp1, grp2, netip.MustParseAddr("ff3e::1"), netip.MustParseAddr("ff02::fb"), netip.MustParseAddr("ff05::2")}
-	sources := []netip.Addr{self, srcS, netip.MustParseAddr("2001:db8::6")}
+	groups := []netip.Addr{packettest.Group1, packettest.Group2, netip.MustParseAddr("ff3e::1"), netip.MustParseAddr("ff02::fb"), netip.MustParseAddr("ff05::2")}
+	sources := []netip.Addr{packettest.Self, srcS, netip.MustParseAddr("2001:db8::6")}
 	var peers []netip.Addr
 	for i := range 6 {
 		peers = append(peers, netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16)))
 	}
 	for run := range 300 {
-		r := New(Config{Self: self, Overlay: overlay})
+		r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay})
 		r.SetPeers(peers)
 		subs := map[netip.Addr][]Subscription{}
 		for _, p := range peers {
@@ -373,7 +364,7 @@ func TestRouteMatchesReference(t *testing.T) {
 		for _, g := range groups {
 			for _, src := range sources {
 				var got []netip.Addr
-				for _, p := range routeAll(r, udpPacket(src, g, "x"), &fromLc0Origin) {
+				for _, p := range routeAll(r, packettest.UDP(src, g, "x"), &fromLc0Origin) {
 					got = append(got, dstOf(p))
 				}
 				var want []netip.Addr
@@ -398,8 +389,8 @@ func TestRouteMatchesReference(t *testing.T) {
 func TestRouteAdmit(t *testing.T) {
 	r := newTestRouter(t)
 	o := r.NextOrigin()
-	pkt, out := udpPacket(srcS, grp1, "x"), make([]byte, 2048)
-	refuseA := func(p *Peer) bool { return p.Addr() != peerA }
+	pkt, out := packettest.UDP(srcS, packettest.Group1, "x"), make([]byte, 2048)
+	refuseA := func(p *Peer) bool { return p.Addr() != packettest.PeerA }
 	var got []netip.Addr
 	for next := 0; ; {
 		n, p := r.Route(r.Table(), pkt, &o, &next, out, refuseA)
@@ -408,13 +399,13 @@ func TestRouteAdmit(t *testing.T) {
 		}
 		got = append(got, p.Addr())
 	}
-	if !slices.Equal(got, []netip.Addr{peerB}) || r.Counters(peerA).Dropped(DropPeerQueue) != 1 {
-		t.Fatalf("went to %v; peer A's drops %v", got, r.Counters(peerA).Drops())
+	if !slices.Equal(got, []netip.Addr{packettest.PeerB}) || r.Counters(packettest.PeerA).Dropped(DropPeerQueue) != 1 {
+		t.Fatalf("went to %v; peer A's drops %v", got, r.Counters(packettest.PeerA).Drops())
 	}
 }
 
 func BenchmarkRouteFanOut8(b *testing.B) {
-	r := New(Config{Self: self, Overlay: overlay})
+	r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay})
 	var peers []netip.Addr
 	for i := range 8 {
 		p := netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16))
@@ -422,9 +413,9 @@ func BenchmarkRouteFanOut8(b *testing.B) {
 	}
 	r.SetPeers(peers)
 	for _, p := range peers {
-		r.SetSubscriptions(p, false, []Subscription{sub(grp1, mld.Exclude)})
+		r.SetSubscriptions(p, false, []Subscription{sub(packettest.Group1, mld.Exclude)})
 	}
-	pkt := udpPacket(self, grp1, string(make([]byte, 1152)))
+	pkt := packettest.UDP(packettest.Self, packettest.Group1, string(make([]byte, 1152)))
 	out := make([]byte, 2048)
 	tab := r.Table()
 	b.ReportAllocs()

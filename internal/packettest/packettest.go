@@ -21,3 +21,15 @@ func UDP(src, dst netip.Addr, payload string) []byte {
 	copy(b[48:], payload)
 	return b
 }
+
+// The addresses the tests share: the overlay prefix, this node's overlay
+// address, three peers', and two groups of global scope.
+var (
+	Overlay = netip.MustParsePrefix("fd6c:6361:7374::/48")
+	Self    = netip.MustParseAddr("fd6c:6361:7374::1")
+	PeerA   = netip.MustParseAddr("fd6c:6361:7374::a")
+	PeerB   = netip.MustParseAddr("fd6c:6361:7374::b")
+	PeerC   = netip.MustParseAddr("fd6c:6361:7374::c")
+	Group1  = netip.MustParseAddr("ff1e::1")
+	Group2  = netip.MustParseAddr("ff1e::2")
+)
