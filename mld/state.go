@@ -1,9 +1,11 @@
 package mld
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -78,6 +80,10 @@ type Link struct {
 
 	mu     sync.Mutex
 	groups map[netip.Addr]*group
+
+	decodeMu  sync.Mutex // serializes HandleLinkPacket, for scratch
+	scratch   Message
+	malformed atomic.Uint64
 }
 
 // NewLink returns an empty Link. onChange, if not nil, is called (without
@@ -109,6 +115,28 @@ func (l *Link) Handle(now time.Time, m *Message) {
 		l.onChange()
 	}
 }
+
+// HandleLinkPacket takes a packet read from the link (lc0), as the
+// bridge hands it over: an MLD message is decoded and handled (at the
+// time now), a malformed one counted (Malformed), and anything else
+// (Router Solicitations...) left alone. It reports whether pkt was an MLD
+// message, well-formed or not. It does not keep pkt.
+func (l *Link) HandleLinkPacket(pkt []byte) bool {
+	l.decodeMu.Lock()
+	defer l.decodeMu.Unlock()
+	switch err := Decode(pkt, &l.scratch); {
+	case err == nil:
+		l.Handle(time.Now(), &l.scratch)
+	case errors.Is(err, ErrNotMLD):
+		return false
+	default:
+		l.malformed.Add(1)
+	}
+	return true
+}
+
+// Malformed returns how many malformed MLD messages HandleLinkPacket got.
+func (l *Link) Malformed() uint64 { return l.malformed.Load() }
 
 func (l *Link) applyRecord(now time.Time, r Record) bool {
 	if g, ok := l.groups[r.Group]; ok && now.Before(g.v1Until) {

@@ -327,3 +327,26 @@ func TestUnion(t *testing.T) {
 		}
 	}
 }
+
+// HandleLinkPacket applies MLD reports, counts malformed MLD messages,
+// and leaves other link traffic (a Router Solicitation) alone.
+func TestHandleLinkPacket(t *testing.T) {
+	l := NewLink(DefaultTiming, nil)
+	report := AppendV2Report(nil, netip.MustParseAddr("fe80::1"), []ReportRecord{{Type: ChangeToExcludeMode, Group: g1}})
+	if !l.HandleLinkPacket(report) || len(l.Groups()) != 1 || l.Groups()[0].Group != g1 {
+		t.Fatalf("report: groups %v", l.Groups())
+	}
+	malformed := slices.Clone(report)
+	malformed[len(malformed)-1] ^= 0xff // checksum
+	if !l.HandleLinkPacket(malformed) || l.Malformed() != 1 {
+		t.Fatalf("malformed report: %d counted", l.Malformed())
+	}
+	rs := make([]byte, 48)
+	rs[0], rs[6], rs[7] = 0x60, 58, 255 // ICMPv6
+	rs[5] = 8
+	rs[40] = 133 // Router Solicitation
+	copy(rs[24:], netip.MustParseAddr("ff02::2").AsSlice())
+	if l.HandleLinkPacket(rs) || l.Malformed() != 1 {
+		t.Fatalf("a Router Solicitation was taken for MLD (%d malformed)", l.Malformed())
+	}
+}

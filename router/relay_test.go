@@ -2,12 +2,12 @@ package router
 
 import (
 	"encoding/binary"
+	"github.com/librecast/lcast/internal/packettest"
 	"net/netip"
 	"slices"
 	"testing"
 
 	"github.com/librecast/lcast/mld"
-	"golang.zx2c4.com/wireguard/tun/tuntest"
 )
 
 // nodeX is a node that is no peer of the router under test: its packets
@@ -17,27 +17,26 @@ var nodeX = netip.MustParseAddr("fd6c:6361:7374::99")
 // newRelay returns a relay whose peers are A (a relay), B and C; B
 // subscribed to grp1 from any source, C to grp1 from srcS only, and local
 // programs listen to grp1.
-func newRelay(t *testing.T) *testRouter {
-	tr := &testRouter{lc0: tuntest.NewChannelTUN()}
-	tr.Router = New(tr.lc0.TUN(), Config{Self: self, Overlay: overlay, Relay: true, LinkLocal: func([]byte) {}})
-	tr.SetPeers([]netip.Addr{peerA, peerB, peerC})
-	tr.SetSubscriptions(peerA, true, []Subscription{sub(grp1, mld.Exclude)})
-	tr.SetSubscriptions(peerB, false, []Subscription{sub(grp1, mld.Exclude)})
-	tr.SetSubscriptions(peerC, false, []Subscription{sub(grp1, mld.Include, srcS), sub(grp2, mld.Exclude)})
-	tr.SetLocal([]Subscription{sub(grp1, mld.Exclude)})
-	go func() {
-		for range tr.lc0.Inbound {
-		}
-	}()
+func newRelay(t *testing.T) *Router {
+	tr := New(Config{Self: packettest.Self, Overlay: packettest.Overlay, Relay: true})
+	tr.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC})
+	tr.SetSubscriptions(packettest.PeerA, true, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	tr.SetSubscriptions(packettest.PeerB, false, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	tr.SetSubscriptions(packettest.PeerC, false, []Subscription{sub(packettest.Group1, mld.Include, srcS), sub(packettest.Group2, mld.Exclude)})
+	tr.SetLocal([]Subscription{sub(packettest.Group1, mld.Exclude)})
 	return tr
 }
 
-// relayed writes pkts into the port as packets from peers and returns
-// what the router passes on to peers.
-func (tr *testRouter) relayed(t *testing.T, pkts ...[]byte) [][]byte {
-	t.Helper()
-	tr.Port().Write(pkts, 16)
-	out, _ := tr.readToMarker(t, nil)
+// relayed delivers pkts (with 16 bytes of headroom) as packets from peers
+// and returns what the router passes on to peers.
+func relayed(r *Router, pkts ...[]byte) [][]byte {
+	var out [][]byte
+	for _, p := range pkts {
+		var o Origin
+		if d := r.Deliver(r.Table(), p[16:], &o); d.Relay {
+			out = append(out, routeAll(r, p[16+WrapLen:], &o)...)
+		}
+	}
 	return out
 }
 
@@ -48,29 +47,29 @@ func seqOf(w []byte) uint64 { return binary.BigEndian.Uint64(w[48:56]) }
 // hop less; and delivers it to local listeners.
 func TestRelayPassesOn(t *testing.T) {
 	tr := newRelay(t)
-	inner := udpPacket(nodeX, grp1, "from X")
-	in := wrappedAs(inner, peerA, origin{epoch: 5, seq: 42, hops: 3})
-	out := tr.relayed(t, in)
-	if len(out) != 1 || dstOf(out[0]) != peerB {
+	inner := packettest.UDP(nodeX, packettest.Group1, "from X")
+	in := wrappedAs(inner, packettest.PeerA, Origin{epoch: 5, seq: 42, hops: 3})
+	out := relayed(tr, in)
+	if len(out) != 1 || dstOf(out[0]) != packettest.PeerB {
 		t.Fatalf("relayed %d packets (%v), want one to B", len(out), out)
 	}
 	w := out[0]
-	if netip.AddrFrom16([16]byte(w[8:24])) != self || w[7] != 2 || binary.BigEndian.Uint32(w[44:48]) != 5 || seqOf(w) != 42 ||
+	if netip.AddrFrom16([16]byte(w[8:24])) != packettest.Self || w[7] != 2 || binary.BigEndian.Uint32(w[44:48]) != 5 || seqOf(w) != 42 ||
 		string(w[WrapLen:]) != string(inner) {
 		t.Fatalf("relayed packet %x", w)
 	}
-	if n := tr.Counters(peerA).RxPackets.Load(); n != 1 {
+	if n := tr.Counters(packettest.PeerA).RxPackets.Load(); n != 1 {
 		t.Fatalf("peer A rx %d", n)
 	}
 	// Relays carry nodes' packets only, from their overlay addresses.
-	if out := tr.relayed(t, wrapped(udpPacket(srcS, grp1, "x"), peerA)); len(out) != 0 || tr.Drops()[DropForgedSource] != 1 {
+	if out := relayed(tr, wrapped(packettest.UDP(srcS, packettest.Group1, "x"), packettest.PeerA)); len(out) != 0 || tr.Dropped(DropForgedSource) != 1 {
 		t.Fatalf("a relay's packet from a non-node source went on: %v", out)
 	}
 	// C's own packet, relayed by A, does not go back to C.
-	if out := tr.relayed(t, wrapped(udpPacket(peerC, grp2, "C's own"), peerA)); len(out) != 0 || tr.Drops()[DropNoListener] != 1 {
+	if out := relayed(tr, wrapped(packettest.UDP(packettest.PeerC, packettest.Group2, "C's own"), packettest.PeerA)); len(out) != 0 || tr.Dropped(DropNoListener) != 1 {
 		t.Fatalf("C's packet went back to C: %v, drops %v", out, tr.Drops())
 	}
-	if out := tr.relayed(t, wrapped(udpPacket(peerB, grp1, "from B"), peerB)); len(out) != 1 || dstOf(out[0]) != peerA {
+	if out := relayed(tr, wrapped(packettest.UDP(packettest.PeerB, packettest.Group1, "from B"), packettest.PeerB)); len(out) != 1 || dstOf(out[0]) != packettest.PeerA {
 		t.Fatalf("B's packet went to %d peers, want A alone", len(out))
 	}
 }
@@ -79,18 +78,14 @@ func TestRelayPassesOn(t *testing.T) {
 // other nodes' packets.
 func TestRelayTrust(t *testing.T) {
 	tr := newTestRouter(t) // not a relay
-	tr.SetLocal([]Subscription{sub(grp1, mld.Exclude)})
-	go func() {
-		for range tr.lc0.Inbound {
-		}
-	}()
-	if out := tr.relayed(t, wrapped(udpPacket(peerA, grp1, "x"), peerA)); len(out) != 0 {
+	tr.SetLocal([]Subscription{sub(packettest.Group1, mld.Exclude)})
+	if out := relayed(tr, wrapped(packettest.UDP(packettest.PeerA, packettest.Group1, "x"), packettest.PeerA)); len(out) != 0 {
 		t.Fatalf("a router that is no relay passed %d packets on", len(out))
 	}
-	tr.SetSubscriptions(peerA, true, []Subscription{sub(grp1, mld.Exclude)})
-	tr.relayed(t, wrapped(udpPacket(nodeX, grp1, "x"), peerA), wrapped(udpPacket(nodeX, grp1, "x"), peerB))
-	if d := tr.Drops(); d[DropForgedSource] != 1 || tr.Counters(peerB).Drops()[DropForgedSource] != 1 {
-		t.Fatalf("X's packet from relay A and from B (no relay): drops %v", d)
+	tr.SetSubscriptions(packettest.PeerA, true, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	relayed(tr, wrapped(packettest.UDP(nodeX, packettest.Group1, "x"), packettest.PeerA), wrapped(packettest.UDP(nodeX, packettest.Group1, "x"), packettest.PeerB))
+	if tr.Dropped(DropForgedSource) != 1 || tr.Counters(packettest.PeerB).Dropped(DropForgedSource) != 1 {
+		t.Fatalf("X's packet from relay A and from B (no relay): drops %v", tr.Drops())
 	}
 }
 
@@ -99,33 +94,33 @@ func TestRelayTrust(t *testing.T) {
 // node sent itself. A packet that crossed MaxHops links is not passed on.
 func TestRelayDuplicatesLoopsHops(t *testing.T) {
 	tr := newRelay(t)
-	tr.SetSubscriptions(peerB, true, []Subscription{sub(grp1, mld.Exclude)})
-	x := udpPacket(nodeX, grp1, "x")
-	first := origin{epoch: 9, seq: 1000, hops: MaxHops}
-	if out := tr.relayed(t, wrappedAs(x, peerA, first)); len(out) != 1 {
+	tr.SetSubscriptions(packettest.PeerB, true, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	x := packettest.UDP(nodeX, packettest.Group1, "x")
+	first := Origin{epoch: 9, seq: 1000, hops: MaxHops}
+	if out := relayed(tr, wrappedAs(x, packettest.PeerA, first)); len(out) != 1 {
 		t.Fatalf("first copy: %d relayed", len(out))
 	}
-	if out := tr.relayed(t, wrappedAs(x, peerB, first), wrappedAs(x, peerA, first)); len(out) != 0 {
+	if out := relayed(tr, wrappedAs(x, packettest.PeerB, first), wrappedAs(x, packettest.PeerA, first)); len(out) != 0 {
 		t.Fatalf("second copies: %d relayed", len(out))
 	}
-	if d := tr.Drops()[DropDuplicate]; d != 2 {
+	if d := tr.Dropped(DropDuplicate); d != 2 {
 		t.Fatalf("duplicate drops %d, want 2", d)
 	}
 	// Older and out of order, but within the window: still new.
-	if out := tr.relayed(t, wrappedAs(x, peerA, origin{epoch: 9, seq: 10, hops: MaxHops})); len(out) != 1 {
+	if out := relayed(tr, wrappedAs(x, packettest.PeerA, Origin{epoch: 9, seq: 10, hops: MaxHops})); len(out) != 1 {
 		t.Fatalf("an earlier packet: %d relayed", len(out))
 	}
 	// X restarts: its new epoch starts afresh, its old one is over.
-	if out := tr.relayed(t, wrappedAs(x, peerA, origin{epoch: 10, seq: 1, hops: MaxHops})); len(out) != 1 {
+	if out := relayed(tr, wrappedAs(x, packettest.PeerA, Origin{epoch: 10, seq: 1, hops: MaxHops})); len(out) != 1 {
 		t.Fatalf("after a restart: %d relayed", len(out))
 	}
-	if out := tr.relayed(t, wrappedAs(x, peerA, origin{epoch: 9, seq: 1001, hops: MaxHops})); len(out) != 0 || tr.Drops()[DropDuplicate] != 3 {
+	if out := relayed(tr, wrappedAs(x, packettest.PeerA, Origin{epoch: 9, seq: 1001, hops: MaxHops})); len(out) != 0 || tr.Dropped(DropDuplicate) != 3 {
 		t.Fatalf("the old epoch: %d relayed, drops %v", len(out), tr.Drops())
 	}
-	if out := tr.relayed(t, wrapped(udpPacket(self, grp1, "mine"), peerA)); len(out) != 0 || tr.Drops()[DropLoop] != 1 {
+	if out := relayed(tr, wrapped(packettest.UDP(packettest.Self, packettest.Group1, "mine"), packettest.PeerA)); len(out) != 0 || tr.Dropped(DropLoop) != 1 {
 		t.Fatalf("own packet: %d relayed, drops %v", len(out), tr.Drops())
 	}
-	if out := tr.relayed(t, wrappedAs(x, peerA, origin{epoch: 10, seq: 2, hops: 1})); len(out) != 0 || tr.Drops()[DropHopLimit] != 1 {
+	if out := relayed(tr, wrappedAs(x, packettest.PeerA, Origin{epoch: 10, seq: 2, hops: 1})); len(out) != 0 || tr.Dropped(DropHopLimit) != 1 {
 		t.Fatalf("last hop: %d relayed, drops %v", len(out), tr.Drops())
 	}
 }
@@ -135,18 +130,18 @@ func TestRelayDuplicatesLoopsHops(t *testing.T) {
 // node that is no relay for its local listeners only.
 func TestAdvertised(t *testing.T) {
 	tr := newRelay(t)
-	far := sub(grp2, mld.Include, srcS)
+	far := sub(packettest.Group2, mld.Include, srcS)
 	far.Hops = MaxHops - 1
 	overflow := sub(netip.MustParseAddr("ff1e::ff"), mld.Exclude)
 	overflow.Hops = 255
-	tr.SetSubscriptions(peerA, true, []Subscription{sub(grp1, mld.Include, srcS), far, overflow})
-	tr.SetSubscriptions(peerB, false, []Subscription{sub(grp1, mld.Include, peerC)})
-	tr.SetLocal([]Subscription{sub(grp1, mld.Include, peerB), sub(netip.MustParseAddr("ff02::fb"), mld.Exclude)})
+	tr.SetSubscriptions(packettest.PeerA, true, []Subscription{sub(packettest.Group1, mld.Include, srcS), far, overflow})
+	tr.SetSubscriptions(packettest.PeerB, false, []Subscription{sub(packettest.Group1, mld.Include, packettest.PeerC)})
+	tr.SetLocal([]Subscription{sub(packettest.Group1, mld.Include, packettest.PeerB), sub(netip.MustParseAddr("ff02::fb"), mld.Exclude)})
 	want := map[netip.Addr][]Subscription{
 		// A: local and B's and C's.
-		peerA: {{Group: grp1, Mode: mld.Include, Sources: []netip.Addr{srcS, peerB, peerC}}, {Group: grp2, Mode: mld.Exclude, Sources: []netip.Addr{}, Hops: 1}},
+		packettest.PeerA: {{Group: packettest.Group1, Mode: mld.Include, Sources: []netip.Addr{srcS, packettest.PeerB, packettest.PeerC}}, {Group: packettest.Group2, Mode: mld.Exclude, Sources: []netip.Addr{}, Hops: 1}},
 		// C: local and A's and B's; A's grp2 is MaxHops away already.
-		peerC: {{Group: grp1, Mode: mld.Include, Sources: []netip.Addr{srcS, peerB, peerC}}},
+		packettest.PeerC: {{Group: packettest.Group1, Mode: mld.Include, Sources: []netip.Addr{srcS, packettest.PeerB, packettest.PeerC}}},
 	}
 	for to, w := range want {
 		got := tr.Advertised(to)
@@ -157,8 +152,8 @@ func TestAdvertised(t *testing.T) {
 	// The link-scope group stays on the link; a node that is no relay
 	// advertises its local groups alone.
 	plain := newTestRouter(t)
-	plain.SetLocal([]Subscription{sub(grp1, mld.Include, peerB)})
-	if got := plain.Advertised(peerA); !slices.EqualFunc(got, []Subscription{sub(grp1, mld.Include, peerB)}, Subscription.Equal) {
+	plain.SetLocal([]Subscription{sub(packettest.Group1, mld.Include, packettest.PeerB)})
+	if got := plain.Advertised(packettest.PeerA); !slices.EqualFunc(got, []Subscription{sub(packettest.Group1, mld.Include, packettest.PeerB)}, Subscription.Equal) {
 		t.Errorf("no relay advertised %v", got)
 	}
 }
@@ -168,7 +163,7 @@ func TestAdvertised(t *testing.T) {
 func TestRoutes(t *testing.T) {
 	tr := newRelay(t)
 	rt := tr.Routes()
-	if len(rt) != 2 || rt[0].Group != grp1 || len(rt[0].To) != 3 || rt[1].Group != grp2 || len(rt[1].To) != 1 || rt[1].To[0].Peer != peerC {
+	if len(rt) != 2 || rt[0].Group != packettest.Group1 || len(rt[0].To) != 3 || rt[1].Group != packettest.Group2 || len(rt[1].To) != 1 || rt[1].To[0].Peer != packettest.PeerC {
 		t.Fatalf("routes %+v", rt)
 	}
 }

@@ -13,10 +13,10 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	sdnotify "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/librecast/lcast/bridge"
 	"github.com/librecast/lcast/internal/config"
 	"github.com/librecast/lcast/internal/control"
 	"github.com/librecast/lcast/internal/metrics"
@@ -38,6 +38,7 @@ type Daemon struct {
 	ifc       *tun.Interface
 	link      *mld.Link
 	router    *router.Router
+	bridge    *bridge.Bridge
 	transport *peer.Transport
 	exchange  *peer.Exchange
 	changed   chan struct{} // local memberships changed
@@ -52,9 +53,6 @@ type Daemon struct {
 	// whose MLD report has not come yet, with when they stop counting.
 	provMu      sync.Mutex
 	provisional map[netip.Addr]time.Time
-
-	mldMalformed atomic.Uint64
-	linkMsg      mld.Message // used only by the router's reader
 }
 
 // Run brings lcast up and serves until ctx is done, then removes lc0 and its
@@ -114,12 +112,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		return err
 	}
 	undo = append(undo, func() { d.ifc.Close() })
-	d.router = router.New(d.ifc.Device, router.Config{Self: d.addr, Overlay: peer.OverlayPrefix, Scope: d.scope, Relay: cfg.Relay, LinkLocal: d.handleLinkLocal})
+	d.router = router.New(router.Config{Self: d.addr, Overlay: peer.OverlayPrefix, Scope: d.scope, Relay: cfg.Relay, MTU: cfg.MTU})
 	d.router.SetPeers(addrs)
-	if d.transport, err = peer.NewTransport(cfg.Key, cfg.Port, peers, d.router.Port(), log); err != nil {
+	d.bridge = bridge.New(d.ifc.Device, d.router, bridge.Config{Link: d.link})
+	// The bridge's lc0 reader ends when lc0 closes, so lc0 closes first.
+	undo = append(undo, func() { d.ifc.Close(); d.bridge.Close() })
+	if d.transport, err = peer.NewTransport(cfg.Key, cfg.Port, peers, d.bridge.Port(), log); err != nil {
 		return err
 	}
-	// The transport's reader blocks on lc0, so lc0 closes first.
+	// The transport's reader blocks on the bridge until lc0 closes.
 	undo = append(undo, func() { d.ifc.Close(); d.transport.Close() })
 	if d.exchange, err = peer.NewExchange(d.addr, addrs, cfg.Relay, d.router.Advertised, d.peerSubscribed, log); err != nil {
 		return fmt.Errorf("subscription socket: %w", err)
@@ -183,7 +184,8 @@ serve:
 	}
 	notify(log, sdnotify.SdNotifyStopping)
 	// Shutdown order: stop answering, stop querying and announcing, remove
-	// lc0 (which ends the transport's reads), then stop the transport.
+	// lc0 (which ends the bridge's lc0 reader and the transport's reads),
+	// then stop the transport and the bridge.
 	shutdownCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
 	srv.Shutdown(shutdownCtx)
 	if metricsSrv != nil {
@@ -196,6 +198,7 @@ serve:
 		runErr = errors.Join(runErr, err)
 	}
 	d.transport.Close()
+	d.bridge.Close()
 	return runErr
 }
 
@@ -295,19 +298,6 @@ func (d *Daemon) reload(ctx context.Context, next *config.Config) {
 func notify(log *slog.Logger, state string) {
 	if _, err := sdnotify.SdNotify(false, state); err != nil {
 		log.Warn("telling systemd", "state", state, "err", err)
-	}
-}
-
-// handleLinkLocal takes the packets from lc0 that stay on the link: MLD
-// messages update the listener state; the rest (Router Solicitations...)
-// is ignored. It runs on the transport's single reader.
-func (d *Daemon) handleLinkLocal(pkt []byte) {
-	switch err := mld.Decode(pkt, &d.linkMsg); {
-	case err == nil:
-		d.link.Handle(time.Now(), &d.linkMsg)
-	case errors.Is(err, mld.ErrNotMLD):
-	default:
-		d.mldMalformed.Add(1)
 	}
 }
 
@@ -422,7 +412,7 @@ func (d *Daemon) Status() control.Status {
 		Peers:       []control.PeerStatus{},
 		Drops:       d.router.Drops(),
 	}
-	st.Drops["mld_malformed"] = d.mldMalformed.Load()
+	st.Drops["mld_malformed"] = d.link.Malformed()
 	st.Drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
 	st.Drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
 	stats, err := d.transport.Stats()

@@ -1,18 +1,20 @@
-package router
+package bridge
 
 import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/librecast/lcast/router"
 )
 
-// PeerQueueLimit is how many packets the router lets wait in the transport
+// PeerQueueLimit is how many packets the bridge lets wait in the transport
 // for one peer, read but not yet sent, and QueueLimit how many for all
-// peers together. Beyond them, packets are dropped (DropPeerQueue); a peer
-// whose link is slow does not hold up the others. They bound the daemon's
-// memory and the delay it adds under overload: the transport keeps each
-// waiting packet in a buffer of 64 KiB, and its own queues would hold
-// hundreds of thousands of packets. A peer's limit absorbs a stall of
+// peers together. Beyond them, packets are dropped (router.DropPeerQueue);
+// a peer whose link is slow does not hold up the others. They bound the
+// daemon's memory and the delay it adds under overload: the transport
+// keeps each waiting packet in a buffer of 64 KiB, and its own queues would
+// hold hundreds of thousands of packets. A peer's limit absorbs a stall of
 // about 13 ms at 80,000 packets/s; 256 lost 0.3% of such a stream on this
 // machine, 1024 nothing.
 const (
@@ -29,7 +31,8 @@ const queuedExpiry = 250 * time.Millisecond
 // queued tracks the packets handed to the transport until it sends them.
 // The transport reads each packet into a buffer of its own, encrypts it in
 // place and sends that buffer, so a packet is known by the address of its
-// buffer's first byte, from Port.Read to Port.Sent.
+// buffer's first byte, from Port.Read to Port.Sent. Each peer's count is
+// its router.Peer's Waiting.
 type queued struct {
 	total atomic.Int32 // packets waiting, for every peer
 	mu    sync.Mutex
@@ -38,14 +41,14 @@ type queued struct {
 }
 
 type queuedPacket struct {
-	peer *routerPeer
+	peer *router.Peer
 	at   time.Time
 }
 
 // handed is a packet Port.Read returned, before queued records it.
 type handed struct {
 	buf  *byte
-	peer *routerPeer
+	peer *router.Peer
 }
 
 func (q *queued) init() {
@@ -53,16 +56,33 @@ func (q *queued) init() {
 	q.swept = time.Now()
 }
 
-// record notes packets the transport read, each already counted
-// (routerPeer.admit) when it was routed, and forgets those waiting longer
-// than queuedExpiry, at most once per queuedExpiry.
+// admit reports whether another packet may wait in the transport for the
+// peer p, and counts it if so.
+func (q *queued) admit(p *router.Peer) bool {
+	if p.Waiting.Load() >= PeerQueueLimit || q.total.Load() >= QueueLimit {
+		return false
+	}
+	p.Waiting.Add(1)
+	q.total.Add(1)
+	return true
+}
+
+// release ends the wait of one of p's packets.
+func (q *queued) release(p *router.Peer) {
+	p.Waiting.Add(-1)
+	q.total.Add(-1)
+}
+
+// record notes packets the transport read, each already counted (admit)
+// when it was routed, and forgets those waiting longer than queuedExpiry,
+// at most once per queuedExpiry.
 func (q *queued) record(now time.Time, pkts []handed) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, h := range pkts {
 		if old, ok := q.bufs[h.buf]; ok {
 			// The buffer was dropped by the transport and reused.
-			old.peer.release()
+			q.release(old.peer)
 		}
 		q.bufs[h.buf] = queuedPacket{peer: h.peer, at: now}
 	}
@@ -72,7 +92,7 @@ func (q *queued) record(now time.Time, pkts []handed) {
 	q.swept = now
 	for b, p := range q.bufs {
 		if now.Sub(p.at) >= queuedExpiry {
-			p.peer.release()
+			q.release(p.peer)
 			delete(q.bufs, b)
 		}
 	}
@@ -87,7 +107,7 @@ func (q *queued) sent(bufs [][]byte) {
 			continue
 		}
 		if p, ok := q.bufs[&b[0]]; ok {
-			p.peer.release()
+			q.release(p.peer)
 			delete(q.bufs, &b[0])
 		}
 	}
