@@ -60,10 +60,10 @@ type ExchangeConfig struct {
 	// Send sends a control message to a peer inside the transport; it
 	// must not keep msg.
 	Send func(peer netip.Addr, msg []byte) error
-	// Sessions repairs the sessions of peers that answer nothing; nil
-	// repairs none.
-	Sessions Sessions
-	Log      *slog.Logger
+	// Repair starts a new handshake with each peer at addrs that has not
+	// completed one within recent (Transport.Repair); nil repairs none.
+	Repair func(addrs []netip.Addr, recent time.Duration)
+	Log    *slog.Logger
 }
 
 // Exchange keeps this node's subscriptions known to its peers and learns
@@ -88,7 +88,7 @@ type Exchange struct {
 	state    func(peer netip.Addr) []mld.GroupState
 	apply    func(peer netip.Addr, relay bool, groups []mld.GroupState)
 	out      func(peer netip.Addr, msg []byte) error
-	sessions Sessions
+	repair   func(addrs []netip.Addr, recent time.Duration)
 	inbox    chan inbound
 
 	changeMu sync.Mutex // serializes the computing of states
@@ -154,7 +154,7 @@ func NewExchange(cfg ExchangeConfig) *Exchange {
 		state:    cfg.State,
 		apply:    cfg.Apply,
 		out:      cfg.Send,
-		sessions: cfg.Sessions,
+		repair:   cfg.Repair,
 		inbox:    make(chan inbound, inboxLen),
 		peers:    map[netip.Addr]*remote{},
 		owed:     map[netip.Addr]bool{},
@@ -295,9 +295,9 @@ func (x *Exchange) tick(ctx context.Context) {
 		for _, a := range hellos {
 			x.send(a, 0, sendFlags{ping: true})
 		}
-		if len(repair) > 0 && x.sessions != nil {
+		if len(repair) > 0 && x.repair != nil {
 			x.log.Debug("repairing sessions that answer nothing", "peers", repair)
-			x.sessions.Repair(repair, minRTO)
+			x.repair(repair, minRTO)
 		}
 		select {
 		case <-ctx.Done():

@@ -266,8 +266,8 @@ func TestRepairUnansweredSession(t *testing.T) {
 	lower := &sessions{w: w, self: addrA, first: make(chan time.Time, 1)}
 	higher := &sessions{w: w, self: addrB, first: make(chan time.Time, 1)}
 	start := time.Now()
-	a := w.start(t, ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}, Sessions: lower})
-	w.start(t, ExchangeConfig{Self: addrB, Peers: []netip.Addr{addrA}, Sessions: higher})
+	a := w.start(t, ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}, Repair: lower.Repair})
+	w.start(t, ExchangeConfig{Self: addrB, Peers: []netip.Addr{addrA}, Repair: higher.Repair})
 	select {
 	case at := <-lower.first:
 		if d := at.Sub(start); d > minRTO+3*tickInterval {

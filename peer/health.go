@@ -13,7 +13,8 @@ import (
 // peer answers at once with a pong, and every message echoes the newest
 // stamp the sender heard. A ping unanswered for longer than the
 // retransmission timeout (rto) means the session carries nothing; the node
-// then repairs it (a new handshake, Sessions.Repair) at once, and again
+// then repairs it (a new handshake, ExchangeConfig.Repair: Transport.Repair)
+// at once, and again
 // every repairInterval while it stays broken. At a simultaneous start or a
 // healed partition both sides notice together; the node with the higher
 // overlay address waits repairLag longer, so that their handshakes do not
@@ -36,14 +37,6 @@ const (
 	// and must have acknowledged a message sent, to count as connected.
 	ConnectedWithin = 2500 * time.Millisecond
 )
-
-// Sessions are the transport's sessions with peers, as the exchange
-// repairs them.
-type Sessions interface {
-	// Repair starts a new handshake with each peer at addrs that has
-	// not completed one within recent.
-	Repair(addrs []netip.Addr, recent time.Duration)
-}
 
 // Health is what a node knows of its session with one peer.
 type Health struct {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/librecast/lcast/internal/ip6"
 	"github.com/librecast/lcast/mld"
@@ -97,7 +98,17 @@ type Subscription = mld.GroupState
 // packets from or for the peer that were dropped.
 type PeerCounters struct {
 	RxPackets, RxBytes, TxPackets, TxBytes atomic.Uint64
+	lastRx                                 atomic.Int64 // Unix nanoseconds; 0 before the first
 	drops                                  [numReasons]atomic.Uint64
+}
+
+// LastRx returns when the last packet from the peer arrived, or the zero
+// time before the first.
+func (c *PeerCounters) LastRx() time.Time {
+	if ns := c.lastRx.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // Drops returns the peer's drop counters by reason name, for each reason
@@ -125,6 +136,7 @@ func (c *PeerCounters) Sent(n int) {
 func (c *PeerCounters) received(n int) {
 	c.RxPackets.Add(1)
 	c.RxBytes.Add(uint64(n))
+	c.lastRx.Store(time.Now().UnixNano())
 }
 
 // Peer is a peer as the data path sees it. It lives as long as the peer is

@@ -114,7 +114,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	undo = append(undo, func() { d.ifc.Close() })
 	d.router = router.New(router.Config{Self: d.addr, Overlay: peer.OverlayPrefix, Scope: d.scope, Relay: cfg.Relay, MTU: cfg.MTU})
 	d.router.SetPeers(addrs)
-	d.bridge = bridge.New(d.ifc.Device, d.router, bridge.Config{Link: d.link})
+	// The exchange sends through the bridge and repairs the transport's
+	// sessions, both made below; it starts sending when it runs.
+	d.exchange = peer.NewExchange(peer.ExchangeConfig{
+		Self: d.addr, Peers: addrs, Relay: cfg.Relay, State: d.router.Advertised, Apply: d.peerSubscribed,
+		Send:   func(to netip.Addr, msg []byte) error { return d.bridge.SendControl(to, msg) },
+		Repair: func(addrs []netip.Addr, recent time.Duration) { d.transport.Repair(addrs, recent) },
+		Log:    log,
+	})
+	d.bridge = bridge.New(d.ifc.Device, d.router, bridge.Config{Link: d.link, Control: d.exchange})
 	// The bridge's lc0 reader ends when lc0 closes, so lc0 closes first.
 	undo = append(undo, func() { d.ifc.Close(); d.bridge.Close() })
 	if d.transport, err = peer.NewTransport(cfg.Key, cfg.Port, peers, d.bridge.Port(), log); err != nil {
@@ -122,9 +130,6 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	}
 	// The transport's reader blocks on the bridge until lc0 closes.
 	undo = append(undo, func() { d.ifc.Close(); d.transport.Close() })
-	if d.exchange, err = peer.NewExchange(d.addr, addrs, cfg.Relay, d.router.Advertised, d.peerSubscribed, log); err != nil {
-		return fmt.Errorf("subscription socket: %w", err)
-	}
 	undo = nil // started: from here on, shutdown below cleans up
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -415,6 +420,7 @@ func (d *Daemon) Status() control.Status {
 	st.Drops["mld_malformed"] = d.link.Malformed()
 	st.Drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
 	st.Drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
+	st.Drops["control_inbox_full"] = d.exchange.InboxFull.Load()
 	stats, err := d.transport.Stats()
 	if err != nil {
 		d.log.Warn("reading transport state", "err", err)
@@ -432,7 +438,7 @@ func (d *Daemon) Status() control.Status {
 			PublicKey: p.PublicKey.String(),
 			Endpoint:  s.Endpoint,
 			Relay:     d.router.Relays(addr),
-			Connected: s.Connected(now),
+			Connected: d.exchange.Health(addr).Connected(now),
 			Groups:    groupsJSON(d.router.Subscriptions(addr)),
 		}
 		if !s.LastHandshake.IsZero() {
@@ -443,6 +449,10 @@ func (d *Daemon) Status() control.Status {
 			ps.RxPackets, ps.RxBytes = c.RxPackets.Load(), c.RxBytes.Load()
 			ps.TxPackets, ps.TxBytes = c.TxPackets.Load(), c.TxBytes.Load()
 			ps.Drops = c.Drops()
+			if rx := c.LastRx(); !rx.IsZero() {
+				rx = rx.UTC()
+				ps.LastRx = &rx
+			}
 		}
 		st.Peers = append(st.Peers, ps)
 	}
