@@ -123,6 +123,9 @@ type node struct {
 	sock   string
 	key    peer.Key
 	daemon *netlab.Process
+	// upAt is when `lcast up` last started: a user's start, from which
+	// user-visible checks measure.
+	upAt time.Time
 	// flags are lcast up's flags; nil means --debug if LCAST_E2E_DEBUG
 	// is set, else none.
 	flags []string
@@ -168,13 +171,27 @@ func (n *node) up() {
 // arguments, say) and waits until it answers.
 func (n *node) upUnder(prefix ...string) {
 	n.t.Helper()
+	n.start(prefix...)
+	n.waitAnswers()
+}
+
+// start runs `lcast up` (under the command prefix, if any) without
+// waiting for anything.
+func (n *node) start(prefix ...string) {
+	n.t.Helper()
 	args := append(prefix, lcastBin, "up", "-c", n.cfg)
 	if n.flags != nil {
 		args = append(args, n.flags...)
 	} else if os.Getenv("LCAST_E2E_DEBUG") != "" {
 		args = append(args, "--debug")
 	}
+	n.upAt = time.Now()
 	n.daemon = n.ns.Start(args[0], args[1:]...)
+}
+
+// waitAnswers waits until the daemon started answers on its control socket.
+func (n *node) waitAnswers() {
+	n.t.Helper()
 	if _, ok := netlab.Poll(5*time.Second, func() bool { _, err := n.tryStatus(); return err == nil }); !ok {
 		n.t.Fatalf("lcast did not come up in %s:\n%s", n.ns, n.daemon.Output())
 	}

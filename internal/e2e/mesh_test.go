@@ -23,16 +23,29 @@ type mesh struct {
 	nodes []*node
 }
 
+// newMesh starts the daemons one after the other, each once the one
+// before answers, and returns without waiting for sessions: what a test
+// checks then is measured from the users' start (`lcast up`), as users see
+// it. A test that needs sessions up first calls waitConnected and says why.
 func newMesh(t testing.TB, n int) *mesh {
 	t.Helper()
 	m := newMeshSitesOnly(t, n)
 	for _, nd := range m.nodes {
 		nd.up()
 	}
-	// A first handshake lost on the way is retried by WireGuard only
-	// after 5 s: tests start timing once every session is up.
-	m.waitConnected(t)
 	return m
+}
+
+// upTogether starts every daemon at once and waits until each answers on
+// its control socket (not for sessions).
+func (m *mesh) upTogether(t testing.TB) {
+	t.Helper()
+	for _, n := range m.nodes {
+		n.start()
+	}
+	for _, n := range m.nodes {
+		n.waitAnswers()
+	}
 }
 
 func newMeshSitesOnly(t testing.TB, n int) *mesh {
@@ -266,7 +279,6 @@ func TestCapabilities(t *testing.T) {
 	if err != nil || !strings.Contains(string(status), "CapEff:\t0000000000001400\n") {
 		t.Fatalf("the daemon does not run with CAP_NET_ADMIN and CAP_NET_BIND_SERVICE alone (%v):\n%s", err, status)
 	}
-	m.waitConnected(t)
 	r := startHelper(t, m.sites[1].Namespace, "recv", "ff1e::c", "lc0", "1s")
 	m.waitSubscribed(t, 0, 1, "ff1e::c", true, 3*time.Second)
 	waitExit(t, m.send(0, "ff1e::c", "500", "1000", "1200"), 10*time.Second, "sender")
