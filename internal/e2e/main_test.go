@@ -105,6 +105,8 @@ func helper(mode string, args []string) int {
 		return soakHelper(args)
 	case "scrape":
 		return scrapeHelper(args)
+	case "stream":
+		return streamHelper(args)
 	default:
 		return fail(fmt.Errorf("unknown helper %q", mode))
 	}

@@ -194,14 +194,7 @@ func (m *mesh) rxBytes(t *testing.T, i int) int {
 }
 
 func (m *mesh) txPackets(t *testing.T, from, to int) uint64 {
-	toKey := m.nodes[to].key.PublicKey().String()
-	for _, p := range m.nodes[from].status(t).Peers {
-		if p.PublicKey == toKey {
-			return p.TxPackets
-		}
-	}
-	t.Fatalf("site %d has no peer site %d", from+1, to+1)
-	return 0
+	return m.peerStatus(t, from, to).TxPackets
 }
 
 var joinedRE = regexp.MustCompile(`joined (\d+)`)
