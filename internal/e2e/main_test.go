@@ -126,6 +126,8 @@ func helper(mode string, args []string) int {
 		return soakHelper(args)
 	case "scrape":
 		return scrapeHelper(args)
+	case "gate":
+		return gateHelper(args)
 	case "stream":
 		return streamHelper(args)
 	case "tcpsink":

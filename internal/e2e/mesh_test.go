@@ -3,9 +3,12 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/signal"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,15 +40,39 @@ func newMesh(t testing.TB, n int) *mesh {
 }
 
 // upTogether starts every daemon at once and waits until each answers on
-// its control socket (not for sessions).
+// its control socket (not for sessions). Each `lcast up` waits behind a
+// gate (see gateHelper) until all are ready to run, so that they start
+// within microseconds of each other, as when machines boot together.
 func (m *mesh) upTogether(t testing.TB) {
 	t.Helper()
 	for _, n := range m.nodes {
-		n.start()
+		n.start("env", helperEnv+"=gate", lcastTestBinary())
+	}
+	for i, n := range m.nodes {
+		if !n.daemon.WaitOutput("waiting\n", 5*time.Second) {
+			t.Fatalf("the gate in site %d did not open:\n%s", i+1, n.daemon.Output())
+		}
+	}
+	for _, n := range m.nodes {
+		n.upAt = time.Now()
+		if err := n.daemon.Signal(syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, n := range m.nodes {
 		n.waitAnswers()
 	}
+}
+
+// gateHelper: "gate PROGRAM ARGS...": prints "waiting", and on SIGUSR1
+// runs PROGRAM in its place (same process).
+func gateHelper(args []string) int {
+	open := make(chan os.Signal, 1)
+	signal.Notify(open, syscall.SIGUSR1)
+	fmt.Println("waiting")
+	<-open
+	env := slices.DeleteFunc(os.Environ(), func(v string) bool { return strings.HasPrefix(v, helperEnv+"=") })
+	return helperFail(syscall.Exec(args[0], args, env))
 }
 
 func newMeshSitesOnly(t testing.TB, n int) *mesh {

@@ -161,6 +161,13 @@ func startStreams(t testing.TB, m *mesh, group string) *streams {
 	return s
 }
 
+// stop ends the stream helpers.
+func (s *streams) stop() {
+	for _, p := range s.procs {
+		p.Stop()
+	}
+}
+
 // mark sets a mark in every helper (see streamHelper) and waits until each
 // has: from then on, each pair's first datagram is one sent after the mark.
 func (s *streams) mark(t testing.TB) {
