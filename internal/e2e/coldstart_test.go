@@ -19,7 +19,8 @@ import (
 // first datagram is timed from the later `lcast up` of the two, with no
 // wait for sessions; handshakes that cross on the wire, which cost 5 s or
 // more, happen by chance, so the cold start is done five times (with a
-// clean stop and new programs in between). The same follows after all
+// clean stop, new keys and new programs in between), and twice more with
+// the nodes started one after another, 250 ms and 500 ms apart. The same follows after all
 // four crash and start again together; after one crashes and starts again
 // while the others stream (timed from its `lcast up`); and after a
 // partition of 30 s (nftables drops everything both ways between sites 1-2
@@ -33,18 +34,32 @@ func TestColdStart(t *testing.T) {
 	all := allPairs(n)
 	startLimit := time.Second + raceAllowance
 	s := startStreams(t, m, group)
-	m.upTogether(t)
+	m.upInTurn(t, 0)
+	// again stops every daemon and program and starts them anew with new
+	// keys (whether a start goes wrong depends on them too), the daemons
+	// gap apart.
+	top := t
+	again := func(t *testing.T, gap time.Duration) {
+		s.stop()
+		for _, nd := range m.nodes {
+			nd.stop(syscall.SIGTERM)
+		}
+		m.configure(top) // the nodes' files outlive this subtest
+		s = startStreams(t, m, group)
+		m.upInTurn(t, gap)
+	}
 	t.Run("started together", func(t *testing.T) {
 		for round := range coldStarts {
 			if round > 0 {
-				s.stop()
-				for _, nd := range m.nodes {
-					nd.stop(syscall.SIGTERM)
-				}
-				s = startStreams(t, m, group)
-				m.upTogether(t)
+				again(t, 0)
 			}
 			s.expectPairs(t, fmt.Sprintf("cold start %d of %d", round+1, coldStarts), all, m.laterUp, startLimit)
+		}
+	})
+	t.Run("started in turn", func(t *testing.T) {
+		for _, gap := range []time.Duration{250 * time.Millisecond, 500 * time.Millisecond} {
+			again(t, gap)
+			s.expectPairs(t, fmt.Sprintf("cold start %v apart", gap), all, m.laterUp, startLimit)
 		}
 	})
 	// Each step below starts from every pair streaming, which the step
@@ -57,7 +72,7 @@ func TestColdStart(t *testing.T) {
 			nd.daemon.Wait(5 * time.Second)
 		}
 		s.mark(t)
-		m.upTogether(t)
+		m.upInTurn(t, 0)
 		s.expectPairs(t, "all restarted together", all, m.laterUp, startLimit)
 	})
 	t.Run("one restarts", func(t *testing.T) {

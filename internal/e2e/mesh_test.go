@@ -39,11 +39,12 @@ func newMesh(t testing.TB, n int) *mesh {
 	return m
 }
 
-// upTogether starts every daemon at once and waits until each answers on
-// its control socket (not for sessions). Each `lcast up` waits behind a
-// gate (see gateHelper) until all are ready to run, so that they start
-// within microseconds of each other, as when machines boot together.
-func (m *mesh) upTogether(t testing.TB) {
+// upInTurn starts the daemons gap apart, in the order of the sites (gap 0:
+// all at once), and waits until each answers on its control socket (not
+// for sessions). Each `lcast up` waits behind a gate (see gateHelper) until
+// all are ready to run, so that they start within microseconds of when
+// they should, as when machines boot together.
+func (m *mesh) upInTurn(t testing.TB, gap time.Duration) {
 	t.Helper()
 	for _, n := range m.nodes {
 		n.start("env", helperEnv+"=gate", lcastTestBinary())
@@ -53,7 +54,10 @@ func (m *mesh) upTogether(t testing.TB) {
 			t.Fatalf("the gate in site %d did not open:\n%s", i+1, n.daemon.Output())
 		}
 	}
-	for _, n := range m.nodes {
+	for i, n := range m.nodes {
+		if i > 0 {
+			time.Sleep(gap)
+		}
 		n.upAt = time.Now()
 		if err := n.daemon.Signal(syscall.SIGUSR1); err != nil {
 			t.Fatal(err)
@@ -78,20 +82,10 @@ func gateHelper(args []string) int {
 func newMeshSitesOnly(t testing.TB, n int) *mesh {
 	t.Helper()
 	m := &mesh{inet: netlab.NewInternet(t)}
-	keys := make([]peer.Key, n)
 	for i := range n {
-		keys[i] = newKey(t)
 		m.sites = append(m.sites, m.inet.AddSite(fmt.Sprintf("lcast-site%d", i+1)))
 	}
-	for i := range n {
-		extra := ""
-		for j := range n {
-			if j != i {
-				extra += peerTable(keys[j], m.sites[j])
-			}
-		}
-		m.nodes = append(m.nodes, newNodeWithKey(t, m.sites[i].Namespace, keys[i], extra))
-	}
+	m.configure(t)
 	// The underlay carries unicast between every pair of sites.
 	for _, a := range m.sites {
 		for _, b := range m.sites {
@@ -106,6 +100,26 @@ func newMeshSitesOnly(t testing.TB, n int) *mesh {
 		}
 	}
 	return m
+}
+
+// configure gives every site a node with a new key, listing every other
+// site as a peer (the nodes it replaces must have stopped).
+func (m *mesh) configure(t testing.TB) {
+	t.Helper()
+	keys := make([]peer.Key, len(m.sites))
+	for i := range keys {
+		keys[i] = newKey(t)
+	}
+	m.nodes = nil
+	for i := range m.sites {
+		extra := ""
+		for j := range m.sites {
+			if j != i {
+				extra += peerTable(keys[j], m.sites[j])
+			}
+		}
+		m.nodes = append(m.nodes, newNodeWithKey(t, m.sites[i].Namespace, keys[i], extra))
+	}
 }
 
 // peerTable is the [[peer]] table of the node with key in site.
