@@ -84,6 +84,9 @@ func BenchmarkSideBySide(b *testing.B) {
 	netlab.Require(b, "bridge", "tincd", "tcpdump")
 	b.Setenv("LCAST_E2E_DEBUG", "1") // the group benchmark reads peers' logs
 	s := &sideBySide{b: b, m: newMesh(b, benchSites)}
+	// A benchmark measures the steady state, not the start: every session
+	// up first.
+	s.m.waitConnected(b)
 	s.addDirect()
 	s.addVXLAN()
 	s.addTinc()

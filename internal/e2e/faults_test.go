@@ -153,6 +153,8 @@ func TestNATRemaps(t *testing.T) {
 	m := &mesh{inet: inet, sites: []*netlab.Site{s1, s2}, nodes: []*node{n1, n2}}
 	n1.up()
 	n2.up()
+	// The test measures the recovery from a remapping: it starts from a
+	// session.
 	m.waitConnected(t)
 	recv := m.streamTo(t, "ff1e::f", 5000, "3s")
 	mapping.Stop()

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -49,6 +50,26 @@ func TestMain(m *testing.M) {
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
+
+// plainLcast returns lcast built without the race detector (built on first
+// use, next to lcastBin), for tests whose figures are only meaningful for
+// the daemon built for use.
+func plainLcast(t testing.TB) string {
+	t.Helper()
+	bin, err := buildPlain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+var buildPlain = sync.OnceValues(func() (string, error) {
+	bin := lcastBin + "-plain"
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/librecast/lcast/cmd/lcast").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building lcast without -race: %v\n%s", err, out)
+	}
+	return bin, nil
+})
 
 // helper runs this test binary as a small multicast program, for tests to
 // start in a namespace: "join GROUP IFACE" (net.ListenMulticastUDP) or
@@ -105,6 +126,14 @@ func helper(mode string, args []string) int {
 		return soakHelper(args)
 	case "scrape":
 		return scrapeHelper(args)
+	case "gate":
+		return gateHelper(args)
+	case "stream":
+		return streamHelper(args)
+	case "tcpsink":
+		return tcpSinkHelper(args)
+	case "tcpsend":
+		return tcpSendHelper(args)
 	default:
 		return fail(fmt.Errorf("unknown helper %q", mode))
 	}
@@ -123,6 +152,11 @@ type node struct {
 	sock   string
 	key    peer.Key
 	daemon *netlab.Process
+	// upAt is when `lcast up` last started: a user's start, from which
+	// user-visible checks measure.
+	upAt time.Time
+	// bin is the lcast binary to run; empty means lcastBin.
+	bin string
 	// flags are lcast up's flags; nil means --debug if LCAST_E2E_DEBUG
 	// is set, else none.
 	flags []string
@@ -168,13 +202,31 @@ func (n *node) up() {
 // arguments, say) and waits until it answers.
 func (n *node) upUnder(prefix ...string) {
 	n.t.Helper()
-	args := append(prefix, lcastBin, "up", "-c", n.cfg)
+	n.start(prefix...)
+	n.waitAnswers()
+}
+
+// start runs `lcast up` (under the command prefix, if any) without
+// waiting for anything.
+func (n *node) start(prefix ...string) {
+	n.t.Helper()
+	bin := n.bin
+	if bin == "" {
+		bin = lcastBin
+	}
+	args := append(prefix, bin, "up", "-c", n.cfg)
 	if n.flags != nil {
 		args = append(args, n.flags...)
 	} else if os.Getenv("LCAST_E2E_DEBUG") != "" {
 		args = append(args, "--debug")
 	}
+	n.upAt = time.Now()
 	n.daemon = n.ns.Start(args[0], args[1:]...)
+}
+
+// waitAnswers waits until the daemon started answers on its control socket.
+func (n *node) waitAnswers() {
+	n.t.Helper()
 	if _, ok := netlab.Poll(5*time.Second, func() bool { _, err := n.tryStatus(); return err == nil }); !ok {
 		n.t.Fatalf("lcast did not come up in %s:\n%s", n.ns, n.daemon.Output())
 	}

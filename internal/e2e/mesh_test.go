@@ -3,9 +3,12 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/signal"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,35 +26,66 @@ type mesh struct {
 	nodes []*node
 }
 
+// newMesh starts the daemons one after the other, each once the one
+// before answers, and returns without waiting for sessions: what a test
+// checks then is measured from the users' start (`lcast up`), as users see
+// it. A test that needs sessions up first calls waitConnected and says why.
 func newMesh(t testing.TB, n int) *mesh {
 	t.Helper()
 	m := newMeshSitesOnly(t, n)
 	for _, nd := range m.nodes {
 		nd.up()
 	}
-	// A first handshake lost on the way is retried by WireGuard only
-	// after 5 s: tests start timing once every session is up.
-	m.waitConnected(t)
 	return m
+}
+
+// upInTurn starts the daemons gap apart, in the order of the sites (gap 0:
+// all at once), and waits until each answers on its control socket (not
+// for sessions). Each `lcast up` waits behind a gate (see gateHelper) until
+// all are ready to run, so that they start within microseconds of when
+// they should, as when machines boot together.
+func (m *mesh) upInTurn(t testing.TB, gap time.Duration) {
+	t.Helper()
+	for _, n := range m.nodes {
+		n.start("env", helperEnv+"=gate", lcastTestBinary())
+	}
+	for i, n := range m.nodes {
+		if !n.daemon.WaitOutput("waiting\n", 5*time.Second) {
+			t.Fatalf("the gate in site %d did not open:\n%s", i+1, n.daemon.Output())
+		}
+	}
+	for i, n := range m.nodes {
+		if i > 0 {
+			time.Sleep(gap)
+		}
+		n.upAt = time.Now()
+		if err := n.daemon.Signal(syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range m.nodes {
+		n.waitAnswers()
+	}
+}
+
+// gateHelper: "gate PROGRAM ARGS...": prints "waiting", and on SIGUSR1
+// runs PROGRAM in its place (same process).
+func gateHelper(args []string) int {
+	open := make(chan os.Signal, 1)
+	signal.Notify(open, syscall.SIGUSR1)
+	fmt.Println("waiting")
+	<-open
+	env := slices.DeleteFunc(os.Environ(), func(v string) bool { return strings.HasPrefix(v, helperEnv+"=") })
+	return helperFail(syscall.Exec(args[0], args, env))
 }
 
 func newMeshSitesOnly(t testing.TB, n int) *mesh {
 	t.Helper()
 	m := &mesh{inet: netlab.NewInternet(t)}
-	keys := make([]peer.Key, n)
 	for i := range n {
-		keys[i] = newKey(t)
 		m.sites = append(m.sites, m.inet.AddSite(fmt.Sprintf("lcast-site%d", i+1)))
 	}
-	for i := range n {
-		extra := ""
-		for j := range n {
-			if j != i {
-				extra += peerTable(keys[j], m.sites[j])
-			}
-		}
-		m.nodes = append(m.nodes, newNodeWithKey(t, m.sites[i].Namespace, keys[i], extra))
-	}
+	m.configure(t)
 	// The underlay carries unicast between every pair of sites.
 	for _, a := range m.sites {
 		for _, b := range m.sites {
@@ -66,6 +100,26 @@ func newMeshSitesOnly(t testing.TB, n int) *mesh {
 		}
 	}
 	return m
+}
+
+// configure gives every site a node with a new key, listing every other
+// site as a peer (the nodes it replaces must have stopped).
+func (m *mesh) configure(t testing.TB) {
+	t.Helper()
+	keys := make([]peer.Key, len(m.sites))
+	for i := range keys {
+		keys[i] = newKey(t)
+	}
+	m.nodes = nil
+	for i := range m.sites {
+		extra := ""
+		for j := range m.sites {
+			if j != i {
+				extra += peerTable(keys[j], m.sites[j])
+			}
+		}
+		m.nodes = append(m.nodes, newNodeWithKey(t, m.sites[i].Namespace, keys[i], extra))
+	}
 }
 
 // peerTable is the [[peer]] table of the node with key in site.
@@ -256,7 +310,6 @@ func TestCapabilities(t *testing.T) {
 	if err != nil || !strings.Contains(string(status), "CapEff:\t0000000000001000\n") {
 		t.Fatalf("the daemon does not run with CAP_NET_ADMIN alone (%v):\n%s", err, status)
 	}
-	m.waitConnected(t)
 	r := startHelper(t, m.sites[1].Namespace, "recv", "ff1e::c", "lc0", "1s")
 	m.waitSubscribed(t, 0, 1, "ff1e::c", true, 3*time.Second)
 	waitExit(t, m.send(0, "ff1e::c", "500", "1000", "1200"), 10*time.Second, "sender")

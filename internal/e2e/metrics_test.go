@@ -50,6 +50,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	for _, n := range m.nodes {
 		n.up()
 	}
+	// The metrics checked include the session's: it must be up.
 	m.waitConnected(t)
 	// A program stays joined after the receiver exits, so that site 2
 	// keeps its subscription while the test looks.

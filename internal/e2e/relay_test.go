@@ -49,6 +49,8 @@ func newTopology(t testing.TB, inet *netlab.Internet, sites []*netlab.Site, rela
 	for _, n := range m.nodes {
 		n.up()
 	}
+	// Relay tests check which paths packets take and that they arrive
+	// exactly once, not start-up: they start from sessions that are up.
 	m.waitConnected(t)
 	return m
 }
@@ -257,6 +259,7 @@ func TestEndpointResolvedAgain(t *testing.T) {
 	m := &mesh{inet: inet, sites: []*netlab.Site{a, b}, nodes: []*node{na, nb}}
 	na.up()
 	nb.up()
+	// The test is about finding the peer again: it starts from a session.
 	m.waitConnected(t)
 
 	nb.stop(syscall.SIGTERM)

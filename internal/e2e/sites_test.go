@@ -194,14 +194,7 @@ func (m *mesh) rxBytes(t *testing.T, i int) int {
 }
 
 func (m *mesh) txPackets(t *testing.T, from, to int) uint64 {
-	toKey := m.nodes[to].key.PublicKey().String()
-	for _, p := range m.nodes[from].status(t).Peers {
-		if p.PublicKey == toKey {
-			return p.TxPackets
-		}
-	}
-	t.Fatalf("site %d has no peer site %d", from+1, to+1)
-	return 0
+	return m.peerStatus(t, from, to).TxPackets
 }
 
 var joinedRE = regexp.MustCompile(`joined (\d+)`)
@@ -336,6 +329,8 @@ func TestLinkScopeOptIn(t *testing.T) {
 				os.WriteFile(n.cfg, append([]byte(tc.extra), doc...), 0o600)
 				n.up()
 			}
+			// Without a session a wrong subscription could not be made in
+			// the time the default case gives it.
 			m.waitConnected(t)
 			recv := startHelper(t, m.sites[1].Namespace, "recv", "ff02::fb", "lc0", "1s")
 			m.nodes[1].waitGroup(t, "ff02::fb", true, time.Second)
@@ -393,7 +388,10 @@ func TestUnknownKeyNeverReachesLc0(t *testing.T) {
 // on join and on leave.
 func TestSubscriptionsConvergeUnderLoss(t *testing.T) {
 	netlab.Require(t, "nft")
-	m := newMesh(t, 2) // connected: the rounds time the subscription exchange only
+	m := newMesh(t, 2)
+	// Connected before the loss starts: the rounds time the subscription
+	// exchange only.
+	m.waitConnected(t)
 	s := m.sites[1]
 	s.Run("nft", "add", "table", "inet", "lossy")
 	for _, hook := range []string{"input", "output"} {
@@ -422,6 +420,8 @@ func TestPeerWithoutEndpoint(t *testing.T) {
 	m := &mesh{inet: inet, sites: []*netlab.Site{s1, s2}, nodes: []*node{n1, n2}}
 	n1.up()
 	n2.up()
+	// Site 1 can send to site 2 only once site 2 has spoken: the test
+	// starts there.
 	m.waitConnected(t)
 	for _, dir := range []struct{ from, to int }{{0, 1}, {1, 0}} {
 		group := fmt.Sprintf("ff1e::b:%d", dir.from)
