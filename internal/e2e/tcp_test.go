@@ -107,7 +107,7 @@ func TestOverlayUnicast(t *testing.T) {
 		t.Logf("TCP over the overlay: %d MB in %.2f s, %.0f Mbit/s (target >= 1000 Mbit/s)",
 			r.Bytes>>20, secs, float64(r.Bytes)*8/secs/1e6)
 		for i, n := range m.nodes {
-			if d := n.status(t).Drops[router.DropLc0Read]; d != 0 {
+			if d := n.status(t).Drops[router.DropLc0Read.String()]; d != 0 {
 				t.Errorf("site %d: %d %s drops during the TCP transfer", i+1, d, router.DropLc0Read)
 			}
 		}
