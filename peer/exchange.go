@@ -80,16 +80,16 @@ type ExchangeConfig struct {
 // come while it sends coalesce, and a state that changes while it is being
 // sent is sent again from its first part.
 type Exchange struct {
-	self     netip.Addr
-	relay    bool
-	started  time.Time
-	epoch    uint64
-	log      *slog.Logger
-	state    func(peer netip.Addr) []mld.GroupState
-	apply    func(peer netip.Addr, relay bool, groups []mld.GroupState)
-	out      func(peer netip.Addr, msg []byte) error
-	repair   func(addrs []netip.Addr, recent time.Duration)
-	inbox    chan inbound
+	self    netip.Addr
+	relay   bool
+	started time.Time
+	epoch   uint64
+	log     *slog.Logger
+	state   func(peer netip.Addr) []mld.GroupState
+	apply   func(peer netip.Addr, relay bool, groups []mld.GroupState)
+	out     func(peer netip.Addr, msg []byte) error
+	repair  func(addrs []netip.Addr, recent time.Duration)
+	inbox   chan inbound
 
 	changeMu sync.Mutex // serializes the computing of states
 	mu       sync.Mutex
@@ -146,20 +146,20 @@ func NewExchange(cfg ExchangeConfig) *Exchange {
 	var e [8]byte
 	rand.Read(e[:])
 	x := &Exchange{
-		self:     cfg.Self,
-		relay:    cfg.Relay,
-		started:  time.Now(),
-		epoch:    binary.BigEndian.Uint64(e[:]) | 1,
-		log:      cfg.Log,
-		state:    cfg.State,
-		apply:    cfg.Apply,
-		out:      cfg.Send,
-		repair:   cfg.Repair,
-		inbox:    make(chan inbound, inboxLen),
-		peers:    map[netip.Addr]*remote{},
-		owed:     map[netip.Addr]bool{},
-		wake:     make(chan struct{}, 1),
-		pace:     rate.NewLimiter(StateRate, stateBurst),
+		self:    cfg.Self,
+		relay:   cfg.Relay,
+		started: time.Now(),
+		epoch:   binary.BigEndian.Uint64(e[:]) | 1,
+		log:     cfg.Log,
+		state:   cfg.State,
+		apply:   cfg.Apply,
+		out:     cfg.Send,
+		repair:  cfg.Repair,
+		inbox:   make(chan inbound, inboxLen),
+		peers:   map[netip.Addr]*remote{},
+		owed:    map[netip.Addr]bool{},
+		wake:    make(chan struct{}, 1),
+		pace:    rate.NewLimiter(StateRate, stateBurst),
 	}
 	for _, p := range cfg.Peers {
 		x.peers[p] = &remote{}
@@ -286,7 +286,7 @@ func (x *Exchange) tick(ctx context.Context) {
 			if r.epoch != 0 && now.Sub(r.lastHeard) > HoldTime {
 				// Forget the peer: its next message starts afresh.
 				x.log.Info("peer silent, dropping its subscriptions", "peer", a, "silent_for", now.Sub(r.lastHeard).Round(time.Second))
-				*r = remote{mine: r.mine, parts: r.parts, mineGen: r.mineGen, health: r.health}
+				*r = remote{mine: r.mine, parts: r.parts, mineGen: r.mineGen, lastHeard: r.lastHeard, health: r.health}
 				x.apply(a, false, nil)
 			}
 		}

@@ -14,8 +14,11 @@ import (
 // stamp the sender heard. A ping unanswered for longer than the
 // retransmission timeout (rto) means the session carries nothing; the node
 // then repairs it (a new handshake, ExchangeConfig.Repair: Transport.Repair)
-// at once, and again
-// every repairInterval while it stays broken. At a simultaneous start or a
+// at once, and again after twice the rto, then after twice as long each
+// time while it stays broken: up to fastRepairMax for a peer heard from
+// within lostRecently (a healed partition carries data again within about
+// that long), up to slowRepairMax (WireGuard's own retry) for one gone
+// longer, so that dead peers cost little. At a simultaneous start or a
 // healed partition both sides notice together; the node with the higher
 // overlay address waits repairLag longer, so that their handshakes do not
 // cross again.
@@ -29,8 +32,12 @@ const (
 	// repairLag is how much longer the node with the higher overlay
 	// address waits before it repairs.
 	repairLag = 350 * time.Millisecond
-	// repairInterval is how often a broken session is repaired again.
-	repairInterval = time.Second
+	// The longest wait between repairs of a session that stays broken
+	// (unless twice its rto is longer), for a peer heard from within
+	// lostRecently and for others.
+	fastRepairMax = 500 * time.Millisecond
+	slowRepairMax = 5 * time.Second
+	lostRecently  = time.Minute
 	// minPongGap limits the pongs to one peer.
 	minPongGap = 10 * time.Millisecond
 	// ConnectedWithin is how recently a peer must have been heard from,
@@ -66,6 +73,7 @@ type health struct {
 	lastPong   time.Duration
 	nextHello  time.Time
 	nextRepair time.Time
+	repairWait time.Duration // from the last repair to the next
 }
 
 // stampOf turns a time since the exchange's start into a stamp.
@@ -100,7 +108,7 @@ func (h *health) echoed(m *Message, now time.Duration) {
 		}
 	}
 	if h.unacked != 0 && m.Echo >= h.unacked {
-		h.unacked = 0
+		h.unacked, h.repairWait = 0, 0
 	}
 }
 
@@ -142,7 +150,12 @@ func (x *Exchange) repairDue(addr netip.Addr, r *remote, now time.Time) bool {
 	if !r.overdue(x.since(now), lag) || now.Before(r.nextRepair) {
 		return false
 	}
-	r.nextRepair = now.Add(repairInterval)
+	most := slowRepairMax
+	if now.Sub(r.lastHeard) < lostRecently {
+		most = fastRepairMax
+	}
+	r.repairWait = min(max(2*r.repairWait, 2*r.rto()), max(most, 2*r.rto()))
+	r.nextRepair = now.Add(r.repairWait)
 	return true
 }
 
