@@ -82,11 +82,11 @@ func newBatch(size, mtu int) *batch {
 const (
 	// maxBytesInFlight bounds the packets read from lc0 and not yet
 	// handed to the transport: batches of readSize buffers of lc0's MTU,
-	// as many as fit in 16 MiB, at most maxBatches and at least
+	// as many as fit in 8 MiB, at most maxBatches and at least
 	// minBatches. With lc0's default MTU (1364) and wireguard-go's batch
-	// size of 128 that is 64 batches, 11 MiB; so the bound is
-	// max(16 MiB, minBatches*readSize*MTU), 64 MiB at an MTU of 65535.
-	maxBytesInFlight = 16 << 20
+	// size of 128 that is 48 batches, 8 MiB; so the bound is
+	// max(8 MiB, minBatches*readSize*MTU), 64 MiB at an MTU of 65535.
+	maxBytesInFlight = 8 << 20
 	maxBatches       = 64
 	minBatches       = 8
 	// defaultReadSize is the lc0 read size when the device reports no

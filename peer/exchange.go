@@ -63,6 +63,9 @@ type ExchangeConfig struct {
 	// Repair starts a new handshake with each peer at addrs that has not
 	// completed one within recent (Transport.Repair); nil repairs none.
 	Repair func(addrs []netip.Addr, recent time.Duration)
+	// LastRx returns when the last packet of any kind from a peer
+	// arrived (zero if never); nil counts only control messages.
+	LastRx func(peer netip.Addr) time.Time
 	Log    *slog.Logger
 }
 
@@ -89,6 +92,7 @@ type Exchange struct {
 	apply   func(peer netip.Addr, relay bool, groups []mld.GroupState)
 	out     func(peer netip.Addr, msg []byte) error
 	repair  func(addrs []netip.Addr, recent time.Duration)
+	lastRx  func(peer netip.Addr) time.Time
 	inbox   chan inbound
 
 	changeMu sync.Mutex // serializes the computing of states
@@ -155,6 +159,7 @@ func NewExchange(cfg ExchangeConfig) *Exchange {
 		apply:   cfg.Apply,
 		out:     cfg.Send,
 		repair:  cfg.Repair,
+		lastRx:  cfg.LastRx,
 		inbox:   make(chan inbound, inboxLen),
 		peers:   map[netip.Addr]*remote{},
 		owed:    map[netip.Addr]bool{},

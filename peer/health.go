@@ -14,11 +14,14 @@ import (
 // stamp the sender heard. A ping unanswered for longer than the
 // retransmission timeout (rto) means the session carries nothing; the node
 // then repairs it (a new handshake, ExchangeConfig.Repair: Transport.Repair)
-// at once, and again after twice the rto, then after twice as long each
-// time while it stays broken: up to fastRepairMax for a peer heard from
+// at once, and again after the rto, then after twice as long each time
+// while it stays broken: up to fastRepairMax for a peer heard from
 // within lostRecently (a healed partition carries data again within about
 // that long), up to slowRepairMax (WireGuard's own retry) for one gone
-// longer, so that dead peers cost little. At a simultaneous start or a
+// longer, so that dead peers cost little. The node with the higher
+// address retries at most every higherRepairMax. A peer heard from within
+// silentBeforeRepair is not repaired, unless already repaired: its
+// session works, and only pongs were lost. At a simultaneous start or a
 // healed partition both sides notice together; the node with the higher
 // overlay address waits repairLag longer, so that their handshakes do not
 // cross again.
@@ -35,9 +38,15 @@ const (
 	// The longest wait between repairs of a session that stays broken
 	// (unless twice its rto is longer), for a peer heard from within
 	// lostRecently and for others.
-	fastRepairMax = 500 * time.Millisecond
+	fastRepairMax = 250 * time.Millisecond
 	slowRepairMax = 5 * time.Second
-	lostRecently  = time.Minute
+	// higherRepairMax is the node with the higher address's fastest
+	// retry: rarer than the other's, so that their retries seldom cross.
+	higherRepairMax = 2 * time.Second
+	lostRecently    = time.Minute
+	// silentBeforeRepair is how long a peer must have sent nothing before
+	// its session is repaired.
+	silentBeforeRepair = time.Second
 	// minPongGap limits the pongs to one peer.
 	minPongGap = 10 * time.Millisecond
 	// ConnectedWithin is how recently a peer must have been heard from,
@@ -66,14 +75,15 @@ func (h Health) Connected(now time.Time) bool {
 // Times are stamps: microseconds since the exchange started, plus one, so
 // that 0 means none.
 type health struct {
-	heard      uint64 // the peer's newest stamp, echoed back to it
-	answered   uint64 // this node's newest stamp the peer echoed
-	unacked    uint64 // the oldest ping sent since the last echo
-	srtt       time.Duration
+	heard      uint64        // the peer's newest stamp, echoed back to it
+	answered   uint64        // this node's newest stamp the peer echoed
+	unacked    uint64        // the oldest ping sent since the last echo
+	srtt       time.Duration // smoothed round trip of pings
+	floorRTT   time.Duration // the least round trip, rising slowly (see echoed)
 	lastPong   time.Duration
 	nextHello  time.Time
 	nextRepair time.Time
-	repairWait time.Duration // from the last repair to the next
+	repairWait time.Duration // from the last repair to the next, 0 before one
 }
 
 // stampOf turns a time since the exchange's start into a stamp.
@@ -102,9 +112,10 @@ func (h *health) echoed(m *Message, now time.Duration) {
 	if m.Pong {
 		sample := now - stampTime(m.Echo)
 		if h.srtt == 0 {
-			h.srtt = sample
+			h.srtt, h.floorRTT = sample, sample
 		} else {
 			h.srtt = (7*h.srtt + sample) / 8
+			h.floorRTT = min(sample, h.floorRTT+(sample-h.floorRTT)/16)
 		}
 	}
 	if h.unacked != 0 && m.Echo >= h.unacked {
@@ -122,8 +133,10 @@ func (h *health) mayPong(now time.Duration) bool {
 	return true
 }
 
-// rto is how long a ping may go unanswered.
-func (h *health) rto() time.Duration { return max(minRTO, 3*h.srtt) }
+// rto is how long a ping may go unanswered: three of the path's least
+// round trips, not the smoothed one, which a busy daemon inflates (a
+// session that answers late is heard from meanwhile, and not repaired).
+func (h *health) rto() time.Duration { return max(minRTO, 3*h.floorRTT) }
 
 // overdue reports whether a ping went unanswered for longer than rto plus
 // lag.
@@ -144,17 +157,30 @@ func (h *health) helloInterval(now time.Duration) time.Duration {
 // repaired now, and if so notes it.
 func (x *Exchange) repairDue(addr netip.Addr, r *remote, now time.Time) bool {
 	var lag time.Duration
-	if x.self.Compare(addr) > 0 {
-		lag = repairLag
-	}
-	if !r.overdue(x.since(now), lag) || now.Before(r.nextRepair) {
-		return false
-	}
 	most := slowRepairMax
 	if now.Sub(r.lastHeard) < lostRecently {
 		most = fastRepairMax
 	}
-	r.repairWait = min(max(2*r.repairWait, 2*r.rto()), max(most, 2*r.rto()))
+	if x.self.Compare(addr) > 0 {
+		lag, most = repairLag, max(most, higherRepairMax)
+	}
+	// A peer heard from lately (any packet: the transport authenticated
+	// it) has a session that works, at least toward this node: its pongs
+	// were lost (to overload or a flood, say), and a new handshake would
+	// only stop what flows.
+	last := r.lastHeard
+	if x.lastRx != nil {
+		if rx := x.lastRx(addr); rx.After(last) {
+			last = rx
+		}
+	}
+	// Once repaired, though, its keys are gone: it is repaired again until
+	// it answers.
+	heard := now.Sub(last) < silentBeforeRepair && r.repairWait == 0
+	if !r.overdue(x.since(now), lag) || heard || now.Before(r.nextRepair) {
+		return false
+	}
+	r.repairWait = min(max(2*r.repairWait, r.rto()), max(most, r.rto()))
 	r.nextRepair = now.Add(r.repairWait)
 	return true
 }

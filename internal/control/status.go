@@ -65,12 +65,12 @@ type PeerStatus struct {
 	LastHandshake *time.Time `json:"last_handshake"` // null before the first
 	// LastRx is when the last packet from the peer arrived (null before
 	// the first).
-	LastRx *time.Time `json:"last_rx"`
-	RxBytes       uint64     `json:"rx_bytes"`
-	TxBytes       uint64     `json:"tx_bytes"`
-	RxPackets     uint64     `json:"rx_packets"`
-	TxPackets     uint64     `json:"tx_packets"`
-	Groups        []Group    `json:"groups"`
+	LastRx    *time.Time `json:"last_rx"`
+	RxBytes   uint64     `json:"rx_bytes"`
+	TxBytes   uint64     `json:"tx_bytes"`
+	RxPackets uint64     `json:"rx_packets"`
+	TxPackets uint64     `json:"tx_packets"`
+	Groups    []Group    `json:"groups"`
 	// Drops counts, by reason, the packets from or for this peer that
 	// were dropped (a subset of Status.Drops).
 	Drops map[string]uint64 `json:"drops"`

@@ -120,6 +120,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		Self: d.addr, Peers: addrs, Relay: cfg.Relay, State: d.router.Advertised, Apply: d.peerSubscribed,
 		Send:   func(to netip.Addr, msg []byte) error { return d.bridge.SendControl(to, msg) },
 		Repair: func(addrs []netip.Addr, recent time.Duration) { d.transport.Repair(addrs, recent) },
+		LastRx: d.lastRx,
 		Log:    log,
 	})
 	d.bridge = bridge.New(d.ifc.Device, d.router, bridge.Config{Link: d.link, Control: d.exchange})
@@ -403,6 +404,14 @@ func (d *Daemon) writeToLink(pkt []byte) error {
 	copy(buf[wgOffset:], pkt)
 	_, err := d.ifc.Device.Write([][]byte{buf}, wgOffset)
 	return err
+}
+
+// lastRx returns when the last packet from the peer at addr arrived.
+func (d *Daemon) lastRx(addr netip.Addr) time.Time {
+	if c := d.router.Counters(addr); c != nil {
+		return c.LastRx()
+	}
+	return time.Time{}
 }
 
 // Status reports the daemon's state for the control API.

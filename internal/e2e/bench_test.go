@@ -402,7 +402,8 @@ func (s *sideBySide) run() *benchReport {
 	s.runs = nil
 	// Control-plane figures first, while the daemons' memory holds no
 	// traffic's buffers yet.
-	s.joinLeave(rep)
+	s.joinLeave(rep, false)
+	s.joinLeave(rep, true)
 	s.manyGroups(rep, 10000, "joinmany")
 	for _, n := range []int{10000, 100000} {
 		s.manyGroups(rep, n, "mldinject")
@@ -488,9 +489,20 @@ func (s *sideBySide) median(system string, k, rate int, f func(loadRun) float64)
 
 // joinLeave measures lcast's join-to-first-packet and leave-to-stop in
 // site 2, while site 1 streams at 10,000 datagrams/s. (VXLAN and tinc
-// flood every site whatever it joined, and have neither figure.)
-func (s *sideBySide) joinLeave(rep *benchReport) {
-	const group = "ff1e::4:1"
+// flood every site whatever it joined, and have neither figure.) With
+// saturated, site 4 meanwhile sends as fast as it can to a group site 3
+// listens to, so that the subscription messages cross a saturated link.
+func (s *sideBySide) joinLeave(rep *benchReport, saturated bool) {
+	const group, busy = "ff1e::4:1", "ff1e::4:2"
+	label := ""
+	if saturated {
+		label = "4->3 saturated: "
+		sink := startHelperUntil(s.b, s.m.sites[2].Namespace, "ready", "sink", "-group", busy+"%lc0", "-dur", "120s", "-idle", "5s")
+		defer sink.Stop()
+		s.m.waitSubscribed(s.b, 3, 2, busy, true, 10*time.Second)
+		sat := startHelperUntil(s.b, s.m.sites[3].Namespace, "", "blast", "-to", busy+"%lc0", "-rate", "0", "-dur", "120s")
+		defer sat.Stop()
+	}
 	blast := startHelperUntil(s.b, s.m.sites[0].Namespace, "", "blast", "-to", group, "-rate", "10000", "-dur", "60s")
 	defer blast.Stop()
 	site := s.m.sites[1]
@@ -507,13 +519,15 @@ func (s *sideBySide) joinLeave(rep *benchReport) {
 	decodeHelperJSON(s.b, p, &leave)
 	slices.Sort(join)
 	slices.Sort(leave)
-	rep.JoinUS, rep.LeaveUS = join, leave
+	if !saturated {
+		rep.JoinUS, rep.LeaveUS = join, leave
+	}
 	rep.Rows = append(rep.Rows,
-		benchRow{"lcast", "join to first packet p50 ms", join[len(join)/2] / 1e3},
-		benchRow{"lcast", "join to first packet max ms", join[len(join)-1] / 1e3},
-		benchRow{"lcast", "leave to stop p50 ms", leave[len(leave)/2] / 1e3},
-		benchRow{"lcast", "leave to stop max ms", leave[len(leave)-1] / 1e3})
-	fmt.Printf("join to first packet (us, sorted): %v\nleave to stop (us, sorted): %v\n", join, leave)
+		benchRow{"lcast", label + "join to first packet p50 ms", join[len(join)/2] / 1e3},
+		benchRow{"lcast", label + "join to first packet max ms", join[len(join)-1] / 1e3},
+		benchRow{"lcast", label + "leave to stop p50 ms", leave[len(leave)/2] / 1e3},
+		benchRow{"lcast", label + "leave to stop max ms", leave[len(leave)-1] / 1e3})
+	fmt.Printf("%sjoin to first packet (us, sorted): %v\n%sleave to stop (us, sorted): %v\n", label, join, label, leave)
 }
 
 // peerSubscriptionsRE matches the debug log line of a peer's subscriptions

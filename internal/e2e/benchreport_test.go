@@ -84,6 +84,7 @@ var benchTargets = []benchTarget{
 	{"1->2 at", "loss <= 0.1% at 90% of lcast's saturation", func(r *benchReport, m string) bool {
 		return !strings.HasSuffix(m, "loss %") || r.value("lcast", m) <= 0.1
 	}},
+	{"4->3 saturated:", "<= 100 ms", func(r *benchReport, m string) bool { return r.value("lcast", m) <= 100 }},
 	{"join to first packet", "<= 5 ms", func(r *benchReport, m string) bool { return r.value("lcast", m) <= 5 }},
 	{"leave to stop", "<= 100 ms", func(r *benchReport, m string) bool { return r.value("lcast", m) <= 100 }},
 	{"added latency p50", "<= 100 us", func(r *benchReport, m string) bool { return r.value("lcast", m) <= 100 }},
