@@ -26,8 +26,14 @@ const (
 	// HoldTime is how long a peer's subscriptions stay without any message
 	// from it (a dead or unreachable peer stops getting traffic then).
 	HoldTime = 10 * time.Second
-	// MaxGroupsPerPeer caps the subscriptions one peer can make.
-	MaxGroupsPerPeer = 1 << 18
+	// MaxGroupsPerPeer caps the subscriptions one peer can make,
+	// MaxSourcesPerGroup the sources of one of them and MaxSourcesPerPeer
+	// the sources of all: at most about 9 MiB of state per peer. Groups
+	// beyond them are dropped, sources trimmed (see sanitize.go), and
+	// both counted.
+	MaxGroupsPerPeer   = 1 << 18
+	MaxSourcesPerGroup = 1024
+	MaxSourcesPerPeer  = 1 << 18
 	// quietStart is how long after start a node with the higher overlay
 	// address waits for a peer to speak first. Two WireGuard handshakes
 	// that cross on the wire both fail; at a simultaneous start only one
@@ -109,6 +115,9 @@ type Exchange struct {
 	// OverCap counts the groups dropped from peers' states beyond
 	// MaxGroupsPerPeer.
 	OverCap atomic.Uint64
+	// SourcesOverCap counts the sources trimmed from peers' states beyond
+	// MaxSourcesPerGroup or MaxSourcesPerPeer.
+	SourcesOverCap atomic.Uint64
 	// InboxFull counts control messages dropped because inboxLen waited.
 	InboxFull atomic.Uint64
 }
@@ -132,15 +141,14 @@ type remote struct {
 	pending   uint64 // generation being assembled
 	received  map[uint16][]mld.GroupState
 	held      int  // groups in parts
+	heldSrcs  int  // sources in parts
 	capped    bool // groups of the pending state were dropped
 	lastHeard time.Time
 	// acked is this node's generation the peer acknowledged having
 	// applied, valid while ackedOK (the peer knows this node's epoch).
 	acked   uint64
 	ackedOK bool
-	// nextResend is when the state, if the peer has not acknowledged
-	// it, is owed again.
-	nextResend time.Time
+	resend  // when the full state is owed again (sendstate.go)
 
 	health
 }
@@ -206,6 +214,7 @@ func (x *Exchange) Changed() {
 		}
 		x.gen++
 		r.mine, r.parts, r.mineGen = states[i], SplitGroups(states[i]), x.gen
+		r.resend = freshState(time.Now())
 		x.owed[a] = true
 	}
 	x.mu.Unlock()
@@ -275,11 +284,8 @@ func (x *Exchange) tick(ctx context.Context) {
 		x.mu.Lock()
 		var hellos, repair []netip.Addr
 		for a, r := range x.peers {
-			if !now.Before(r.nextResend) {
-				r.nextResend = now.Add(HelloInterval)
-				if !r.ackedOK || r.acked != r.mineGen {
-					x.owed[a] = true
-				}
+			if (!r.ackedOK || r.acked != r.mineGen || r.requested) && r.mayResend(now) {
+				x.owed[a] = true
 			}
 			if !now.Before(r.nextHello) {
 				r.nextHello = now.Add(r.helloInterval(x.since(now)))
@@ -332,20 +338,27 @@ func (x *Exchange) receive(addr netip.Addr, b []byte) {
 		// The peer (re)started: its state is to be learnt afresh. What it
 		// subscribed to before stays until the new state is complete.
 		r.epoch, r.applied, r.pending, r.received, r.heard = m.Epoch, false, 0, nil, 0
+		r.resend = resend{} // a new start is owed the state at once
 	}
 	r.heard = max(r.heard, m.Stamp)
 	if m.PeerEpoch == x.epoch {
 		r.acked, r.ackedOK = m.PeerGeneration, true
 		r.echoed(m, x.since(now))
+		if r.acked == r.mineGen {
+			r.resend = resend{}
+		}
 	}
 	var changed []mld.GroupState
-	apply, dropped := false, 0
+	apply, dropped, trimmed := false, 0, 0
 	if m.Parts > 0 {
-		changed, apply, dropped = r.collect(m)
+		changed, apply, dropped, trimmed = r.collect(m)
 	}
 	capped := apply && r.capped
 	want := m.Parts == 0 && (!r.applied || r.gen != m.Generation)
-	sendState := m.Want || m.PeerEpoch != x.epoch
+	// A request for the state is served at once the first time, then
+	// at most as often as resends (sendstate.go).
+	sendState := (m.Want || m.PeerEpoch != x.epoch) && r.mayResend(now)
+	r.requested = r.requested || ((m.Want || m.PeerEpoch != x.epoch) && !sendState)
 	if sendState {
 		x.owed[addr] = true
 	}
@@ -354,6 +367,9 @@ func (x *Exchange) receive(addr netip.Addr, b []byte) {
 
 	if dropped > 0 {
 		x.OverCap.Add(uint64(dropped))
+	}
+	if trimmed > 0 {
+		x.SourcesOverCap.Add(uint64(trimmed))
 	}
 	if apply {
 		if capped {
@@ -373,33 +389,47 @@ func (x *Exchange) receive(addr netip.Addr, b []byte) {
 	}
 }
 
-// collect adds a part of a state; when the state is complete it returns it.
-// Groups beyond MaxGroupsPerPeer in a state are dropped as their parts
+// collect adds a part of a state; when the state is complete it returns
+// it, sanitized (sorted by group, each group once: see sanitize). Groups
+// beyond MaxGroupsPerPeer, sources beyond MaxSourcesPerGroup in a group
+// and beyond MaxSourcesPerPeer in the state are dropped as their parts
 // arrive, so a peer cannot make this node hold more; collect returns how
-// many it dropped of this part (r.capped tells whether the state lost any).
-func (r *remote) collect(m *Message) (all []mld.GroupState, complete bool, dropped int) {
+// many groups and sources it dropped of this part (r.capped tells whether
+// the state lost any groups).
+func (r *remote) collect(m *Message) (all []mld.GroupState, complete bool, dropped, trimmed int) {
 	if r.applied && m.Generation <= r.gen {
-		return nil, false, 0 // stale or repeated
+		return nil, false, 0, 0 // stale or repeated
 	}
 	if m.Generation != r.pending || r.received == nil {
-		r.pending, r.received, r.held, r.capped = m.Generation, map[uint16][]mld.GroupState{}, 0, false
+		r.pending, r.received, r.held, r.heldSrcs, r.capped = m.Generation, map[uint16][]mld.GroupState{}, 0, 0, false
 	}
-	r.held -= len(r.received[m.Part]) // a part sent again replaces itself
+	for _, g := range r.received[m.Part] { // a part sent again replaces itself
+		r.held--
+		r.heldSrcs -= len(g.Sources)
+	}
 	groups := m.Groups
 	if room := MaxGroupsPerPeer - r.held; len(groups) > room {
 		groups, dropped, r.capped = groups[:room], len(groups)-room, true
 	}
+	for i := range groups {
+		room := min(MaxSourcesPerGroup, MaxSourcesPerPeer-r.heldSrcs)
+		if n := len(groups[i].Sources); n > room {
+			groups[i].Sources, trimmed = groups[i].Sources[:room], trimmed+n-room
+		}
+		r.heldSrcs += len(groups[i].Sources)
+	}
 	r.received[m.Part] = groups
 	r.held += len(groups)
 	if len(r.received) < int(m.Parts) {
-		return nil, false, dropped
+		return nil, false, dropped, trimmed
 	}
 	all = make([]mld.GroupState, 0, r.held)
 	for i := range m.Parts {
 		all = append(all, r.received[i]...)
 	}
-	r.applied, r.gen, r.received, r.held = true, m.Generation, nil, 0
-	return all, true, dropped
+	r.applied, r.gen, r.received, r.held, r.heldSrcs = true, m.Generation, nil, 0, 0
+	all, merged := sanitize(all)
+	return all, true, dropped, trimmed + merged
 }
 
 // Silence returns how long the peer at addr has sent nothing, counted from
@@ -422,49 +452,6 @@ func (x *Exchange) wakeSender() {
 	select {
 	case x.wake <- struct{}{}:
 	default:
-	}
-}
-
-// sendStates sends the full state to the peers it is owed, paced, until
-// ctx is done.
-func (x *Exchange) sendStates(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-x.wake:
-		}
-		for {
-			x.mu.Lock()
-			var addr netip.Addr
-			for a := range x.owed {
-				addr = a
-				break
-			}
-			delete(x.owed, addr)
-			var gen uint64
-			var parts int
-			if r, ok := x.peers[addr]; ok {
-				gen, parts = r.mineGen, len(r.parts)
-			}
-			x.mu.Unlock()
-			if !addr.IsValid() {
-				break
-			}
-			for i := range parts {
-				if x.pace.Wait(ctx) != nil {
-					return
-				}
-				x.mu.Lock()
-				r, ok := x.peers[addr]
-				changed := !ok || r.mineGen != gen
-				x.mu.Unlock()
-				if changed {
-					break // the peer is owed the new state, from its start (or is gone)
-				}
-				x.send(addr, i+1, sendFlags{})
-			}
-		}
 	}
 }
 

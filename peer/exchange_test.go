@@ -302,3 +302,127 @@ func TestForgedEchoIgnored(t *testing.T) {
 		t.Fatalf("a forged echo counts: %+v", h)
 	}
 }
+
+// sendState sends groups to x as the peer at from would, as one state of
+// the given generation.
+func sendState(x *Exchange, from netip.Addr, gen uint64, groups []mld.GroupState) {
+	parts := SplitGroups(groups)
+	for i, p := range parts {
+		x.HandleControl(from, AppendMessage(nil, &Message{Epoch: 7, Generation: gen, Part: uint16(i), Parts: uint16(len(parts)), Groups: p}))
+		if i%1000 == 999 {
+			time.Sleep(20 * time.Millisecond) // within the inbox
+		}
+	}
+}
+
+// A hostile peer's states are capped and put in order: 10^5 sources in one
+// group keep MaxSourcesPerGroup of them, and a group listed 10^4 times is
+// applied once; both are counted, and an honest peer's state is applied
+// meanwhile.
+func TestHostileStatesCapped(t *testing.T) {
+	evil, honest := addrB, addrC
+	got := make(chan applied, 16)
+	w := newWire()
+	x := w.start(t, ExchangeConfig{Self: addrA, Peers: []netip.Addr{evil, honest}, Apply: func(p netip.Addr, r bool, g []mld.GroupState) {
+		got <- applied{p, r, g}
+	}})
+	many := make([]netip.Addr, 100000)
+	for i := range many {
+		many[i] = netip.MustParseAddr(fmt.Sprintf("2001:db8::%x:%x", i>>16, i&0xffff))
+	}
+	g := mld.GroupState{Group: netip.MustParseAddr("ff1e::1"), Mode: mld.Include}
+	var groups []mld.GroupState
+	for i := 0; i < len(many); i += 60 { // a message's worth of sources per record
+		g.Sources = many[i:min(i+60, len(many))]
+		groups = append(groups, g)
+	}
+	sendState(x, evil, 1, groups)
+	expect := func(from netip.Addr, check func([]mld.GroupState) bool) {
+		t.Helper()
+		for {
+			select {
+			case a := <-got:
+				if a.from == from {
+					if !check(a.groups) {
+						t.Fatalf("%v applied %d groups (%d sources in the first)", from, len(a.groups), len(a.groups[0].Sources))
+					}
+					return
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%v: nothing applied", from)
+			}
+		}
+	}
+	expect(evil, func(g []mld.GroupState) bool { return len(g) == 1 && len(g[0].Sources) == MaxSourcesPerGroup })
+	if n := x.SourcesOverCap.Load(); n != uint64(len(many)-MaxSourcesPerGroup) {
+		t.Errorf("%d sources counted over the cap, want %d", n, len(many)-MaxSourcesPerGroup)
+	}
+	same := make([]mld.GroupState, 10000)
+	for i := range same {
+		same[i] = mld.GroupState{Group: netip.MustParseAddr("ff1e::2"), Mode: mld.Exclude, Sources: []netip.Addr{}}
+	}
+	sendState(x, evil, 2, same)
+	sendState(x, honest, 1, exclude("ff1e::3"))
+	expect(evil, func(g []mld.GroupState) bool { return len(g) == 1 && g[0].Group.String() == "ff1e::2" })
+	expect(honest, func(g []mld.GroupState) bool { return len(g) == 1 && g[0].Group.String() == "ff1e::3" })
+}
+
+// A peer that never acknowledges is sent its full state again less and
+// less often (HelloInterval, then twice as long each time), not every
+// second.
+func TestResendsBackOff(t *testing.T) {
+	var mu sync.Mutex
+	var states []time.Time
+	x := NewExchange(ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}, State: func(netip.Addr) []mld.GroupState { return exclude("ff1e::1") },
+		Send: func(_ netip.Addr, msg []byte) error {
+			if m, err := ParseMessage(msg); err == nil && m.Parts > 0 {
+				mu.Lock()
+				states = append(states, time.Now())
+				mu.Unlock()
+			}
+			return nil
+		}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { x.Run(ctx) })
+	time.Sleep(8 * time.Second)
+	cancel()
+	wg.Wait()
+	// Sent at 0, then again at about 1, 3 and 7 s.
+	if len(states) < 3 || len(states) > 5 {
+		t.Fatalf("%d full states in 8 s to a peer that never acknowledges, want 4 (0, 1, 3, 7 s)", len(states))
+	}
+}
+
+// One peer's large state does not hold up another's: parts go to each
+// peer in turn, so a one-part state owed after a state of thousands of
+// parts started is applied before that one is complete.
+func TestStatesSentInTurn(t *testing.T) {
+	big := make([]mld.GroupState, 200000)
+	for i := range big {
+		big[i] = mld.GroupState{Group: netip.MustParseAddr(fmt.Sprintf("ff1e::%x:%x", i>>16, i&0xffff)), Mode: mld.Exclude, Sources: []netip.Addr{}}
+	}
+	w := newWire()
+	done := make(chan netip.Addr, 4)
+	for _, a := range []netip.Addr{addrB, addrC} {
+		w.start(t, ExchangeConfig{Self: a, Peers: []netip.Addr{addrA}, Apply: func(netip.Addr, bool, []mld.GroupState) { done <- a }})
+	}
+	x := w.start(t, ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}, State: func(p netip.Addr) []mld.GroupState {
+		if p == addrB {
+			return big
+		}
+		return exclude("ff1e::1")
+	}})
+	// The large state (3,300 parts, 165 ms at StateRate) is on its way
+	// when the second peer comes.
+	time.Sleep(20 * time.Millisecond)
+	x.SetPeers([]netip.Addr{addrB, addrC})
+	select {
+	case first := <-done:
+		if first != addrC {
+			t.Fatalf("%v applied its state first; the small state should not wait for the large one", first)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no state applied")
+	}
+}

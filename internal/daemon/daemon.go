@@ -429,6 +429,7 @@ func (d *Daemon) Status() control.Status {
 	st.Drops["mld_malformed"] = d.link.Malformed()
 	st.Drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
 	st.Drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
+	st.Drops["peer_sources_over_cap"] = d.exchange.SourcesOverCap.Load()
 	st.Drops["control_inbox_full"] = d.exchange.InboxFull.Load()
 	stats, err := d.transport.Stats()
 	if err != nil {

@@ -1,0 +1,113 @@
+package peer
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// maxResendWait is the longest wait between full states sent again to a
+// peer that neither acknowledges nor changes: from HelloInterval the wait
+// doubles up to it, so that a peer that never acknowledges (or keeps
+// asking) costs little.
+const maxResendWait = 32 * time.Second
+
+// resend limits how often one peer is sent the same full state again. A
+// new state, an acknowledgement or the peer's restart resets it.
+type resend struct {
+	next      time.Time     // not again before
+	wait      time.Duration // the wait after the next resend
+	requested bool          // the peer asked while the limit held
+}
+
+// freshState is the limit after a new state went out at now: the first
+// resend comes after HelloInterval.
+func freshState(now time.Time) resend {
+	return resend{next: now.Add(HelloInterval), wait: HelloInterval}
+}
+
+// mayResend reports whether the state may be sent again now, and if so
+// notes it.
+func (r *resend) mayResend(now time.Time) bool {
+	if now.Before(r.next) {
+		return false
+	}
+	r.wait = min(max(2*r.wait, HelloInterval), maxResendWait)
+	r.next, r.requested = now.Add(r.wait), false
+	return true
+}
+
+// outgoing is a full state being sent to one peer, part by part.
+type outgoing struct {
+	addr        netip.Addr
+	gen         uint64
+	part, parts int
+}
+
+// sendStates sends the full states owed, paced at StateRate, one part to
+// each peer in turn, so that one peer's large state (or one peer that
+// keeps asking) does not hold up the others. A state owed again while it
+// is being sent starts again from its first part. It runs until ctx is
+// done.
+func (x *Exchange) sendStates(ctx context.Context) {
+	var active []*outgoing
+	next := 0
+	for {
+		active = x.takeOwed(active)
+		if len(active) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-x.wake:
+			}
+			continue
+		}
+		if x.pace.Wait(ctx) != nil {
+			return
+		}
+		next %= len(active)
+		if x.sendPart(active[next]) {
+			next++
+		} else {
+			active = slices.Delete(active, next, next+1)
+		}
+	}
+}
+
+// takeOwed moves the peers owed a state into active, replacing a state
+// being sent to the same peer.
+func (x *Exchange) takeOwed(active []*outgoing) []*outgoing {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for a := range x.owed {
+		delete(x.owed, a)
+		r, ok := x.peers[a]
+		if !ok {
+			continue
+		}
+		o := &outgoing{addr: a, gen: r.mineGen, parts: len(r.parts)}
+		if i := slices.IndexFunc(active, func(o *outgoing) bool { return o.addr == a }); i >= 0 {
+			active[i] = o
+		} else {
+			active = append(active, o)
+		}
+	}
+	return active
+}
+
+// sendPart sends the next part of o, and reports whether parts remain. A
+// state that changed meanwhile (and is owed anew) or a peer that is gone
+// ends it.
+func (x *Exchange) sendPart(o *outgoing) bool {
+	x.mu.Lock()
+	r, ok := x.peers[o.addr]
+	current := ok && r.mineGen == o.gen
+	x.mu.Unlock()
+	if !current {
+		return false
+	}
+	o.part++
+	x.send(o.addr, o.part, sendFlags{})
+	return o.part < o.parts
+}
