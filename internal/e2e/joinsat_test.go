@@ -7,11 +7,13 @@ import (
 	"time"
 )
 
-// A join gets data within 100 ms while another link is saturated: site 1
-// sends to a group that site 2 joined as fast as it can, while site 4
-// streams 1000 datagrams/s to another group; a program in site 3 joins
-// that group ten times, and each join's first datagram comes within 100 ms.
-func TestJoinDuringSaturation(t *testing.T) {
+// A join gets data, and a leave stops it, within 100 ms while another link
+// is saturated: site 1 sends to a group that site 2 joined as fast as it
+// can, while site 4 streams 1000 datagrams/s to another group; a program
+// in site 3 joins that group ten times, and each join's first datagram
+// comes within 100 ms; then it leaves ten times, and site 4's datagrams
+// stop reaching site 3's underlay within 100 ms of each leave.
+func TestJoinLeaveDuringSaturation(t *testing.T) {
 	const busy, wanted, joins = "ff1e::15:3", "ff1e::15:4", 10
 	m := newMesh(t, 4)
 	sink := startHelperUntil(t, m.sites[1].Namespace, "ready", "sink", "-group", busy+"%lc0", "-dur", "60s", "-idle", "2s")
@@ -23,13 +25,19 @@ func TestJoinDuringSaturation(t *testing.T) {
 	time.Sleep(time.Second) // into the saturation
 	jl := startHelperUntil(t, m.sites[2].Namespace, "", "joinlat", "-group", wanted+"%lc0", "-n", strconv.Itoa(joins), "-gap", "300ms")
 	exited, err := jl.Wait(joins * 3 * time.Second)
-	blast.Stop()
-	stream.Stop()
 	if !exited || err != nil {
 		t.Fatalf("joins in site 3: exited %v, %v\n%s\n%s", exited, err, jl.Output(), m.diagnose(t))
 	}
-	var took []float64 // microseconds
+	var took, left []float64 // microseconds
 	decodeHelperJSON(t, jl, &took)
+	ll := startHelperUntil(t, m.sites[2].Namespace, "", "leavelat", "-group", wanted+"%lc0", "-n", strconv.Itoa(joins))
+	exited, err = ll.Wait(joins * 4 * time.Second)
+	blast.Stop()
+	stream.Stop()
+	if !exited || err != nil {
+		t.Fatalf("leaves in site 3: exited %v, %v\n%s\n%s", exited, err, ll.Output(), m.diagnose(t))
+	}
+	decodeHelperJSON(t, ll, &left)
 	waitExit(t, sink, 10*time.Second, "sink in site 2")
 	var sat sinkResult
 	decodeHelperJSON(t, sink, &sat)
@@ -43,6 +51,11 @@ func TestJoinDuringSaturation(t *testing.T) {
 	}
 	if worst := sorted[len(sorted)-1] / 1e3; worst > 100 {
 		t.Errorf("the slowest of %d joins got its first datagram after %.1f ms, want <= 100 ms", joins, worst)
+	}
+	slices.Sort(left)
+	t.Logf("leave to stop in site 3 (ms, sorted): %v", ms(left))
+	if worst := left[len(left)-1] / 1e3; worst > 100 {
+		t.Errorf("after the slowest of %d leaves data still came for %.1f ms, want <= 100 ms", joins, worst)
 	}
 }
 
