@@ -116,7 +116,7 @@ func TestColdStart(t *testing.T) {
 		for _, h := range heal {
 			h()
 		}
-		s.expectPairs(t, "partition of 30 s healed", across, func(pair) time.Time { return healed }, time.Second)
+		s.expectPairs(t, "partition of 30 s healed", across, func(pair) time.Time { return healed }, time.Second+raceAllowance)
 	})
 }
 
