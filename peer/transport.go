@@ -82,11 +82,7 @@ func (b reportingBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 // NewTransport starts the transport on UDP port listenPort with the node's
 // private key and its peers.
 func NewTransport(private Key, listenPort int, peers []Config, port Port, log *slog.Logger) (*Transport, error) {
-	logger := &device.Logger{
-		Verbosef: func(format string, args ...any) { log.Debug("wireguard: " + fmt.Sprintf(format, args...)) },
-		Errorf:   func(format string, args ...any) { log.Warn("wireguard: " + fmt.Sprintf(format, args...)) },
-	}
-	dev := device.NewDevice(port, reportingBind{conn.NewDefaultBind(), port}, logger)
+	dev := device.NewDevice(port, reportingBind{conn.NewDefaultBind(), port}, wgLogger(log))
 	// A persistent keepalive makes WireGuard contact the peer as soon as
 	// the device is up. Toward peers with a lower overlay address it is
 	// enabled only after quietStart, so that at a simultaneous start only
