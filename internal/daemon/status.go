@@ -1,0 +1,110 @@
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/librecast/lcast/internal/control"
+	"github.com/librecast/lcast/mld"
+	"github.com/librecast/lcast/peer"
+	"github.com/librecast/lcast/router"
+)
+
+// lastRx returns when the last packet from the peer at addr arrived.
+func (d *Daemon) lastRx(addr netip.Addr) time.Time {
+	if c := d.router.Counters(addr); c != nil {
+		return c.LastRx()
+	}
+	return time.Time{}
+}
+
+// Status reports the daemon's state for the control API.
+func (d *Daemon) Status() control.Status {
+	st := control.Status{
+		Interface:   d.cfg.Interface,
+		Address:     d.addr.String(),
+		PublicKey:   d.cfg.Key.PublicKey().String(),
+		ListenPort:  d.cfg.Port,
+		Relay:       d.cfg.Relay,
+		LocalGroups: groupsJSON(d.link.Groups()),
+		Peers:       []control.PeerStatus{},
+		Drops:       d.router.Drops(),
+	}
+	st.Drops["mld_malformed"] = d.link.Malformed()
+	st.Drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
+	st.Drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
+	st.Drops["peer_sources_over_cap"] = d.exchange.SourcesOverCap.Load()
+	st.Drops["control_inbox_full"] = d.exchange.InboxFull.Load()
+	stats, err := d.transport.Stats()
+	if err != nil {
+		d.log.Warn("reading transport state", "err", err)
+	}
+	now := time.Now()
+	d.peersMu.Lock()
+	peers := d.peers
+	d.peersMu.Unlock()
+	keys := map[netip.Addr]string{}
+	for _, p := range peers {
+		addr := peer.OverlayAddr(p.PublicKey)
+		keys[addr] = p.PublicKey.String()
+		s := stats[p.PublicKey]
+		ps := control.PeerStatus{
+			PublicKey: p.PublicKey.String(),
+			Endpoint:  s.Endpoint,
+			Relay:     d.router.Relays(addr),
+			Connected: d.exchange.Health(addr).Connected(now),
+			Groups:    groupsJSON(d.router.Subscriptions(addr)),
+		}
+		if !s.LastHandshake.IsZero() {
+			hs := s.LastHandshake.UTC()
+			ps.LastHandshake = &hs
+		}
+		if c := d.router.Counters(addr); c != nil {
+			ps.RxPackets, ps.RxBytes = c.RxPackets.Load(), c.RxBytes.Load()
+			ps.TxPackets, ps.TxBytes = c.TxPackets.Load(), c.TxBytes.Load()
+			ps.Drops = c.Drops()
+			if rx := c.LastRx(); !rx.IsZero() {
+				rx = rx.UTC()
+				ps.LastRx = &rx
+			}
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	st.Forwarding = forwardingJSON(d.router.Routes(), keys)
+	return st
+}
+
+// forwardingJSON turns the router's routes into the status's, naming
+// peers by their public keys.
+func forwardingJSON(routes []router.Route, keys map[netip.Addr]string) []control.Forward {
+	out := make([]control.Forward, len(routes))
+	for i, rt := range routes {
+		out[i] = control.Forward{Group: rt.Group.String(), To: make([]control.ForwardTo, len(rt.To))}
+		for j, via := range rt.To {
+			g := groupJSON(via.Sub)
+			reason := "listeners on the peer"
+			if via.Sub.Hops > 0 {
+				reason = fmt.Sprintf("listeners %d relay(s) beyond the peer", via.Sub.Hops)
+			}
+			out[i].To[j] = control.ForwardTo{PublicKey: keys[via.Peer], Mode: g.Mode, Sources: g.Sources, Hops: g.Hops, Reason: reason}
+		}
+	}
+	return out
+}
+
+func groupsJSON(groups []mld.GroupState) []control.Group {
+	out := make([]control.Group, len(groups))
+	for i, g := range groups {
+		out[i] = groupJSON(g)
+	}
+	return out
+}
+
+func groupJSON(g mld.GroupState) control.Group {
+	out := control.Group{Group: g.Group.String(), Mode: g.Mode.String(), Sources: make([]string, len(g.Sources)), Hops: int(g.Hops)}
+	for j, s := range g.Sources {
+		out.Sources[j] = s.String()
+	}
+	return out
+}
