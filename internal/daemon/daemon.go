@@ -96,7 +96,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	undo = append(undo, func() { ln.Close() })
 	var metricsSrv *metrics.Server
 	if cfg.MetricsListen != "" {
-		if metricsSrv, err = metrics.Listen(cfg.MetricsListen, d.Status, log); err != nil {
+		if metricsSrv, err = metrics.Listen(cfg.MetricsListen, d.Snapshot, log); err != nil {
 			return err
 		}
 		undo = append(undo, func() { metricsSrv.Close() })
@@ -424,12 +424,8 @@ func (d *Daemon) Status() control.Status {
 		Relay:       d.cfg.Relay,
 		LocalGroups: groupsJSON(d.link.Groups()),
 		Peers:       []control.PeerStatus{},
-		Drops:       d.router.Drops(),
+		Drops:       d.drops(),
 	}
-	st.Drops["mld_malformed"] = d.link.Malformed()
-	st.Drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
-	st.Drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
-	st.Drops["control_inbox_full"] = d.exchange.InboxFull.Load()
 	stats, err := d.transport.Stats()
 	if err != nil {
 		d.log.Warn("reading transport state", "err", err)
@@ -467,6 +463,17 @@ func (d *Daemon) Status() control.Status {
 	}
 	st.Forwarding = forwardingJSON(d.router.Routes(), keys)
 	return st
+}
+
+// drops returns the drop counters by reason: the router's, the link's and
+// the exchange's.
+func (d *Daemon) drops() map[string]uint64 {
+	drops := d.router.Drops()
+	drops["mld_malformed"] = d.link.Malformed()
+	drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
+	drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
+	drops["control_inbox_full"] = d.exchange.InboxFull.Load()
+	return drops
 }
 
 // forwardingJSON turns the router's routes into the status's, naming
