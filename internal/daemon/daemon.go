@@ -465,17 +465,6 @@ func (d *Daemon) Status() control.Status {
 	return st
 }
 
-// drops returns the drop counters by reason: the router's, the link's and
-// the exchange's.
-func (d *Daemon) drops() map[string]uint64 {
-	drops := d.router.Drops()
-	drops["mld_malformed"] = d.link.Malformed()
-	drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
-	drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
-	drops["control_inbox_full"] = d.exchange.InboxFull.Load()
-	return drops
-}
-
 // forwardingJSON turns the router's routes into the status's, naming
 // peers by their public keys.
 func forwardingJSON(routes []router.Route, keys map[netip.Addr]string) []control.Forward {
