@@ -47,7 +47,7 @@ for i in "${SITES[@]}"; do
 	ip -n "$ns" link set eth0 up
 	ip -n "$ns" -6 route add default via "2001:db8:$i::1"
 	until ip netns exec "$ns" ping -6 -c1 -W1 "2001:db8:$i::1" >/dev/null 2>&1; do sleep 0.1; done
-	"$LCAST" genkey > "$WORK/site$i.key"
+	(umask 077 && "$LCAST" genkey > "$WORK/site$i.key") # lcast refuses a key others can read
 	echo "   site $i: $ns, underlay 2001:db8:$i::2"
 done
 

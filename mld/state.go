@@ -300,6 +300,13 @@ func (l *Link) expireGroup(now time.Time, addr netip.Addr, g *group) {
 	}
 }
 
+// Len returns how many groups have listeners.
+func (l *Link) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.groups)
+}
+
 // Groups returns a snapshot of every group with listeners, sorted by address.
 func (l *Link) Groups() []GroupState {
 	l.mu.Lock()

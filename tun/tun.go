@@ -32,6 +32,10 @@ var (
 	ErrInUse   = errors.New("is in use by another process (is another lcast running?)")
 )
 
+// addrGenModeNone is IN6_ADDR_GEN_MODE_NONE (linux/if_link.h), which
+// x/sys/unix does not define: the kernel generates no IPv6 address.
+const addrGenModeNone = 1
+
 // TxQueueLen is the interface's queue length, in packets.
 const TxQueueLen = 4096
 
@@ -112,8 +116,9 @@ func Open(cfg Config, log *slog.Logger) (ifc *Interface, err error) {
 		return ifc, fmt.Errorf("set the queue length of %s: %w", cfg.Name, err)
 	}
 	// The kernel must not make a link-local address of its own: the one
-	// lcast sets identifies this node to its peers.
-	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+cfg.Name+"/addr_gen_mode", []byte("1"), 0); err != nil {
+	// lcast sets identifies this node to its peers. Set through netlink,
+	// not /proc/sys, so that the unit can keep ProtectKernelTunables=yes.
+	if err := netlink.LinkSetIP6AddrGenMode(link, addrGenModeNone); err != nil {
 		return ifc, fmt.Errorf("set addr_gen_mode of %s: %w", cfg.Name, err)
 	}
 	for _, p := range []netip.Prefix{cfg.Addr, netip.PrefixFrom(cfg.LinkLocal, 64)} {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -74,6 +75,10 @@ func TestOpenConfiguresAndCloseRemoves(t *testing.T) {
 	out := ipOut(t, "-6", "addr", "show", "dev", "lc0")
 	if !strings.Contains(out, "fd6c:6361:7374:1:2:3:4:5/48") || !strings.Contains(out, "fe80::2:3:4:5/64") || strings.Count(out, "inet6 fe80::") != 1 {
 		t.Fatalf("want the overlay address and exactly one link-local, fe80::2:3:4:5:\n%s", out)
+	}
+	// Set through netlink (so that /proc/sys may be read-only), read here.
+	if mode, err := os.ReadFile("/proc/sys/net/ipv6/conf/lc0/addr_gen_mode"); err != nil || strings.TrimSpace(string(mode)) != "1" {
+		t.Fatalf("addr_gen_mode %q, %v; want 1 (none)", mode, err)
 	}
 	if n := lcastRoutes(t); n != len(testCfg.Routes) {
 		t.Fatalf("%d lcast routes, want %d", n, len(testCfg.Routes))

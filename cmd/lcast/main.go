@@ -115,16 +115,19 @@ func pubkey(c *cli.Context) error {
 	return nil
 }
 
-// loadConfig reads the --config file of a command that takes no arguments.
-func loadConfig(c *cli.Context) (*config.Config, error) {
+// noArgs refuses arguments to a command that takes none.
+func noArgs(c *cli.Context) error {
 	if c.NArg() > 0 {
-		return nil, fmt.Errorf("%s takes no arguments, got %q", c.Command.Name, c.Args().Slice())
+		return fmt.Errorf("%s takes no arguments, got %q", c.Command.Name, c.Args().Slice())
 	}
-	return config.Load(c.String("config"))
+	return nil
 }
 
 func up(c *cli.Context) error {
-	cfg, err := loadConfig(c)
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	cfg, err := config.Load(c.String("config"))
 	if err != nil {
 		return err
 	}
@@ -167,12 +170,17 @@ func reloads(ctx context.Context, path string, log *slog.Logger) <-chan *config.
 	return out
 }
 
+// status asks the daemon; it finds the control socket in the
+// configuration without reading the private key.
 func status(c *cli.Context) error {
-	cfg, err := loadConfig(c)
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	sock, err := config.ControlSocket(c.String("config"))
 	if err != nil {
 		return err
 	}
-	st, err := control.GetStatus(context.Background(), cfg.ControlSocket)
+	st, err := control.GetStatus(context.Background(), sock)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/librecast/lcast/internal/control"
 	"github.com/librecast/lcast/peer"
 	"github.com/pelletier/go-toml/v2"
 )
@@ -35,9 +36,9 @@ type Config struct {
 	PrivateKeyFile string    `toml:"private_key_file"`
 	ListenPort     *int      `toml:"listen_port"`
 	// ControlSocket is the control API's unix socket: a path, or a name
-	// starting with "@" in the abstract namespace, which belongs to the
-	// network namespace and so never collides between daemons in
-	// different namespaces. Default "@lcast/<interface>".
+	// starting with "@" in the abstract namespace (weaker: any local user
+	// can take such a name first). Default control.DefaultSocket: under
+	// /run/lcast, one directory per network namespace.
 	ControlSocket string `toml:"control_socket"`
 	MTU           int    `toml:"mtu"`
 	// ForwardLinkScope lets link-scope (ff02::/16) application groups,
@@ -117,7 +118,11 @@ type Error struct {
 	Line int // 0 when not known
 	Key  string
 	Msg  string
+	Err  error // the cause, when there is one to match with errors.Is
 }
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
 
 func (e *Error) Error() string {
 	var b strings.Builder
@@ -143,14 +148,41 @@ func Load(path string) (*Config, error) {
 
 // Parse validates doc, read from file (named in errors).
 func Parse(file string, doc []byte) (*Config, error) {
+	c, err := decode(file, doc)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.validate(file, doc); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ControlSocket returns the control socket of the configuration file at
+// path, for clients of the running daemon: it decodes the file as strictly
+// as Load but neither reads private_key_file nor checks the other keys.
+func ControlSocket(path string) (string, error) {
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read config: %w", err)
+	}
+	c, err := decode(path, doc)
+	if err != nil {
+		return "", err
+	}
+	if err := c.validateControl(path, doc); err != nil {
+		return "", err
+	}
+	return c.ControlSocket, nil
+}
+
+// decode decodes doc strictly.
+func decode(file string, doc []byte) (*Config, error) {
 	var c Config
 	dec := toml.NewDecoder(bytes.NewReader(doc))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		return nil, decodeError(file, err)
-	}
-	if err := c.validate(file, doc); err != nil {
-		return nil, err
 	}
 	return &c, nil
 }
@@ -170,15 +202,32 @@ func decodeError(file string, err error) error {
 	return &Error{File: file, Msg: err.Error()}
 }
 
-func (c *Config) validate(file string, doc []byte) error {
-	fail := func(key, needle, format string, args ...any) error {
-		return &Error{File: file, Line: lineOf(doc, key, needle), Key: key, Msg: fmt.Sprintf(format, args...)}
-	}
+// validateControl checks and defaults what clients need: the interface and
+// the control socket.
+func (c *Config) validateControl(file string, doc []byte) error {
 	if c.Interface == "" {
 		c.Interface = DefaultInterface
 	}
 	if len(c.Interface) > 15 || strings.ContainsAny(c.Interface, "/ \t\n:") || c.Interface == "." || c.Interface == ".." {
-		return fail("interface", c.Interface, "%q is not a valid interface name (at most 15 characters, no '/', ':' or spaces)", c.Interface)
+		return &Error{File: file, Line: lineOf(doc, "interface", c.Interface), Key: "interface",
+			Msg: fmt.Sprintf("%q is not a valid interface name (at most 15 characters, no '/', ':' or spaces)", c.Interface)}
+	}
+	if c.ControlSocket == "" {
+		sock, err := control.DefaultSocket(c.Interface)
+		if err != nil {
+			return &Error{File: file, Key: "control_socket", Msg: fmt.Sprintf("no default: %v; set control_socket", err)}
+		}
+		c.ControlSocket = sock
+	}
+	return nil
+}
+
+func (c *Config) validate(file string, doc []byte) error {
+	fail := func(key, needle, format string, args ...any) error {
+		return &Error{File: file, Line: lineOf(doc, key, needle), Key: key, Msg: fmt.Sprintf(format, args...)}
+	}
+	if err := c.validateControl(file, doc); err != nil {
+		return err
 	}
 	switch {
 	case c.PrivateKey != nil && c.PrivateKeyFile != "":
@@ -186,13 +235,11 @@ func (c *Config) validate(file string, doc []byte) error {
 	case c.PrivateKey != nil:
 		c.Key = *c.PrivateKey
 	case c.PrivateKeyFile != "":
-		text, err := os.ReadFile(c.PrivateKeyFile)
+		key, err := readKeyFile(c.PrivateKeyFile)
 		if err != nil {
-			return fail("private_key_file", "", "%v", err)
+			return &Error{File: file, Line: lineOf(doc, "private_key_file", ""), Key: "private_key_file", Msg: err.Error(), Err: err}
 		}
-		if c.Key, err = peer.ParseKey(strings.TrimSpace(string(text))); err != nil {
-			return fail("private_key_file", "", "%s: %v", c.PrivateKeyFile, err)
-		}
+		c.Key = key
 	default:
 		return &Error{File: file, Key: "private_key", Msg: "missing: set private_key or private_key_file (make one with `lcast genkey`)"}
 	}
@@ -211,9 +258,6 @@ func (c *Config) validate(file string, doc []byte) error {
 	}
 	if c.MTU < MinMTU || c.MTU > 65535 {
 		return fail("mtu", "", "%d is outside %d-65535 (IPv6 needs at least %d)", c.MTU, MinMTU, MinMTU)
-	}
-	if c.ControlSocket == "" {
-		c.ControlSocket = "@lcast/" + c.Interface
 	}
 	if c.MetricsListen != "" {
 		if _, _, err := splitHostPort(c.MetricsListen); err != nil {

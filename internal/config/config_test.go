@@ -1,6 +1,8 @@
 package config
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -10,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/librecast/lcast/internal/control"
 	"github.com/librecast/lcast/peer"
 )
 
@@ -39,7 +42,11 @@ endpoint = "example.net:51840"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Interface != "lc0" || c.Key != privA || c.Port != 4000 || c.MTU != DefaultMTU || c.ControlSocket != "@lcast/lc0" || c.MetricsListen != "[::1]:9847" || !c.Relay {
+	sock, err := control.DefaultSocket("lc0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Interface != "lc0" || c.Key != privA || c.Port != 4000 || c.MTU != DefaultMTU || c.ControlSocket != sock || c.MetricsListen != "[::1]:9847" || !c.Relay {
 		t.Fatalf("parsed %+v", c)
 	}
 	if len(c.Peers) != 2 || c.Peers[0].PublicKey != pubB || c.Peers[1].Endpoint.String() != "example.net:51840" || c.Peers[0].Endpoint.Host != "2001:db8::1" {
@@ -47,14 +54,75 @@ endpoint = "example.net:51840"
 	}
 }
 
+// A key file that group or others can read or write is refused, naming
+// the file and the fix; one only its owner can is read.
 func TestPrivateKeyFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(path, []byte(privA.String()+"\n"), 0o600); err != nil {
+	for _, tc := range []struct {
+		mode os.FileMode
+		want error
+	}{
+		{0o600, nil},
+		{0o400, nil},
+		{0o644, ErrKeyFileMode},
+		{0o640, ErrKeyFileMode},
+		{0o602, ErrKeyFileMode},
+	} {
+		t.Run(tc.mode.String(), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "key")
+			if err := os.WriteFile(path, []byte(privA.String()+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(path, tc.mode)
+			c, err := Parse("x.toml", []byte(`private_key_file = "`+path+`"`))
+			if tc.want == nil {
+				if err != nil || c.Key != privA {
+					t.Fatalf("Parse = %+v, %v", c, err)
+				}
+				return
+			}
+			want := fmt.Sprintf("x.toml:1: private_key_file: %s is accessible by group or others (mode %04o); chmod 600 it", path, tc.mode)
+			if !errors.Is(err, tc.want) || err.Error() != want {
+				t.Fatalf("error %v\nwant %s", err, want)
+			}
+		})
+	}
+	if os.Geteuid() == 0 {
+		path := filepath.Join(t.TempDir(), "key")
+		if err := os.WriteFile(path, []byte(privA.String()+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		os.Chown(path, 65534, 65534)
+		if _, err := Parse("x.toml", []byte(`private_key_file = "`+path+`"`)); !errors.Is(err, ErrKeyFileOwner) {
+			t.Fatalf("a key file of nobody's: %v, want ErrKeyFileOwner", err)
+		}
+	}
+}
+
+// ControlSocket finds the socket without reading the key file, which may
+// be missing or unreadable to the caller, but still refuses unknown keys.
+func TestControlSocket(t *testing.T) {
+	dir := t.TempDir()
+	write := func(doc string) string {
+		path := filepath.Join(dir, "lcast.toml")
+		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	def, err := control.DefaultSocket("lc1")
+	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := Parse("x.toml", []byte(`private_key_file = "`+path+`"`))
-	if err != nil || c.Key != privA {
-		t.Fatalf("Parse = %+v, %v", c, err)
+	for _, tc := range []struct{ doc, want string }{
+		{"private_key_file = \"/nonexistent/key\"\ninterface = \"lc1\"\n", def},
+		{"private_key_file = \"/nonexistent/key\"\ncontrol_socket = \"@lcast-x\"\n", "@lcast-x"},
+	} {
+		if got, err := ControlSocket(write(tc.doc)); err != nil || got != tc.want {
+			t.Errorf("ControlSocket of %q = %q, %v; want %q", tc.doc, got, err, tc.want)
+		}
+	}
+	if _, err := ControlSocket(write("private_key_file = \"/k\"\ncontrol_sockett = \"x\"\n")); err == nil || !strings.Contains(err.Error(), "control_sockett: unknown key") {
+		t.Errorf("an unknown key: %v", err)
 	}
 }
 

@@ -1,6 +1,7 @@
 // Package control serves lcast's control API, HTTP+JSON over a unix socket
-// that answers root only (checked by the caller's credentials), and is the
-// client `lcast status` uses.
+// that answers root only (checked by the caller's credentials when it
+// connects), and is the client `lcast status` uses, which talks only to a
+// daemon that runs as root (checked by the listener's credentials).
 package control
 
 import (
@@ -13,13 +14,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // StatusPath is the API path of the daemon's status.
@@ -31,13 +31,31 @@ var ErrNoDaemon = errors.New("no lcast daemon is listening there (is `lcast up` 
 // ErrInUse means a daemon already answers on the control socket.
 var ErrInUse = errors.New("another lcast daemon is already listening there")
 
-// Listen opens the control socket at path: a filesystem path (created with
-// mode 0600 in a directory of mode 0700 if missing) or "@name" in the
-// abstract namespace. A stale socket file is replaced; a live one is an error.
+// Listen opens the control socket at path: a filesystem path or "@name" in
+// the abstract namespace. A path's directory is created (mode 0700) if
+// missing and must be owned by this process's user and writable by no one
+// else (ErrUnsafeDir); the socket gets mode 0600. A stale socket file is
+// replaced; a live one is an error. An abstract name is weaker: any local
+// user can take it first, which stops the daemon from starting (clients
+// still refuse a listener that is not root). The listener closes
+// connections from users other than root as it accepts them and serves at
+// most MaxConns at a time.
 func Listen(path string) (net.Listener, error) {
+	ln, err := listen(path)
+	if err != nil {
+		return nil, err
+	}
+	return newGuard(ln, peerUID, MaxConns), nil
+}
+
+func listen(path string) (net.Listener, error) {
 	if !strings.HasPrefix(path, "@") {
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		dir := filepath.Dir(path)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("control socket %s: %w", path, err)
+		}
+		if err := checkDir(dir); err != nil {
+			return nil, err
 		}
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()
@@ -62,10 +80,9 @@ func Listen(path string) (net.Listener, error) {
 // StatusFunc returns the daemon's current status.
 type StatusFunc func() Status
 
-type uidKey struct{}
-
-// NewServer returns an HTTP server for the control API. Callers other than
-// root get 403; unknown paths 404; methods other than GET 405.
+// NewServer returns an HTTP server for the control API, to serve a listener
+// from Listen (which lets only root's connections through). Unknown paths
+// get 404; methods other than GET 405.
 func NewServer(status StatusFunc, log *slog.Logger) *http.Server {
 	mux := http.NewServeMux()
 	// Go's profiler, for operators chasing where the time goes:
@@ -79,56 +96,45 @@ func NewServer(status StatusFunc, log *slog.Logger) *http.Server {
 		}
 	})
 	return &http.Server{
-		Handler:           rootOnly(mux),
+		Handler:           limitBody(mux),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      70 * time.Second, // a CPU profile takes its time
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, uidKey{}, peerUID(c))
-		},
 	}
 }
 
-func rootOnly(next http.Handler) http.Handler {
+// limitBody bounds what a request body may hold.
+func limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if uid, _ := r.Context().Value(uidKey{}).(int); uid != 0 {
-			http.Error(w, "the lcast control API answers root only", http.StatusForbidden)
-			return
-		}
 		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 		next.ServeHTTP(w, r)
 	})
 }
 
-// peerUID returns the uid of the process at the other end of a unix socket
-// connection, or -1 if it cannot be told.
-func peerUID(c net.Conn) int {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return -1
-	}
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return -1
-	}
-	uid := -1
-	rc.Control(func(fd uintptr) {
-		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
-			uid = int(cred.Uid)
-		}
-	})
-	return uid
-}
-
 // Client returns an HTTP client that reaches the control API on the unix
 // socket at path, whatever host a URL names (http://lcast/... by custom).
-func Client(path string) *http.Client {
+// It refuses to talk to a listener that does not run as root (ErrNotRoot).
+func Client(path string) *http.Client { return client(path, peerUID) }
+
+func client(path string, uidOf uidFunc) *http.Client {
 	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
+			c, err := d.DialContext(ctx, "unix", path)
+			if err != nil {
+				return nil, err
+			}
+			uid, err := uidOf(c)
+			if err == nil && uid != 0 {
+				err = fmt.Errorf("%w (it runs as uid %d)", ErrNotRoot, uid)
+			}
+			if err != nil {
+				c.Close()
+				return nil, err
+			}
+			return c, nil
 		},
 		// One request per connection: a client is made per use, and an
 		// idle connection would hold a goroutine in the daemon.
@@ -138,15 +144,29 @@ func Client(path string) *http.Client {
 
 // GetStatus asks the daemon listening on the control socket at path.
 func GetStatus(ctx context.Context, path string) (*Status, error) {
-	client := Client(path)
+	return getStatus(ctx, path, client(path, peerUID))
+}
+
+func getStatus(ctx context.Context, path string, client *http.Client) (*Status, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://lcast"+StatusPath, nil)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("control socket %s: %w", path, ErrNoDaemon)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the URL is always the same, and says nothing
+		}
+		switch {
+		case errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED):
+			err = ErrNoDaemon
+		case os.Geteuid() != 0 && !errors.Is(err, ErrNotRoot):
+			// The daemon closes a non-root caller's connection at
+			// once (seen as EOF, EPIPE, ECONNRESET or a closed idle
+			// connection, depending on timing), or its directory
+			// lets no one else in (EACCES).
+			err = fmt.Errorf("%w (%w)", ErrNeedRoot, err)
 		}
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}

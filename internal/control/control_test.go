@@ -135,30 +135,39 @@ func TestMisuse(t *testing.T) {
 	}
 }
 
-// A caller that is not root gets 403, even on an abstract socket that any
-// process can connect to.
+// A caller that is not root is closed at accept, and told it needs root,
+// even on an abstract socket that any process can connect to.
 func TestNonRootRefused(t *testing.T) {
-	if os.Getenv("LCAST_CONTROL_HELPER") != "" {
-		_, err := GetStatus(context.Background(), os.Getenv("LCAST_CONTROL_HELPER"))
-		if err == nil || !strings.Contains(err.Error(), "403") {
-			t.Fatalf("non-root GetStatus error = %v, want 403", err)
+	if path := os.Getenv("LCAST_CONTROL_HELPER"); path != "" {
+		if _, err := GetStatus(context.Background(), path); !errors.Is(err, ErrNeedRoot) {
+			t.Fatalf("non-root GetStatus error = %v, want ErrNeedRoot", err)
 		}
 		return
 	}
+	path := abstractName(t)
+	serve(t, path)
+	out, err := asNobody(t, "TestNonRootRefused", "LCAST_CONTROL_HELPER="+path).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "PASS") {
+		t.Fatalf("helper as nobody: %v\n%s", err, out)
+	}
+}
+
+// asNobody returns a command that runs this test binary's test named run
+// as user nobody, with env added.
+func asNobody(t *testing.T, run string, env ...string) *exec.Cmd {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
 			t.Fatal("CI must run as root")
 		}
 		t.Skip("needs root to run a helper as another user")
 	}
-	path := abstractName(t)
-	serve(t, path)
 	// Copy the test binary where user nobody can run it.
 	dir, err := os.MkdirTemp("", "lcast-control")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer os.RemoveAll(dir)
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
 	bin := filepath.Join(dir, "control.test")
 	data, err := os.ReadFile(os.Args[0])
@@ -168,11 +177,8 @@ func TestNonRootRefused(t *testing.T) {
 	if err := os.WriteFile(bin, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "-test.run=^TestNonRootRefused$")
-	cmd.Env = append(os.Environ(), "LCAST_CONTROL_HELPER="+path)
+	cmd := exec.Command(bin, "-test.run=^"+run+"$")
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "PASS") {
-		t.Fatalf("helper as nobody: %v\n%s", err, out)
-	}
+	return cmd
 }

@@ -96,7 +96,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	undo = append(undo, func() { ln.Close() })
 	var metricsSrv *metrics.Server
 	if cfg.MetricsListen != "" {
-		if metricsSrv, err = metrics.Listen(cfg.MetricsListen, d.Status, log); err != nil {
+		if metricsSrv, err = metrics.Listen(cfg.MetricsListen, d.Snapshot, log); err != nil {
 			return err
 		}
 		undo = append(undo, func() { metricsSrv.Close() })

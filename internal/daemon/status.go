@@ -29,13 +29,8 @@ func (d *Daemon) Status() control.Status {
 		Relay:       d.cfg.Relay,
 		LocalGroups: groupsJSON(d.link.Groups()),
 		Peers:       []control.PeerStatus{},
-		Drops:       d.router.Drops(),
+		Drops:       d.drops(),
 	}
-	st.Drops["mld_malformed"] = d.link.Malformed()
-	st.Drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
-	st.Drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
-	st.Drops["peer_sources_over_cap"] = d.exchange.SourcesOverCap.Load()
-	st.Drops["control_inbox_full"] = d.exchange.InboxFull.Load()
 	stats, err := d.transport.Stats()
 	if err != nil {
 		d.log.Warn("reading transport state", "err", err)

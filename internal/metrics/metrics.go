@@ -1,6 +1,7 @@
 // Package metrics serves the daemon's state as Prometheus metrics: the
-// series lcast(8) lists under METRICS, read from the daemon's status at
-// each scrape, plus the Go runtime's and the process's standard series.
+// series lcast(8) lists under METRICS, read from a counts-only snapshot of
+// the daemon at each scrape, plus the Go runtime's and the process's
+// standard series.
 package metrics
 
 import (
@@ -12,7 +13,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/librecast/lcast/internal/control"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -51,10 +51,42 @@ var (
 		"Packets from or for the peer dropped, by reason.", []string{"peer", "reason"}, nil)
 )
 
-// collector turns the daemon's status into metrics at each scrape.
+// MaxScrapesInFlight is how many scrapes are served at once; more get 503.
+// Prometheus scrapes one at a time, so a few leave room for a second
+// scraper and a person with curl, while a flood cannot make the daemon
+// build snapshots without bound.
+const MaxScrapesInFlight = 4
+
+// Snapshot is what a scrape reads: counts only, no lists of groups or
+// sources, so its cost grows with the peers, not with their subscriptions.
+type Snapshot struct {
+	Interface, Address, PublicKey string
+	LocalGroups                   int
+	Drops                         map[string]uint64
+	Peers                         []PeerSnapshot
+}
+
+// PeerSnapshot is one peer's counts.
+type PeerSnapshot struct {
+	PublicKey     string
+	Connected     bool
+	LastHandshake time.Time // zero before the first
+	LastRx        time.Time // zero before the first
+	Groups        int
+	RxPackets     uint64
+	RxBytes       uint64
+	TxPackets     uint64
+	TxBytes       uint64
+	Drops         map[string]uint64
+}
+
+// SnapshotFunc returns the daemon's current counts.
+type SnapshotFunc func() Snapshot
+
+// collector turns the daemon's snapshot into metrics at each scrape.
 type collector struct {
-	status control.StatusFunc
-	now    func() time.Time
+	snapshot SnapshotFunc
+	now      func() time.Time
 }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
@@ -65,7 +97,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	st := c.status()
+	st := c.snapshot()
 	now := c.now()
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
@@ -74,7 +106,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	gauge(info, 1, st.Interface, st.Address, st.PublicKey)
-	gauge(localGroups, float64(len(st.LocalGroups)))
+	gauge(localGroups, float64(st.LocalGroups))
 	gauge(peers, float64(len(st.Peers)))
 	for reason, n := range st.Drops {
 		counter(drops, n, reason)
@@ -85,13 +117,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			connected = 1
 		}
 		gauge(peerConnected, connected, p.PublicKey)
-		if p.LastHandshake != nil {
-			gauge(peerHandshakeAge, now.Sub(*p.LastHandshake).Seconds(), p.PublicKey)
+		if !p.LastHandshake.IsZero() {
+			gauge(peerHandshakeAge, now.Sub(p.LastHandshake).Seconds(), p.PublicKey)
 		}
-		if p.LastRx != nil {
-			gauge(peerLastRx, now.Sub(*p.LastRx).Seconds(), p.PublicKey)
+		if !p.LastRx.IsZero() {
+			gauge(peerLastRx, now.Sub(p.LastRx).Seconds(), p.PublicKey)
 		}
-		gauge(peerGroups, float64(len(p.Groups)), p.PublicKey)
+		gauge(peerGroups, float64(p.Groups), p.PublicKey)
 		counter(peerRxPackets, p.RxPackets, p.PublicKey)
 		counter(peerRxBytes, p.RxBytes, p.PublicKey)
 		counter(peerTxPackets, p.TxPackets, p.PublicKey)
@@ -102,16 +134,18 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// handler returns the handler of Path: lcast's series, read from status at
-// each scrape, and the Go runtime's and the process's.
-func handler(status control.StatusFunc, log *slog.Logger) http.Handler {
+// handler returns the handler of Path: lcast's series, read from snapshot
+// at each scrape, and the Go runtime's and the process's; at most
+// MaxScrapesInFlight at a time.
+func handler(snapshot SnapshotFunc, log *slog.Logger) http.Handler {
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(collector{status: status, now: time.Now},
+	reg.MustRegister(collector{snapshot: snapshot, now: time.Now},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		ErrorHandling: promhttp.ContinueOnError,
+		ErrorLog:            slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: MaxScrapesInFlight,
 	})
 }
 
@@ -121,15 +155,15 @@ type Server struct {
 	ln  net.Listener
 }
 
-// Listen opens addr ("host:port") for the metrics of status. Serve then
+// Listen opens addr ("host:port") for the metrics of snapshot. Serve then
 // serves them.
-func Listen(addr string, status control.StatusFunc, log *slog.Logger) (*Server, error) {
+func Listen(addr string, snapshot SnapshotFunc, log *slog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics_listen %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET "+Path, handler(status, log))
+	mux.Handle("GET "+Path, handler(snapshot, log))
 	return &Server{ln: ln, srv: &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

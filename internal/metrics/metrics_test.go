@@ -9,23 +9,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/librecast/lcast/internal/control"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 var now = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
-func testStatus() control.Status {
-	hs, rx := now.Add(-42*time.Second), now.Add(-time.Second/2)
-	return control.Status{
+func testSnapshot() Snapshot {
+	return Snapshot{
 		Interface:   "lc0",
 		Address:     "fd6c:6361:7374::1",
 		PublicKey:   "pubA=",
-		LocalGroups: []control.Group{{Group: "ff1e::1", Mode: "exclude"}, {Group: "ff1e::2", Mode: "exclude"}},
+		LocalGroups: 2,
 		Drops:       map[string]uint64{"no_listener": 3, "scope": 0},
-		Peers: []control.PeerStatus{
-			{PublicKey: "pubB=", Connected: true, LastHandshake: &hs, LastRx: &rx, RxPackets: 10, RxBytes: 1000, TxPackets: 20, TxBytes: 2400,
-				Groups: []control.Group{{Group: "ff1e::1"}}, Drops: map[string]uint64{"no_listener": 3}},
+		Peers: []PeerSnapshot{
+			{PublicKey: "pubB=", Connected: true, LastHandshake: now.Add(-42 * time.Second), LastRx: now.Add(-time.Second / 2),
+				RxPackets: 10, RxBytes: 1000, TxPackets: 20, TxBytes: 2400, Groups: 1, Drops: map[string]uint64{"no_listener": 3}},
 			{PublicKey: "pubC=", Drops: map[string]uint64{"no_listener": 0}},
 		},
 	}
@@ -34,7 +32,7 @@ func testStatus() control.Status {
 // The series follow the status: a peer that never had a handshake has no
 // handshake age.
 func TestCollect(t *testing.T) {
-	c := collector{status: testStatus, now: func() time.Time { return now }}
+	c := collector{snapshot: testSnapshot, now: func() time.Time { return now }}
 	want := `
 # HELP lcast_drops_total Packets dropped, by reason.
 # TYPE lcast_drops_total counter
@@ -98,7 +96,7 @@ lcast_peers 2
 // refuses other methods, and a port in use is named.
 func TestServer(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
-	s, err := Listen("127.0.0.1:0", testStatus, log)
+	s, err := Listen("127.0.0.1:0", testSnapshot, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +117,7 @@ func TestServer(t *testing.T) {
 	if resp, err := http.Post(url, "text/plain", nil); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("POST %s: %v %v", url, resp.Status, err)
 	}
-	if _, err := Listen(s.Addr().String(), testStatus, log); err == nil || !strings.Contains(err.Error(), "metrics_listen "+s.Addr().String()+": ") {
+	if _, err := Listen(s.Addr().String(), testSnapshot, log); err == nil || !strings.Contains(err.Error(), "metrics_listen "+s.Addr().String()+": ") {
 		t.Errorf("a second Listen on %s: %v", s.Addr(), err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -129,5 +127,57 @@ func TestServer(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("Serve after Shutdown: %v", err)
+	}
+}
+
+// Beyond MaxScrapesInFlight, scrapes are refused with 503 rather than
+// each building a snapshot.
+func TestScrapesInFlight(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, MaxScrapesInFlight+1)
+	slow := func() Snapshot {
+		entered <- struct{}{}
+		<-release
+		return testSnapshot()
+	}
+	s, err := Listen("127.0.0.1:0", slow, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve()
+	defer s.Shutdown(context.Background())
+	url := "http://" + s.Addr().String() + Path
+	codes := make(chan int, MaxScrapesInFlight)
+	for range MaxScrapesInFlight {
+		go func() {
+			resp, err := http.Get(url)
+			if err != nil {
+				codes <- 0
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	for range MaxScrapesInFlight {
+		select {
+		case <-entered:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the scrapes did not start")
+		}
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("scrape %d: %s, want 503", MaxScrapesInFlight+1, resp.Status)
+	}
+	close(release)
+	for range MaxScrapesInFlight {
+		if code := <-codes; code != http.StatusOK {
+			t.Errorf("a scrape within the limit: %d", code)
+		}
 	}
 }

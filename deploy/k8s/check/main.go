@@ -1,12 +1,15 @@
 // Command check validates Kubernetes manifests offline, as CI runs it on
 // deploy/k8s (make check-deploy): each document must be a kind it knows
-// (Namespace, Secret, DaemonSet), decode strictly into the API's Go types
-// (no unknown field, no wrong type), and validate against the OpenAPI
-// schema the Kubernetes API server publishes for it (required fields,
-// types, formats), which client-go embeds for its own tests. It then checks
-// what lcast's DaemonSet must have: the host's network, NET_ADMIN,
-// /dev/net/tun, a configuration from a Secret the manifest defines, and a
-// selector that matches the pod template.
+// (Namespace, ConfigMap, Secret, DaemonSet), decode strictly into the API's
+// Go types (no unknown field, no wrong type), and validate against the
+// OpenAPI schema the Kubernetes API server publishes for it (required
+// fields, types, formats), which client-go embeds for its own tests. It then
+// checks what lcast's DaemonSet must have: the host's network, NET_ADMIN,
+// /dev/net/tun, a configuration from a ConfigMap the manifest defines, each
+// node's private key in a file on that node (a hostPath), no private key in
+// the ConfigMap and no Secret in the pods (every pod of a DaemonSet gets the
+// same Secret, so each node would hold every node's key), and a selector
+// that matches the pod template.
 //
 // Usage: go run . FILE...
 package main
@@ -18,7 +21,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"path"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -42,6 +48,7 @@ var kinds = map[string]struct {
 }{
 	"v1/Namespace":      {"api/v1", "io.k8s.api.core.v1.Namespace", func() any { return new(corev1.Namespace) }},
 	"v1/Secret":         {"api/v1", "io.k8s.api.core.v1.Secret", func() any { return new(corev1.Secret) }},
+	"v1/ConfigMap":      {"api/v1", "io.k8s.api.core.v1.ConfigMap", func() any { return new(corev1.ConfigMap) }},
 	"apps/v1/DaemonSet": {"apis/apps/v1", "io.k8s.api.apps.v1.DaemonSet", func() any { return new(appsv1.DaemonSet) }},
 }
 
@@ -262,12 +269,12 @@ func openAPISchema(path, name string) (*spec.Schema, error) {
 
 // checkLcast checks what lcast's DaemonSet needs.
 func checkLcast(objs []any) error {
-	secrets := map[string]bool{}
+	configMaps := map[string]*corev1.ConfigMap{}
 	var daemonSets []*appsv1.DaemonSet
 	for _, o := range objs {
 		switch o := o.(type) {
-		case *corev1.Secret:
-			secrets[o.Namespace+"/"+o.Name] = true
+		case *corev1.ConfigMap:
+			configMaps[o.Namespace+"/"+o.Name] = o
 		case *appsv1.DaemonSet:
 			daemonSets = append(daemonSets, o)
 		}
@@ -297,30 +304,88 @@ func checkLcast(objs []any) error {
 	} else if sc.Privileged != nil && *sc.Privileged {
 		fail("the container is privileged: it needs one capability, not all")
 	}
+	for _, s := range podSecrets(pod) {
+		fail("%s: a DaemonSet's pods on every node get the same Secret, so each node would hold every private key in it; "+
+			"keep each node's key on the node (private_key_file on a hostPath, made by an init container)", s)
+	}
 	mounted := map[string]string{} // volume -> mount path
 	for _, m := range c.VolumeMounts {
 		mounted[m.Name] = m.MountPath
 	}
-	var tun, config bool
+	hostDirs := map[string]bool{} // mount paths of hostPath directories
+	var tun bool
+	var config *corev1.ConfigMap
 	for _, v := range pod.Volumes {
 		switch {
 		case v.HostPath != nil && v.HostPath.Path == "/dev/net/tun":
 			tun = mounted[v.Name] == "/dev/net/tun" && v.HostPath.Type != nil && *v.HostPath.Type == corev1.HostPathCharDev
-		case v.Secret != nil:
-			if !secrets[ds.Namespace+"/"+v.Secret.SecretName] {
-				fail("volume %s names secret %s, which the manifest does not define in namespace %s", v.Name, v.Secret.SecretName, ds.Namespace)
+		case v.HostPath != nil && mounted[v.Name] != "":
+			hostDirs[mounted[v.Name]] = true
+		case v.ConfigMap != nil:
+			cm := configMaps[ds.Namespace+"/"+v.ConfigMap.Name]
+			if cm == nil {
+				fail("volume %s names config map %s, which the manifest does not define in namespace %s", v.Name, v.ConfigMap.Name, ds.Namespace)
+			} else if mounted[v.Name] != "" && strings.HasPrefix(strings.Join(c.Args, " "), "up -c "+mounted[v.Name]+"/") {
+				config = cm
 			}
-			config = strings.HasPrefix(strings.Join(c.Args, " "), "up -c "+mounted[v.Name]+"/")
 		}
 	}
 	if !tun {
 		fail("/dev/net/tun is not mounted from the host as a CharDevice")
 	}
-	if !config {
-		fail("lcast up does not read its configuration from the mounted Secret")
+	if config == nil {
+		fail("lcast up does not read its configuration from a mounted ConfigMap")
+	} else {
+		for _, name := range slices.Sorted(maps.Keys(config.Data)) {
+			doc := config.Data[name]
+			if inlineKey.MatchString(doc) {
+				fail("config map %s: %s holds a private key (private_key): every node would get it; use private_key_file on the node", config.Name, name)
+				continue
+			}
+			m := keyFile.FindStringSubmatch(doc)
+			if m == nil || !hostDirs[path.Dir(m[1])] {
+				fail("config map %s: %s: private_key_file is not in a hostPath directory mounted in the container, so the key would not stay on its node", config.Name, name)
+			}
+		}
 	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+var (
+	inlineKey = regexp.MustCompile(`(?m)^\s*private_key\s*=`)
+	keyFile   = regexp.MustCompile(`(?m)^\s*private_key_file\s*=\s*"([^"]+)"`)
+)
+
+// podSecrets names every Secret the pod's containers can read: volumes,
+// projected volumes and environment variables.
+func podSecrets(pod corev1.PodSpec) []string {
+	var out []string
+	for _, v := range pod.Volumes {
+		if v.Secret != nil {
+			out = append(out, fmt.Sprintf("volume %s mounts Secret %s", v.Name, v.Secret.SecretName))
+		}
+		if v.Projected != nil {
+			for _, p := range v.Projected.Sources {
+				if p.Secret != nil {
+					out = append(out, fmt.Sprintf("volume %s projects Secret %s", v.Name, p.Secret.Name))
+				}
+			}
+		}
+	}
+	for _, c := range slices.Concat(pod.InitContainers, pod.Containers) {
+		for _, e := range c.EnvFrom {
+			if e.SecretRef != nil {
+				out = append(out, fmt.Sprintf("container %s takes its environment from Secret %s", c.Name, e.SecretRef.Name))
+			}
+		}
+		for _, e := range c.Env {
+			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+				out = append(out, fmt.Sprintf("container %s sets %s from Secret %s", c.Name, e.Name, e.ValueFrom.SecretKeyRef.Name))
+			}
+		}
+	}
+	return out
 }

@@ -26,7 +26,11 @@ func TestCheck(t *testing.T) {
 		{"pod network", "hostNetwork: true", "hostNetwork: false", "hostNetwork is not true"},
 		{"no NET_ADMIN", `add: ["NET_ADMIN"]`, `add: ["NET_RAW"]`, "does not add the capability"},
 		{"no tun", "path: /dev/net/tun", "path: /dev/net/tan", "/dev/net/tun is not mounted"},
-		{"secret not defined", "secretName: lcast-config", "secretName: lcast-other", "names secret lcast-other, which the manifest does not define"},
+		{"config map not defined", "configMap:\n            name: lcast-config", "configMap:\n            name: lcast-other", "names config map lcast-other, which the manifest does not define"},
+		{"a shared Secret of keys", "configMap:\n            name: lcast-config", "secret:\n            secretName: lcast-keys", "volume config mounts Secret lcast-keys: a DaemonSet's pods on every node get the same Secret"},
+		{"a Secret in the environment", "            - name: NODE_NAME\n", "            - name: KEY\n              valueFrom:\n                secretKeyRef:\n                  name: lcast-keys\n                  key: worker-1\n            - name: NODE_NAME\n", "container lcast sets KEY from Secret lcast-keys"},
+		{"a key in the config map", "worker-1.toml: |\n    private_key_file = \"/var/lib/lcast/lc0.key\"", "worker-1.toml: |\n    private_key = \"REPLACE\"", "worker-1.toml holds a private key"},
+		{"the key not on the node", "            - name: key\n              mountPath: /var/lib/lcast\n              readOnly: true", "            - name: key\n              mountPath: /var/lib/other\n              readOnly: true", "worker-1.toml: private_key_file is not in a hostPath directory"},
 		{"selector", "      labels:\n        app.kubernetes.io/name: lcast\n    spec:", "      labels:\n        app.kubernetes.io/name: other\n    spec:", "does not match the pod template's labels"},
 		{"unknown kind", "kind: Namespace", "kind: Namespce", "v1 Namespce: not a kind this check knows"},
 	} {

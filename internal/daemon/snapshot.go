@@ -1,0 +1,59 @@
+package daemon
+
+import (
+	"time"
+
+	"github.com/librecast/lcast/internal/metrics"
+	"github.com/librecast/lcast/peer"
+)
+
+// Snapshot reports the daemon's counts for a metrics scrape: what Status
+// reports, but counting groups instead of listing them and leaving out the
+// forwarding table.
+func (d *Daemon) Snapshot() metrics.Snapshot {
+	st := metrics.Snapshot{
+		Interface:   d.cfg.Interface,
+		Address:     d.addr.String(),
+		PublicKey:   d.cfg.Key.PublicKey().String(),
+		LocalGroups: d.link.Len(),
+		Drops:       d.drops(),
+	}
+	stats, err := d.transport.Stats()
+	if err != nil {
+		d.log.Warn("reading transport state", "err", err)
+	}
+	d.peersMu.Lock()
+	peers := d.peers
+	d.peersMu.Unlock()
+	now := time.Now()
+	st.Peers = make([]metrics.PeerSnapshot, 0, len(peers))
+	for _, p := range peers {
+		addr := peer.OverlayAddr(p.PublicKey)
+		ps := metrics.PeerSnapshot{
+			PublicKey:     p.PublicKey.String(),
+			Connected:     d.exchange.Health(addr).Connected(now),
+			LastHandshake: stats[p.PublicKey].LastHandshake,
+			Groups:        len(d.router.Subscriptions(addr)),
+		}
+		if c := d.router.Counters(addr); c != nil {
+			ps.RxPackets, ps.RxBytes = c.RxPackets.Load(), c.RxBytes.Load()
+			ps.TxPackets, ps.TxBytes = c.TxPackets.Load(), c.TxBytes.Load()
+			ps.Drops = c.Drops()
+			ps.LastRx = c.LastRx()
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	return st
+}
+
+// drops returns the drop counters by reason: the router's, the link's and
+// the exchange's.
+func (d *Daemon) drops() map[string]uint64 {
+	drops := d.router.Drops()
+	drops["mld_malformed"] = d.link.Malformed()
+	drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
+	drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
+	drops["peer_sources_over_cap"] = d.exchange.SourcesOverCap.Load()
+	drops["control_inbox_full"] = d.exchange.InboxFull.Load()
+	return drops
+}
