@@ -202,8 +202,10 @@ func (ifc *Interface) remove() error {
 	if err := ifc.setPersist(false); err != nil && !errors.Is(err, unix.EBADFD) {
 		errs = append(errs, fmt.Errorf("clear persistence of %s: %w", ifc.cfg.Name, err))
 	}
-	// os.ErrClosed: wireguard-go's link watcher may close its half first.
-	if err := ifc.Device.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+	// os.ErrClosed, EPIPE: wireguard-go's link watcher may have closed its
+	// pipe first (both ends, or only the reading end so far), so that
+	// Close's wake-up write finds no reader: the watcher is gone already.
+	if err := ifc.Device.Close(); err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, unix.EPIPE) {
 		errs = append(errs, fmt.Errorf("close %s: %w", ifc.cfg.Name, err))
 	}
 	// A non-persistent TUN disappears with its last file descriptor; make sure.
