@@ -214,7 +214,7 @@ func (x *Exchange) Changed() {
 		}
 		x.gen++
 		r.mine, r.parts, r.mineGen = states[i], SplitGroups(states[i]), x.gen
-		r.resend = freshState(time.Now())
+		r.resend = freshState(time.Now(), len(r.parts))
 		x.owed[a] = true
 	}
 	x.mu.Unlock()

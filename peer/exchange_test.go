@@ -388,9 +388,16 @@ func TestResendsBackOff(t *testing.T) {
 	time.Sleep(8 * time.Second)
 	cancel()
 	wg.Wait()
-	// Sent at 0, then again at about 1, 3 and 7 s.
-	if len(states) < 3 || len(states) > 5 {
-		t.Fatalf("%d full states in 8 s to a peer that never acknowledges, want 4 (0, 1, 3, 7 s)", len(states))
+	// Sent at 0, then again at about 0.25, 0.75, 1.75, 3.75 and 7.75 s:
+	// soon while a session may be under repair, then each wait twice the
+	// one before.
+	if len(states) < 5 || len(states) > 7 {
+		t.Fatalf("%d full states in 8 s to a peer that never acknowledges, want 6 (0, 0.25, 0.75, 1.75, 3.75, 7.75 s)", len(states))
+	}
+	for i := 3; i < len(states); i++ {
+		if gap, before := states[i].Sub(states[i-1]), states[i-1].Sub(states[i-2]); gap < before*3/2 {
+			t.Errorf("resend %d came %v after the one before, which came %v after its own: the wait does not double", i, gap, before)
+		}
 	}
 }
 

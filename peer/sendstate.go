@@ -8,7 +8,7 @@ import (
 )
 
 // maxResendWait is the longest wait between full states sent again to a
-// peer that neither acknowledges nor changes: from HelloInterval the wait
+// peer that neither acknowledges nor changes: from about minRTO the wait
 // doubles up to it, so that a peer that never acknowledges (or keeps
 // asking) costs little.
 const maxResendWait = 32 * time.Second
@@ -21,19 +21,23 @@ type resend struct {
 	requested bool          // the peer asked while the limit held
 }
 
-// freshState is the limit after a new state went out at now: the first
-// resend comes after HelloInterval.
-func freshState(now time.Time) resend {
-	return resend{next: now.Add(HelloInterval), wait: HelloInterval}
+// freshState is the limit after a new state of parts datagrams went out
+// at now: the first resend comes after minRTO, plus twice the time the
+// parts take at StateRate, long enough for an acknowledgement on any path
+// that works, and short enough that a state lost in a session being
+// repaired arrives soon after the repair.
+func freshState(now time.Time, parts int) resend {
+	wait := minRTO + time.Duration(2*parts)*time.Second/StateRate
+	return resend{next: now.Add(wait), wait: wait}
 }
 
 // mayResend reports whether the state may be sent again now, and if so
-// notes it.
+// notes it: the wait after it doubles, from minRTO up to maxResendWait.
 func (r *resend) mayResend(now time.Time) bool {
 	if now.Before(r.next) {
 		return false
 	}
-	r.wait = min(max(2*r.wait, HelloInterval), maxResendWait)
+	r.wait = min(max(2*r.wait, minRTO), maxResendWait)
 	r.next, r.requested = now.Add(r.wait), false
 	return true
 }
