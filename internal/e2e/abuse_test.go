@@ -64,17 +64,19 @@ func (m *mesh) flood(t testing.TB) floodRun {
 
 // A flood of random WireGuard-shaped datagrams at a daemon's listen port
 // neither crashes it nor grows its memory without bound; a peer's stream
-// through it still gets through in part, and in full once the flood ends.
-// (Under the race detector only a few percent get through during the
-// flood; make bench measures the daemon built for use.)
+// through it still gets through, at least 90% of it during the flood and
+// all of it once the flood ends. The daemons are built for use: under the
+// race detector only a few percent got through during the flood.
 func TestRandomUDPFlood(t *testing.T) {
-	m := newMesh(t, 2)
+	m := newMeshSitesOnly(t, 2)
+	m.runPlain(t) // its memory as users run it: the race detector's shadow would double it
+	m.up()
 	// The flood is aimed at an established link (a handshake under a
 	// flood is another matter): the session must be up before it starts.
 	m.waitConnected(t)
 	r := m.flood(t)
-	if r.During.unique < floodStream/100 || r.During.dups != 0 {
-		t.Fatalf("under the flood the peer's stream (almost) stopped: %+v", r.During)
+	if r.During.unique < floodStream*9/10 || r.During.dups != 0 {
+		t.Fatalf("under the flood the peer's stream lost more than 10%%: %+v", r.During)
 	}
 	if r.After.unique != 2000 || r.After.dups != 0 {
 		t.Fatalf("after the flood the peer's stream is not whole: %+v", r.After)

@@ -24,6 +24,8 @@ type mesh struct {
 	inet  *netlab.Internet
 	sites []*netlab.Site
 	nodes []*node
+	// bin is the lcast binary the nodes run; empty means lcastBin.
+	bin string
 }
 
 // newMesh starts the daemons one after the other, each once the one
@@ -33,10 +35,16 @@ type mesh struct {
 func newMesh(t testing.TB, n int) *mesh {
 	t.Helper()
 	m := newMeshSitesOnly(t, n)
+	m.up()
+	return m
+}
+
+// up starts the daemons one after the other, each once the one before
+// answers.
+func (m *mesh) up() {
 	for _, nd := range m.nodes {
 		nd.up()
 	}
-	return m
 }
 
 // upInTurn starts the daemons gap apart, in the order of the sites (gap 0:
@@ -118,7 +126,20 @@ func (m *mesh) configure(t testing.TB) {
 				extra += peerTable(keys[j], m.sites[j])
 			}
 		}
-		m.nodes = append(m.nodes, newNodeWithKey(t, m.sites[i].Namespace, keys[i], extra))
+		n := newNodeWithKey(t, m.sites[i].Namespace, keys[i], extra)
+		n.bin = m.bin
+		m.nodes = append(m.nodes, n)
+	}
+}
+
+// runPlain makes the mesh's nodes run lcast built without the race
+// detector, from their next start: for tests that time what users see
+// (start-up, a healed partition), which the race detector's slower start
+// and handshakes would make meaningless.
+func (m *mesh) runPlain(t testing.TB) {
+	m.bin = plainLcast(t)
+	for _, n := range m.nodes {
+		n.bin = m.bin
 	}
 }
 

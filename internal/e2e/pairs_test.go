@@ -223,13 +223,6 @@ func (s *streams) waitPairs(want []pair, timeout time.Duration) map[pair]time.Ti
 // after start, at cb8e7be).
 const pairWait = 20 * time.Second
 
-// raceAllowance is added to the 1 s promise where a test measures start-up
-// or a healed partition to first packet: the daemons run built with -race
-// (see TestMain), which slows their start (lc0, sockets) and every
-// handshake several times, and make test runs other packages' tests beside
-// them on this machine's two cores.
-const raceAllowance = 250 * time.Millisecond
-
 // expectPairs waits for a datagram on every pair in want, sent after the
 // last mark, and checks that each arrived within limit of since(pair): it
 // logs each pair's time, the median and the maximum.
