@@ -214,7 +214,7 @@ func (x *Exchange) Changed() {
 		}
 		x.gen++
 		r.mine, r.parts, r.mineGen = states[i], SplitGroups(states[i]), x.gen
-		r.resend = freshState(time.Now(), len(r.parts))
+		r.resend = freshState(time.Now())
 		x.owed[a] = true
 	}
 	x.mu.Unlock()

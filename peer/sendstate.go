@@ -21,15 +21,18 @@ type resend struct {
 	requested bool          // the peer asked while the limit held
 }
 
-// freshState is the limit after a new state of parts datagrams went out
-// at now: the first resend comes after minRTO, plus twice the time the
-// parts take at StateRate, long enough for an acknowledgement on any path
+// freshState is the limit for a new state, owed at now: no resend before
+// it has gone out whole (sent, below, starts the wait then), the first
+// resend minRTO after that, long enough for an acknowledgement on any path
 // that works, and short enough that a state lost in a session being
 // repaired arrives soon after the repair.
-func freshState(now time.Time, parts int) resend {
-	wait := minRTO + time.Duration(2*parts)*time.Second/StateRate
-	return resend{next: now.Add(wait), wait: wait}
+func freshState(now time.Time) resend {
+	return resend{next: now.Add(maxResendWait), wait: minRTO}
 }
+
+// sent notes that the state went out whole at now: the next resend waits
+// the wait from then, however long the parts took.
+func (r *resend) sent(now time.Time) { r.next = now.Add(r.wait) }
 
 // mayResend reports whether the state may be sent again now, and if so
 // notes it: the wait after it doubles, from minRTO up to maxResendWait.
@@ -113,5 +116,13 @@ func (x *Exchange) sendPart(o *outgoing) bool {
 	}
 	o.part++
 	x.send(o.addr, o.part, sendFlags{})
-	return o.part < o.parts
+	if o.part < o.parts {
+		return true
+	}
+	x.mu.Lock()
+	if r, ok := x.peers[o.addr]; ok && r.mineGen == o.gen {
+		r.resend.sent(time.Now())
+	}
+	x.mu.Unlock()
+	return false
 }

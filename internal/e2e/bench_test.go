@@ -401,13 +401,14 @@ func (s *sideBySide) run() *benchReport {
 	rep := &benchReport{Kernel: strings.TrimSpace(s.m.sites[0].Run("uname", "-r")), CPUs: runtime.NumCPU(), Date: time.Now().UTC().Format(time.RFC3339)}
 	s.runs = nil
 	// Control-plane figures first, while the daemons' memory holds no
-	// traffic's buffers yet.
+	// traffic's buffers yet (the many groups' RSS figures), then joins and
+	// leaves under saturation.
 	s.joinLeave(rep, false)
-	s.joinLeave(rep, true)
 	s.manyGroups(rep, 10000, "joinmany")
 	for _, n := range []int{10000, 100000} {
 		s.manyGroups(rep, n, "mldinject")
 	}
+	s.joinLeave(rep, true)
 	fmt.Println("saturation: the sender sends as fast as it can")
 	s.rounds(func(sys *benchSystem) {
 		for _, k := range fanOuts {
