@@ -223,8 +223,8 @@ func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin) Delive
 	}
 	inner := pkt[WrapLen:]
 	// Decision 3: the inner source must be the peer's own address, or for
-	// link-scope groups its link-local address; a relay's packets may
-	// carry any node's.
+	// link-scope groups its link-local address; the packets of a peer this
+	// node's configuration trusts as a relay may carry any node's.
 	innerSrc := [16]byte(inner[8:24])
 	if innerSrc != p.addr.As16() && !isLinkLocalOf(innerSrc, p.addr) {
 		switch {

@@ -61,7 +61,7 @@ const (
 	DropScope            Reason = iota // a group whose scope does not cross between peers
 	DropNoSubscriber                   // from lc0: no peer wants it
 	DropNoListener                     // from a peer: no local program wants it
-	DropForgedSource                   // from a peer: inner source is not the peer's address
+	DropForgedSource                   // from a peer: inner source is not the peer's address, and the peer is no relay this node trusts
 	DropNoRoute                        // unicast to an overlay address of no peer
 	DropMalformed                      // not a well-formed IPv6 packet, or control or wrapping forged on lc0
 	DropLc0Read                        // a failed read from lc0
@@ -159,7 +159,7 @@ type Table struct {
 	peers     map[netip.Addr]*Peer
 	linkLocal map[netip.Addr]*Peer          // peers by their link-local address
 	subs      map[netip.Addr][]Subscription // by peer
-	relays    map[netip.Addr]bool           // peers that said they relay
+	relays    map[netip.Addr]bool           // peers this node's config trusts to pass on other nodes' packets
 	groups    map[netip.Addr][]subscriber   // group -> peers that subscribed
 	local     []Subscription                // groups local programs listen to, sorted by group
 	// forwarded are those of local whose traffic crosses between peers
@@ -181,9 +181,11 @@ type subscriber struct {
 //
 // A relay (Config.Relay) also passes packets from each peer on to its other
 // peers that subscribed, and subscribes at each peer for what its other
-// peers subscribed to (Advertised). Every multicast packet carries its
-// originator's epoch and sequence number, and every node drops a packet it
-// has already received, so that a topology of relays with cycles delivers
+// peers subscribed to (Advertised). A node takes packets with other nodes'
+// sources only from the peers its own configuration trusts as relays
+// (SetPeers); what a peer says of itself makes it none. Every multicast
+// packet carries its originator's epoch and sequence number, and every
+// node drops a packet it has already received, so that a topology of relays with cycles delivers
 // each packet once to each node (the cycles carry it twice, and the second
 // copy stops where it meets the first); the hop limit bounds how far it
 // travels while subscriptions settle.
@@ -253,30 +255,36 @@ func (r *Router) Self() netip.Addr { return r.self }
 // with.
 func (r *Router) Table() *Table { return r.table.Load() }
 
-// SetPeers sets the overlay addresses of the peers. Peers that stay keep
-// their subscriptions and counters.
-func (r *Router) SetPeers(addrs []netip.Addr) {
+// SetPeers sets the overlay addresses of the peers, and which of them
+// this node's configuration trusts as relays ([[peer]] relay = true): only
+// their wrapped multicast may carry other nodes' sources. Peers that stay
+// keep their subscriptions and counters.
+func (r *Router) SetPeers(addrs, relays []netip.Addr) {
 	r.update(func(old, t *Table) {
 		for _, a := range addrs {
 			if p, ok := old.peers[a]; ok {
 				t.peers[a] = p
 				t.subs[a] = old.subs[a]
-				t.relays[a] = old.relays[a]
 			} else {
 				t.peers[a] = &Peer{addr: a}
+			}
+		}
+		for _, a := range relays {
+			if _, ok := t.peers[a]; ok {
+				t.relays[a] = true
 			}
 		}
 	})
 }
 
-// SetSubscriptions replaces the groups the peer at addr subscribed to, and
-// whether it relays (passes on packets that other nodes sent).
-func (r *Router) SetSubscriptions(addr netip.Addr, relay bool, subs []Subscription) {
+// SetSubscriptions replaces the groups the peer at addr subscribed to.
+// Whatever the peer says of itself, it does not make it a relay: only
+// SetPeers does.
+func (r *Router) SetSubscriptions(addr netip.Addr, subs []Subscription) {
 	r.update(func(old, t *Table) {
 		t.keepPeers(old)
 		if _, ok := t.peers[addr]; ok {
 			t.subs[addr] = slices.Clone(subs)
-			t.relays[addr] = relay
 		}
 	})
 }
@@ -295,8 +303,8 @@ func (r *Router) SetLocal(groups []Subscription) {
 	})
 }
 
-// keepPeers carries old's peers, their subscriptions and relay flags over
-// into t.
+// keepPeers carries old's peers, their subscriptions and which of them
+// are trusted relays over into t.
 func (t *Table) keepPeers(old *Table) {
 	maps.Copy(t.peers, old.peers)
 	maps.Copy(t.subs, old.subs)
@@ -356,8 +364,9 @@ func (r *Router) Subscriptions(addr netip.Addr) []Subscription {
 	return r.table.Load().subs[addr]
 }
 
-// Relays reports whether the peer at addr said it relays.
-func (r *Router) Relays(addr netip.Addr) bool { return r.table.Load().relays[addr] }
+// TrustsRelay reports whether this node's configuration trusts the peer
+// at addr as a relay (SetPeers).
+func (r *Router) TrustsRelay(addr netip.Addr) bool { return r.table.Load().relays[addr] }
 
 // Counters returns the counters of the peer at addr, or nil.
 func (r *Router) Counters(addr netip.Addr) *PeerCounters {

@@ -29,10 +29,10 @@ var admitAll = func(*Peer) bool { return true }
 
 func newTestRouter(t *testing.T) *Router {
 	r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay})
-	r.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC})
-	r.SetSubscriptions(packettest.PeerA, false, []Subscription{sub(packettest.Group1, mld.Exclude)})
-	r.SetSubscriptions(packettest.PeerB, false, []Subscription{sub(packettest.Group1, mld.Include, srcS)})
-	r.SetSubscriptions(packettest.PeerC, false, []Subscription{sub(packettest.Group2, mld.Exclude)})
+	r.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC}, nil)
+	r.SetSubscriptions(packettest.PeerA, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	r.SetSubscriptions(packettest.PeerB, []Subscription{sub(packettest.Group1, mld.Include, srcS)})
+	r.SetSubscriptions(packettest.PeerC, []Subscription{sub(packettest.Group2, mld.Exclude)})
 	return r
 }
 
@@ -120,7 +120,7 @@ func TestRouteUnicast(t *testing.T) {
 func TestOnLinkAndScope(t *testing.T) {
 	r := newTestRouter(t)
 	mdns := netip.MustParseAddr("ff02::fb")
-	r.SetSubscriptions(packettest.PeerA, false, []Subscription{sub(mdns, mld.Exclude), sub(netip.MustParseAddr("ff05::2"), mld.Exclude)})
+	r.SetSubscriptions(packettest.PeerA, []Subscription{sub(mdns, mld.Exclude), sub(netip.MustParseAddr("ff05::2"), mld.Exclude)})
 	for _, c := range []struct {
 		name string
 		pkt  []byte
@@ -298,7 +298,7 @@ func b2u(b bool) uint64 {
 // With link scope opted in, a peer's link-local address is its own too.
 func TestDeliverLinkLocalSource(t *testing.T) {
 	r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay, Scope: ScopePolicy{LinkLocal: true}})
-	r.SetPeers([]netip.Addr{packettest.PeerA})
+	r.SetPeers([]netip.Addr{packettest.PeerA}, nil)
 	mdns := netip.MustParseAddr("ff02::fb")
 	r.SetLocal([]Subscription{sub(mdns, mld.Exclude)})
 	llA := netip.MustParseAddr("fe80::a")
@@ -344,7 +344,7 @@ func TestRouteMatchesReference(t *testing.T) {
 	}
 	for run := range 300 {
 		r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay})
-		r.SetPeers(peers)
+		r.SetPeers(peers, nil)
 		subs := map[netip.Addr][]Subscription{}
 		for _, p := range peers {
 			for _, g := range groups {
@@ -359,7 +359,7 @@ func TestRouteMatchesReference(t *testing.T) {
 				}
 				subs[p] = append(subs[p], s)
 			}
-			r.SetSubscriptions(p, false, subs[p])
+			r.SetSubscriptions(p, subs[p])
 		}
 		for _, g := range groups {
 			for _, src := range sources {
@@ -411,9 +411,9 @@ func BenchmarkRouteFanOut8(b *testing.B) {
 		p := netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16))
 		peers = append(peers, p)
 	}
-	r.SetPeers(peers)
+	r.SetPeers(peers, nil)
 	for _, p := range peers {
-		r.SetSubscriptions(p, false, []Subscription{sub(packettest.Group1, mld.Exclude)})
+		r.SetSubscriptions(p, []Subscription{sub(packettest.Group1, mld.Exclude)})
 	}
 	pkt := packettest.UDP(packettest.Self, packettest.Group1, string(make([]byte, 1152)))
 	out := make([]byte, 2048)
