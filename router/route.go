@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"slices"
+	"time"
 )
 
 // Origin is how a packet to route came: from lc0, sent by this node
@@ -187,7 +188,8 @@ func (r *Router) Deliver(t *Table, pkt []byte, o *Origin) Delivery {
 		r.Drop(DropForgedSource, nil)
 		return drop
 	}
-	p.counters.received(len(pkt))
+	now := time.Now()
+	p.counters.received(len(pkt), now)
 	dst := [16]byte(pkt[24:40])
 	if pkt[6] != protoLcast && pkt[6] != ProtoControl {
 		if dst != r.self.As16() && !isLinkLocalOf(dst, r.self) {
@@ -212,11 +214,12 @@ func (r *Router) Deliver(t *Table, pkt []byte, o *Origin) Delivery {
 		o.from = p
 		return Delivery{Lc0: -1, Control: pkt[ipv6HeaderLen:end:end]}
 	}
-	return r.deliverWrapped(t, pkt, p, o)
+	return r.deliverWrapped(t, pkt, p, o, now)
 }
 
-// deliverWrapped is Deliver for wrapped multicast from the peer p.
-func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin) Delivery {
+// deliverWrapped is Deliver for wrapped multicast from the peer p, arrived
+// at now.
+func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin, now time.Time) Delivery {
 	if len(pkt) < WrapLen+ipv6HeaderLen || pkt[ipv6HeaderLen] != protoIPv6Encap || pkt[WrapLen]>>4 != 6 {
 		r.Drop(DropMalformed, p)
 		return drop
@@ -226,7 +229,8 @@ func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin) Delive
 	// link-scope groups its link-local address; the packets of a peer this
 	// node's configuration trusts as a relay may carry any node's.
 	innerSrc := [16]byte(inner[8:24])
-	if innerSrc != p.addr.As16() && !isLinkLocalOf(innerSrc, p.addr) {
+	direct := innerSrc == p.addr.As16() || isLinkLocalOf(innerSrc, p.addr)
+	if !direct {
 		switch {
 		case !t.relays[p.addr] || !r.isNodeAddr(innerSrc):
 			r.Drop(DropForgedSource, p)
@@ -245,8 +249,8 @@ func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin) Delive
 	o.from, o.hops = p, pkt[7]-1
 	o.epoch = binary.BigEndian.Uint32(pkt[ipv6HeaderLen+4:])
 	o.seq = binary.BigEndian.Uint64(pkt[ipv6HeaderLen+8:])
-	if !r.seen.first(sender, o.epoch, o.seq) {
-		r.Drop(DropDuplicate, p)
+	if why, ok := r.seen.admit(sender, direct, o.epoch, o.seq, now); !ok {
+		r.Drop(why, p)
 		return drop
 	}
 	l, ok := t.listener(group)

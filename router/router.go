@@ -74,12 +74,13 @@ const (
 	DropNotForNode                     // unicast or control from a peer to an address not this node's
 	DropLinkLocal                      // from lc0: link traffic that is neither MLD nor for a peer (Router Solicitations...)
 	DropControlUnhandled               // a control message from a peer, with no control handler
+	DropRelayAhead                     // from a relay: a packet of a sender whose direct path is live, of another epoch or beyond the last packet that came directly
 	numReasons
 )
 
 var reasonNames = [numReasons]string{"scope", "no_subscriber", "no_listener", "forged_source", "no_route", "malformed",
 	"lc0_read_error", "lc0_write_error", "peer_queue_full", "duplicate", "loop", "hop_limit", "too_big", "not_for_node",
-	"link_local", "control_unhandled"}
+	"link_local", "control_unhandled", "relay_ahead"}
 
 // String returns the reason's name in counters and status.
 func (r Reason) String() string { return reasonNames[r] }
@@ -87,7 +88,7 @@ func (r Reason) String() string { return reasonNames[r] }
 // peerDrops are the reasons a drop can be told to concern one peer: the
 // packets it sent, or those queued for it.
 var peerDrops = [...]Reason{DropScope, DropNoListener, DropForgedSource, DropMalformed, DropPeerQueue, DropDuplicate,
-	DropLoop, DropHopLimit, DropTooBig, DropNotForNode, DropControlUnhandled}
+	DropLoop, DropHopLimit, DropTooBig, DropNotForNode, DropControlUnhandled, DropRelayAhead}
 
 // Subscription is a group with its source filter, as a peer subscribed to it
 // or local programs listen to it.
@@ -113,8 +114,8 @@ func (c *PeerCounters) LastRx() time.Time {
 
 // Drops returns the peer's drop counters by reason name, for each reason
 // that can concern one peer (scope, no_listener, forged_source, malformed,
-// peer_queue_full, duplicate, loop, hop_limit, too_big, not_for_node and
-// control_unhandled).
+// peer_queue_full, duplicate, loop, hop_limit, too_big, not_for_node,
+// control_unhandled and relay_ahead).
 func (c *PeerCounters) Drops() map[string]uint64 {
 	out := make(map[string]uint64, len(peerDrops))
 	for _, r := range peerDrops {
@@ -132,11 +133,11 @@ func (c *PeerCounters) Sent(n int) {
 	c.TxBytes.Add(uint64(n))
 }
 
-// received counts one packet of n bytes from the peer.
-func (c *PeerCounters) received(n int) {
+// received counts one packet of n bytes from the peer, arrived at now.
+func (c *PeerCounters) received(n int, now time.Time) {
 	c.RxPackets.Add(1)
 	c.RxBytes.Add(uint64(n))
-	c.lastRx.Store(time.Now().UnixNano())
+	c.lastRx.Store(now.UnixNano())
 }
 
 // Peer is a peer as the data path sees it. It lives as long as the peer is
@@ -188,7 +189,10 @@ type subscriber struct {
 // node drops a packet it has already received, so that a topology of relays with cycles delivers
 // each packet once to each node (the cycles carry it twice, and the second
 // copy stops where it meets the first); the hop limit bounds how far it
-// travels while subscriptions settle.
+// travels while subscriptions settle. Packets that come straight from
+// their sender and those that come through relays are told apart (see
+// seen), so that no relayed packet can make a sender's direct ones look
+// like duplicates.
 //
 // A Router starts no goroutines. Its control methods (SetPeers, SetLocal,
 // ...) and Route may be called concurrently; Deliver by one goroutine at a
