@@ -49,7 +49,8 @@ func (r *Router) OnLink(pkt []byte) bool {
 // packet for the subscriber at *next, advances *next, and returns the length
 // written and the peer it goes to, or 0 when the packet has no (more)
 // destinations. A relayed packet goes to no peer it came from or through.
-// Unicast goes unwrapped to the peer whose overlay or link-local address
+// Multicast read from lc0 goes nowhere unless its source is this node's
+// overlay or link-local address (DropNotOwnSource). Unicast goes unwrapped to the peer whose overlay or link-local address
 // it is addressed to. Each peer is first offered to admit, which reports
 // whether another packet may wait for it in the transport; peers it
 // refuses are skipped (the drop counted, DropPeerQueue). admit must not
@@ -85,6 +86,18 @@ func (r *Router) Route(t *Table, pkt []byte, o *Origin, next *int, out []byte, a
 		p.counters.Sent(n)
 		return n, p
 	}
+	src := netip.AddrFrom16([16]byte(pkt[8:24]))
+	if o.from == nil && src != r.self && src != r.selfLL {
+		// Decision 3: a local program must not speak for another node
+		// (with IPV6_FREEBIND, say). Nothing legitimate sends from the
+		// unspecified address here: MLD reports and Duplicate Address
+		// Detection, which do, stay on the link (OnLink).
+		if *next == 0 {
+			*next = 1
+			r.Drop(DropNotOwnSource, nil)
+		}
+		return 0, nil
+	}
 	if !r.scope.Forwards(dst) {
 		if *next == 0 {
 			*next = 1
@@ -96,7 +109,6 @@ func (r *Router) Route(t *Table, pkt []byte, o *Origin, next *int, out []byte, a
 	if *next == 0 && len(subs) == 0 && o.from == nil {
 		r.Drop(DropNoSubscriber, nil)
 	}
-	src := netip.AddrFrom16([16]byte(pkt[8:24]))
 	for *next < len(subs) {
 		s := subs[*next]
 		*next++

@@ -75,12 +75,13 @@ const (
 	DropLinkLocal                      // from lc0: link traffic that is neither MLD nor for a peer (Router Solicitations...)
 	DropControlUnhandled               // a control message from a peer, with no control handler
 	DropRelayAhead                     // from a relay: a packet of a sender whose direct path is live, of another epoch or beyond the last packet that came directly
+	DropNotOwnSource                   // from lc0: multicast whose source is not this node's overlay or link-local address
 	numReasons
 )
 
 var reasonNames = [numReasons]string{"scope", "no_subscriber", "no_listener", "forged_source", "no_route", "malformed",
 	"lc0_read_error", "lc0_write_error", "peer_queue_full", "duplicate", "loop", "hop_limit", "too_big", "not_for_node",
-	"link_local", "control_unhandled", "relay_ahead"}
+	"link_local", "control_unhandled", "relay_ahead", "not_own_source"}
 
 // String returns the reason's name in counters and status.
 func (r Reason) String() string { return reasonNames[r] }
@@ -199,6 +200,7 @@ type subscriber struct {
 // time.
 type Router struct {
 	self    netip.Addr
+	selfLL  netip.Addr // this node's link-local address
 	overlay netip.Prefix
 	scope   ScopePolicy
 	relay   bool
@@ -229,7 +231,7 @@ type Config struct {
 
 // New returns a Router with no peers.
 func New(cfg Config) *Router {
-	r := &Router{self: cfg.Self, overlay: cfg.Overlay.Masked(), scope: cfg.Scope, relay: cfg.Relay, mtu: cfg.MTU,
+	r := &Router{self: cfg.Self, selfLL: linkLocalOf(cfg.Self), overlay: cfg.Overlay.Masked(), scope: cfg.Scope, relay: cfg.Relay, mtu: cfg.MTU,
 		epoch: rand.Uint32() | 1}
 	if r.mtu <= 0 {
 		r.mtu = 65535

@@ -74,9 +74,10 @@ func TestRouteFromLc0(t *testing.T) {
 	}
 	seq := binary.BigEndian.Uint64(w[48:56])
 	// From the source peer B subscribed to: both A (any source) and B.
-	out = fromLc0(r, packettest.UDP(srcS, packettest.Group1, "x"))
+	r.SetSubscriptions(packettest.PeerB, []Subscription{sub(packettest.Group1, mld.Include, packettest.Self)})
+	out = fromLc0(r, packettest.UDP(packettest.Self, packettest.Group1, "x"))
 	if len(out) != 2 || dstOf(out[0]) == dstOf(out[1]) {
-		t.Fatalf("from %s: %d packets", srcS, len(out))
+		t.Fatalf("from %s to the subscribers of both: %d packets", packettest.Self, len(out))
 	}
 	// Both copies are of one packet, a later one.
 	if s0, s1 := binary.BigEndian.Uint64(out[0][48:56]), binary.BigEndian.Uint64(out[1][48:56]); s0 != s1 || s0 <= seq {
@@ -90,6 +91,28 @@ func TestRouteFromLc0(t *testing.T) {
 	}
 	if out := fromLc0(r, packettest.UDP(packettest.Self, netip.MustParseAddr("fd6c:6361:7374::99"), "x")); len(out) != 0 || r.Dropped(DropNoRoute) != 1 {
 		t.Fatalf("unicast to no peer: %d packets, drops %v", len(out), r.Drops())
+	}
+}
+
+// Multicast read from lc0 goes to peers only from this node's overlay or
+// link-local address: a local program cannot speak for another node
+// (with IPV6_FREEBIND, say), nor send from the unspecified address.
+func TestRouteNotOwnSource(t *testing.T) {
+	r := newTestRouter(t) // A takes grp1 from any source
+	for _, src := range []netip.Addr{packettest.Self, linkLocalOf(packettest.Self)} {
+		if out := fromLc0(r, packettest.UDP(src, packettest.Group1, "mine")); len(out) != 1 || dstOf(out[0]) != packettest.PeerA {
+			t.Fatalf("from %s: %d packets", src, len(out))
+		}
+	}
+	for i, src := range []netip.Addr{packettest.PeerB, nodeX, linkLocalOf(packettest.PeerB), srcS, netip.IPv6Unspecified()} {
+		if out := fromLc0(r, packettest.UDP(src, packettest.Group1, "not mine")); len(out) != 0 || r.Dropped(DropNotOwnSource) != uint64(i+1) {
+			t.Fatalf("from %s: %d packets, drops %v", src, len(out), r.Drops())
+		}
+	}
+	// Packets relayed from peers keep their senders' sources.
+	o := Origin{from: r.Table().peers[packettest.PeerC], epoch: 3, seq: 1, hops: MaxHops}
+	if out := routeAll(r, packettest.UDP(nodeX, packettest.Group1, "relayed"), &o); len(out) != 1 || r.Dropped(DropNotOwnSource) != 5 {
+		t.Fatalf("a relayed packet: %d packets, drops %v", len(out), r.Drops())
 	}
 }
 
@@ -337,7 +360,7 @@ func routed(n int, _ *Peer) bool { return n > 0 }
 func TestRouteMatchesReference(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	groups := []netip.Addr{packettest.Group1, packettest.Group2, netip.MustParseAddr("ff3e::1"), netip.MustParseAddr("ff02::fb"), netip.MustParseAddr("ff05::2")}
-	sources := []netip.Addr{packettest.Self, srcS, netip.MustParseAddr("2001:db8::6")}
+	sources := []netip.Addr{packettest.Self, linkLocalOf(packettest.Self), srcS}
 	var peers []netip.Addr
 	for i := range 6 {
 		peers = append(peers, netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16)))
@@ -370,7 +393,8 @@ func TestRouteMatchesReference(t *testing.T) {
 				var want []netip.Addr
 				for _, p := range peers {
 					for _, s := range subs[p] {
-						if s.Group == g && (ScopePolicy{}).Forwards(g) && s.Wants(src) {
+						own := src == packettest.Self || src == linkLocalOf(packettest.Self)
+						if s.Group == g && (ScopePolicy{}).Forwards(g) && s.Wants(src) && own {
 							want = append(want, p)
 						}
 					}
@@ -388,8 +412,9 @@ func TestRouteMatchesReference(t *testing.T) {
 // A peer admit refuses is skipped, and the drop counted for it.
 func TestRouteAdmit(t *testing.T) {
 	r := newTestRouter(t)
+	r.SetSubscriptions(packettest.PeerB, []Subscription{sub(packettest.Group1, mld.Exclude)})
 	o := r.NextOrigin()
-	pkt, out := packettest.UDP(srcS, packettest.Group1, "x"), make([]byte, 2048)
+	pkt, out := packettest.UDP(packettest.Self, packettest.Group1, "x"), make([]byte, 2048)
 	refuseA := func(p *Peer) bool { return p.Addr() != packettest.PeerA }
 	var got []netip.Addr
 	for next := 0; ; {
