@@ -118,10 +118,10 @@ func newTestBridge(t *testing.T, rcfg router.Config, cfg Config) *testBridge {
 func newTestBridgeOn(t *testing.T, lc0 *fakeTUN, rcfg router.Config, cfg Config) *testBridge {
 	rcfg.Self, rcfg.Overlay = packettest.Self, packettest.Overlay
 	tb := &testBridge{r: router.New(rcfg), lc0: lc0}
-	tb.r.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC})
-	tb.r.SetSubscriptions(packettest.PeerA, false, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
-	tb.r.SetSubscriptions(packettest.PeerB, false, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
-	tb.r.SetSubscriptions(packettest.PeerC, false, []router.Subscription{sub(packettest.Group2, mld.Exclude)})
+	tb.r.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC}, nil)
+	tb.r.SetSubscriptions(packettest.PeerA, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
+	tb.r.SetSubscriptions(packettest.PeerB, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
+	tb.r.SetSubscriptions(packettest.PeerC, []router.Subscription{sub(packettest.Group2, mld.Exclude)})
 	tb.Bridge = New(tb.lc0, tb.r, cfg)
 	t.Cleanup(func() {
 		tb.lc0.Close()
@@ -178,8 +178,8 @@ func (tb *testBridge) readToMarker(t *testing.T, pkts [][]byte) (out [][]byte, b
 // the packets that end the wait.
 func TestSubscriptionDuringReadApplies(t *testing.T) {
 	tb := newTestBridge(t, router.Config{}, Config{})
-	tb.r.SetSubscriptions(packettest.PeerA, false, nil)
-	tb.r.SetSubscriptions(packettest.PeerB, false, nil)
+	tb.r.SetSubscriptions(packettest.PeerA, nil)
+	tb.r.SetSubscriptions(packettest.PeerB, nil)
 	got := make(chan int, 1)
 	go func() {
 		bufs, sizes := [][]byte{make([]byte, 2048)}, []int{0}
@@ -187,7 +187,7 @@ func TestSubscriptionDuringReadApplies(t *testing.T) {
 		got <- n
 	}()
 	time.Sleep(50 * time.Millisecond) // Read is waiting for lc0
-	tb.r.SetSubscriptions(packettest.PeerA, false, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
+	tb.r.SetSubscriptions(packettest.PeerA, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
 	tb.lc0.push(packettest.UDP(packettest.Self, packettest.Group1, "x"))
 	select {
 	case n := <-got:
@@ -251,7 +251,7 @@ func TestPortCloseEndsRead(t *testing.T) {
 func TestFanOutAcrossReadsWithNewTable(t *testing.T) {
 	tb := newTestBridge(t, router.Config{}, Config{})
 	early := netip.MustParseAddr("fd6c:6361:7374::9")
-	tb.r.SetPeers([]netip.Addr{early, packettest.PeerA, packettest.PeerB})
+	tb.r.SetPeers([]netip.Addr{early, packettest.PeerA, packettest.PeerB}, nil)
 	go tb.lc0.push(packettest.UDP(packettest.Self, packettest.Group1, "x"))
 	read := func() netip.Addr {
 		pkts, _ := tb.read(t, 1)
@@ -261,7 +261,7 @@ func TestFanOutAcrossReadsWithNewTable(t *testing.T) {
 		return dstOf(pkts[0])
 	}
 	first := read()
-	tb.r.SetSubscriptions(early, false, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
+	tb.r.SetSubscriptions(early, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
 	second := read()
 	if first != packettest.PeerA || second != packettest.PeerB {
 		t.Fatalf("copies went to %s and %s, want %s and %s", first, second, packettest.PeerA, packettest.PeerB)
@@ -274,7 +274,7 @@ func TestFanOutAcrossReadsWithNewTable(t *testing.T) {
 // it never reports.
 func TestPeerQueueBound(t *testing.T) {
 	tb := newTestBridge(t, router.Config{}, Config{})
-	tb.r.SetSubscriptions(packettest.PeerB, false, nil)
+	tb.r.SetSubscriptions(packettest.PeerB, nil)
 	burst := func(n int) [][]byte {
 		var pkts [][]byte
 		for i := range n {
@@ -310,9 +310,9 @@ func TestQueueBoundForAllPeers(t *testing.T) {
 	for i := range QueueLimit/PeerQueueLimit + 1 {
 		peers = append(peers, netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16)))
 	}
-	r.SetPeers(peers)
+	r.SetPeers(peers, nil)
 	for _, p := range peers {
-		r.SetSubscriptions(p, false, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
+		r.SetSubscriptions(p, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
 	}
 	var q queued
 	q.init()
@@ -338,8 +338,8 @@ func TestQueueBoundForAllPeers(t *testing.T) {
 func wrapFrom(t *testing.T, from netip.Addr, pkt []byte) []byte {
 	t.Helper()
 	r := router.New(router.Config{Self: from, Overlay: packettest.Overlay})
-	r.SetPeers([]netip.Addr{packettest.Self})
-	r.SetSubscriptions(packettest.Self, false, []router.Subscription{sub(dstOf(pkt), mld.Exclude)})
+	r.SetPeers([]netip.Addr{packettest.Self}, nil)
+	r.SetSubscriptions(packettest.Self, []router.Subscription{sub(dstOf(pkt), mld.Exclude)})
 	o, next := r.NextOrigin(), 0
 	out := make([]byte, 16+router.WrapLen+len(pkt))
 	if n, _ := r.Route(r.Table(), pkt, &o, &next, out[16:], func(*router.Peer) bool { return true }); n != len(out)-16 {

@@ -105,7 +105,7 @@ func TestReadErrorBacksOff(t *testing.T) {
 // super-packet of many segments comes whole, none lost as lc0_read_error.
 func TestSuperPacketReadWhole(t *testing.T) {
 	tb := newTestBridgeOn(t, newFakeTUN(128), router.Config{}, Config{})
-	tb.r.SetSubscriptions(packettest.PeerB, false, nil)
+	tb.r.SetSubscriptions(packettest.PeerB, nil)
 	var segments [][]byte
 	for i := range 128 {
 		segments = append(segments, packettest.UDP(packettest.Self, packettest.PeerA, fmt.Sprintf("segment %d", i)))

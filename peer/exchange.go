@@ -61,7 +61,8 @@ type ExchangeConfig struct {
 	// keeps the slice, so State must not change it afterwards.
 	State func(peer netip.Addr) []mld.GroupState
 	// Apply receives a peer's subscriptions whenever they change (nil
-	// when they expire) and whether it relays.
+	// when they expire) and whether the peer says it relays (its word
+	// only: whether to trust it as a relay is this node's config's).
 	Apply func(peer netip.Addr, relay bool, groups []mld.GroupState)
 	// Send sends a control message to a peer inside the transport; it
 	// must not keep msg.

@@ -29,7 +29,9 @@ import (
 //
 //	0  "LCS" 3          magic and version
 //	4  flags            bit 0: want (send me your full state);
-//	                    bit 1: relay (the sender passes multicast on);
+//	                    bit 1: relay (the sender says it passes multicast
+//	                    on; the receiver's config alone decides whether
+//	                    it trusts the sender as a relay);
 //	                    bit 2: ping (answer at once); bit 3: pong (an answer)
 //	5  0                reserved
 //	6  part, parts      uint16 each; parts 0: a hello

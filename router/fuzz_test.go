@@ -22,9 +22,9 @@ func FuzzRouter(f *testing.F) {
 	f.Add(wrapped(packettest.UDP(packettest.PeerC, packettest.Group1, "relayed"), packettest.PeerA)[16:], true)
 	f.Add(New(Config{Self: packettest.PeerA, Overlay: packettest.Overlay}).AppendControl(nil, packettest.Self, []byte("control")), true)
 	r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay, Relay: true})
-	r.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB})
-	r.SetSubscriptions(packettest.PeerA, true, []Subscription{sub(packettest.Group1, mld.Exclude)})
-	r.SetSubscriptions(packettest.PeerB, false, []Subscription{sub(packettest.Group1, mld.Include, srcS), sub(netip.MustParseAddr("ff02::fb"), mld.Exclude)})
+	r.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB}, []netip.Addr{packettest.PeerA})
+	r.SetSubscriptions(packettest.PeerA, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	r.SetSubscriptions(packettest.PeerB, []Subscription{sub(packettest.Group1, mld.Include, srcS), sub(netip.MustParseAddr("ff02::fb"), mld.Exclude)})
 	r.SetLocal([]Subscription{sub(packettest.Group1, mld.Exclude)})
 	tab := r.Table()
 	f.Fuzz(func(t *testing.T, pkt []byte, fromPeer bool) {

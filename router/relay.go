@@ -6,54 +6,7 @@ import (
 	"slices"
 
 	"github.com/librecast/lcast/mld"
-	"golang.zx2c4.com/wireguard/replay"
 )
-
-// maxOrigins bounds how many sending nodes the router remembers packets of
-// (a window of about 1 KiB each). Beyond it, a node it forgets may have
-// packets delivered twice.
-const maxOrigins = 4096
-
-// seen remembers which packets arrived lately, by the address that sent
-// them (a node's overlay or link-local address), its epoch and sequence
-// number, in a sliding window of 8128 sequence numbers (RFC 6479). A new
-// epoch (the node restarted) starts a new window, and packets of the
-// epoch before it count as seen.
-type seen struct {
-	from map[netip.Addr]*window
-}
-
-type window struct {
-	epoch, prev uint32
-	filter      replay.Filter
-}
-
-func (s *seen) init() { s.from = map[netip.Addr]*window{} }
-
-// first reports whether the packet seq of epoch from sender arrives for
-// the first time, and remembers it.
-func (s *seen) first(sender netip.Addr, epoch uint32, seq uint64) bool {
-	w, ok := s.from[sender]
-	if !ok {
-		if len(s.from) >= maxOrigins {
-			for a := range s.from { // forget any one
-				delete(s.from, a)
-				break
-			}
-		}
-		w = &window{epoch: epoch}
-		s.from[sender] = w
-	}
-	switch epoch {
-	case w.epoch:
-	case w.prev:
-		return false
-	default:
-		w.prev, w.epoch = w.epoch, epoch
-		w.filter.Reset()
-	}
-	return w.filter.ValidateCounter(seq, ^uint64(0))
-}
 
 // Advertised returns what this node subscribes to at the peer at to: the
 // groups local programs listen to whose traffic crosses between peers

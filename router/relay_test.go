@@ -19,10 +19,10 @@ var nodeX = netip.MustParseAddr("fd6c:6361:7374::99")
 // programs listen to grp1.
 func newRelay(t *testing.T) *Router {
 	tr := New(Config{Self: packettest.Self, Overlay: packettest.Overlay, Relay: true})
-	tr.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC})
-	tr.SetSubscriptions(packettest.PeerA, true, []Subscription{sub(packettest.Group1, mld.Exclude)})
-	tr.SetSubscriptions(packettest.PeerB, false, []Subscription{sub(packettest.Group1, mld.Exclude)})
-	tr.SetSubscriptions(packettest.PeerC, false, []Subscription{sub(packettest.Group1, mld.Include, srcS), sub(packettest.Group2, mld.Exclude)})
+	tr.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC}, []netip.Addr{packettest.PeerA})
+	tr.SetSubscriptions(packettest.PeerA, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	tr.SetSubscriptions(packettest.PeerB, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	tr.SetSubscriptions(packettest.PeerC, []Subscription{sub(packettest.Group1, mld.Include, srcS), sub(packettest.Group2, mld.Exclude)})
 	tr.SetLocal([]Subscription{sub(packettest.Group1, mld.Exclude)})
 	return tr
 }
@@ -74,18 +74,32 @@ func TestRelayPassesOn(t *testing.T) {
 	}
 }
 
-// Only a relay passes packets on, and only a peer that relays may send
-// other nodes' packets.
+// Only a relay passes packets on, and only a peer this node's
+// configuration trusts as a relay may send other nodes' packets: a peer's
+// subscriptions, whatever it says of itself, change nothing.
 func TestRelayTrust(t *testing.T) {
-	tr := newTestRouter(t) // not a relay
+	tr := newTestRouter(t) // not a relay, trusting none
 	tr.SetLocal([]Subscription{sub(packettest.Group1, mld.Exclude)})
 	if out := relayed(tr, wrapped(packettest.UDP(packettest.PeerA, packettest.Group1, "x"), packettest.PeerA)); len(out) != 0 {
 		t.Fatalf("a router that is no relay passed %d packets on", len(out))
 	}
-	tr.SetSubscriptions(packettest.PeerA, true, []Subscription{sub(packettest.Group1, mld.Exclude)})
-	relayed(tr, wrapped(packettest.UDP(nodeX, packettest.Group1, "x"), packettest.PeerA), wrapped(packettest.UDP(nodeX, packettest.Group1, "x"), packettest.PeerB))
-	if tr.Dropped(DropForgedSource) != 1 || tr.Counters(packettest.PeerB).Dropped(DropForgedSource) != 1 {
-		t.Fatalf("X's packet from relay A and from B (no relay): drops %v", tr.Drops())
+	fromX := func(via netip.Addr) Delivery {
+		return deliver(tr, wrapped(packettest.UDP(nodeX, packettest.Group1, "x"), via))
+	}
+	if d := fromX(packettest.PeerA); d.Lc0 != -1 || tr.Counters(packettest.PeerA).Dropped(DropForgedSource) != 1 || tr.TrustsRelay(packettest.PeerA) {
+		t.Fatalf("X's packet from A, not trusted: delivered as %+v, A's drops %v", d, tr.Counters(packettest.PeerA).Drops())
+	}
+	tr.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC}, []netip.Addr{packettest.PeerA})
+	if d := fromX(packettest.PeerA); d.Lc0 != WrapLen || !tr.TrustsRelay(packettest.PeerA) {
+		t.Fatalf("X's packet from A, trusted: delivered as %+v", d)
+	}
+	if d := fromX(packettest.PeerB); d.Lc0 != -1 || tr.Counters(packettest.PeerB).Dropped(DropForgedSource) != 1 {
+		t.Fatalf("X's packet from B, not trusted: delivered as %+v, B's drops %v", d, tr.Counters(packettest.PeerB).Drops())
+	}
+	// Trust ends with the configuration that gave it.
+	tr.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC}, nil)
+	if d := fromX(packettest.PeerA); d.Lc0 != -1 || tr.Dropped(DropForgedSource) != 3 {
+		t.Fatalf("X's packet from A, no longer trusted: delivered as %+v, drops %v", d, tr.Drops())
 	}
 }
 
@@ -94,7 +108,8 @@ func TestRelayTrust(t *testing.T) {
 // node sent itself. A packet that crossed MaxHops links is not passed on.
 func TestRelayDuplicatesLoopsHops(t *testing.T) {
 	tr := newRelay(t)
-	tr.SetSubscriptions(packettest.PeerB, true, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	tr.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC}, []netip.Addr{packettest.PeerA, packettest.PeerB})
+	tr.SetSubscriptions(packettest.PeerB, []Subscription{sub(packettest.Group1, mld.Exclude)})
 	x := packettest.UDP(nodeX, packettest.Group1, "x")
 	first := Origin{epoch: 9, seq: 1000, hops: MaxHops}
 	if out := relayed(tr, wrappedAs(x, packettest.PeerA, first)); len(out) != 1 {
@@ -134,8 +149,8 @@ func TestAdvertised(t *testing.T) {
 	far.Hops = MaxHops - 1
 	overflow := sub(netip.MustParseAddr("ff1e::ff"), mld.Exclude)
 	overflow.Hops = 255
-	tr.SetSubscriptions(packettest.PeerA, true, []Subscription{sub(packettest.Group1, mld.Include, srcS), far, overflow})
-	tr.SetSubscriptions(packettest.PeerB, false, []Subscription{sub(packettest.Group1, mld.Include, packettest.PeerC)})
+	tr.SetSubscriptions(packettest.PeerA, []Subscription{sub(packettest.Group1, mld.Include, srcS), far, overflow})
+	tr.SetSubscriptions(packettest.PeerB, []Subscription{sub(packettest.Group1, mld.Include, packettest.PeerC)})
 	tr.SetLocal([]Subscription{sub(packettest.Group1, mld.Include, packettest.PeerB), sub(netip.MustParseAddr("ff02::fb"), mld.Exclude)})
 	want := map[netip.Addr][]Subscription{
 		// A: local and B's and C's.

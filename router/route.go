@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"slices"
+	"time"
 )
 
 // Origin is how a packet to route came: from lc0, sent by this node
@@ -48,7 +49,8 @@ func (r *Router) OnLink(pkt []byte) bool {
 // packet for the subscriber at *next, advances *next, and returns the length
 // written and the peer it goes to, or 0 when the packet has no (more)
 // destinations. A relayed packet goes to no peer it came from or through.
-// Unicast goes unwrapped to the peer whose overlay or link-local address
+// Multicast read from lc0 goes nowhere unless its source is this node's
+// overlay or link-local address (DropNotOwnSource). Unicast goes unwrapped to the peer whose overlay or link-local address
 // it is addressed to. Each peer is first offered to admit, which reports
 // whether another packet may wait for it in the transport; peers it
 // refuses are skipped (the drop counted, DropPeerQueue). admit must not
@@ -84,6 +86,18 @@ func (r *Router) Route(t *Table, pkt []byte, o *Origin, next *int, out []byte, a
 		p.counters.Sent(n)
 		return n, p
 	}
+	src := netip.AddrFrom16([16]byte(pkt[8:24]))
+	if o.from == nil && src != r.self && src != r.selfLL {
+		// Decision 3: a local program must not speak for another node
+		// (with IPV6_FREEBIND, say). Nothing legitimate sends from the
+		// unspecified address here: MLD reports and Duplicate Address
+		// Detection, which do, stay on the link (OnLink).
+		if *next == 0 {
+			*next = 1
+			r.Drop(DropNotOwnSource, nil)
+		}
+		return 0, nil
+	}
 	if !r.scope.Forwards(dst) {
 		if *next == 0 {
 			*next = 1
@@ -95,7 +109,6 @@ func (r *Router) Route(t *Table, pkt []byte, o *Origin, next *int, out []byte, a
 	if *next == 0 && len(subs) == 0 && o.from == nil {
 		r.Drop(DropNoSubscriber, nil)
 	}
-	src := netip.AddrFrom16([16]byte(pkt[8:24]))
 	for *next < len(subs) {
 		s := subs[*next]
 		*next++
@@ -187,7 +200,8 @@ func (r *Router) Deliver(t *Table, pkt []byte, o *Origin) Delivery {
 		r.Drop(DropForgedSource, nil)
 		return drop
 	}
-	p.counters.received(len(pkt))
+	now := time.Now()
+	p.counters.received(len(pkt), now)
 	dst := [16]byte(pkt[24:40])
 	if pkt[6] != protoLcast && pkt[6] != ProtoControl {
 		if dst != r.self.As16() && !isLinkLocalOf(dst, r.self) {
@@ -212,21 +226,23 @@ func (r *Router) Deliver(t *Table, pkt []byte, o *Origin) Delivery {
 		o.from = p
 		return Delivery{Lc0: -1, Control: pkt[ipv6HeaderLen:end:end]}
 	}
-	return r.deliverWrapped(t, pkt, p, o)
+	return r.deliverWrapped(t, pkt, p, o, now)
 }
 
-// deliverWrapped is Deliver for wrapped multicast from the peer p.
-func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin) Delivery {
+// deliverWrapped is Deliver for wrapped multicast from the peer p, arrived
+// at now.
+func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin, now time.Time) Delivery {
 	if len(pkt) < WrapLen+ipv6HeaderLen || pkt[ipv6HeaderLen] != protoIPv6Encap || pkt[WrapLen]>>4 != 6 {
 		r.Drop(DropMalformed, p)
 		return drop
 	}
 	inner := pkt[WrapLen:]
 	// Decision 3: the inner source must be the peer's own address, or for
-	// link-scope groups its link-local address; a relay's packets may
-	// carry any node's.
+	// link-scope groups its link-local address; the packets of a peer this
+	// node's configuration trusts as a relay may carry any node's.
 	innerSrc := [16]byte(inner[8:24])
-	if innerSrc != p.addr.As16() && !isLinkLocalOf(innerSrc, p.addr) {
+	direct := innerSrc == p.addr.As16() || isLinkLocalOf(innerSrc, p.addr)
+	if !direct {
 		switch {
 		case !t.relays[p.addr] || !r.isNodeAddr(innerSrc):
 			r.Drop(DropForgedSource, p)
@@ -245,8 +261,8 @@ func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin) Delive
 	o.from, o.hops = p, pkt[7]-1
 	o.epoch = binary.BigEndian.Uint32(pkt[ipv6HeaderLen+4:])
 	o.seq = binary.BigEndian.Uint64(pkt[ipv6HeaderLen+8:])
-	if !r.seen.first(sender, o.epoch, o.seq) {
-		r.Drop(DropDuplicate, p)
+	if why, ok := r.seen.admit(sender, direct, o.epoch, o.seq, now); !ok {
+		r.Drop(why, p)
 		return drop
 	}
 	l, ok := t.listener(group)

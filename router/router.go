@@ -61,7 +61,7 @@ const (
 	DropScope            Reason = iota // a group whose scope does not cross between peers
 	DropNoSubscriber                   // from lc0: no peer wants it
 	DropNoListener                     // from a peer: no local program wants it
-	DropForgedSource                   // from a peer: inner source is not the peer's address
+	DropForgedSource                   // from a peer: inner source is not the peer's address, and the peer is no relay this node trusts
 	DropNoRoute                        // unicast to an overlay address of no peer
 	DropMalformed                      // not a well-formed IPv6 packet, or control or wrapping forged on lc0
 	DropLc0Read                        // a failed read from lc0
@@ -74,12 +74,14 @@ const (
 	DropNotForNode                     // unicast or control from a peer to an address not this node's
 	DropLinkLocal                      // from lc0: link traffic that is neither MLD nor for a peer (Router Solicitations...)
 	DropControlUnhandled               // a control message from a peer, with no control handler
+	DropRelayAhead                     // from a relay: a packet of a sender whose direct path is live, of another epoch or beyond the last packet that came directly
+	DropNotOwnSource                   // from lc0: multicast whose source is not this node's overlay or link-local address
 	numReasons
 )
 
 var reasonNames = [numReasons]string{"scope", "no_subscriber", "no_listener", "forged_source", "no_route", "malformed",
 	"lc0_read_error", "lc0_write_error", "peer_queue_full", "duplicate", "loop", "hop_limit", "too_big", "not_for_node",
-	"link_local", "control_unhandled"}
+	"link_local", "control_unhandled", "relay_ahead", "not_own_source"}
 
 // String returns the reason's name in counters and status.
 func (r Reason) String() string { return reasonNames[r] }
@@ -87,7 +89,7 @@ func (r Reason) String() string { return reasonNames[r] }
 // peerDrops are the reasons a drop can be told to concern one peer: the
 // packets it sent, or those queued for it.
 var peerDrops = [...]Reason{DropScope, DropNoListener, DropForgedSource, DropMalformed, DropPeerQueue, DropDuplicate,
-	DropLoop, DropHopLimit, DropTooBig, DropNotForNode, DropControlUnhandled}
+	DropLoop, DropHopLimit, DropTooBig, DropNotForNode, DropControlUnhandled, DropRelayAhead}
 
 // Subscription is a group with its source filter, as a peer subscribed to it
 // or local programs listen to it.
@@ -113,8 +115,8 @@ func (c *PeerCounters) LastRx() time.Time {
 
 // Drops returns the peer's drop counters by reason name, for each reason
 // that can concern one peer (scope, no_listener, forged_source, malformed,
-// peer_queue_full, duplicate, loop, hop_limit, too_big, not_for_node and
-// control_unhandled).
+// peer_queue_full, duplicate, loop, hop_limit, too_big, not_for_node,
+// control_unhandled and relay_ahead).
 func (c *PeerCounters) Drops() map[string]uint64 {
 	out := make(map[string]uint64, len(peerDrops))
 	for _, r := range peerDrops {
@@ -132,11 +134,11 @@ func (c *PeerCounters) Sent(n int) {
 	c.TxBytes.Add(uint64(n))
 }
 
-// received counts one packet of n bytes from the peer.
-func (c *PeerCounters) received(n int) {
+// received counts one packet of n bytes from the peer, arrived at now.
+func (c *PeerCounters) received(n int, now time.Time) {
 	c.RxPackets.Add(1)
 	c.RxBytes.Add(uint64(n))
-	c.lastRx.Store(time.Now().UnixNano())
+	c.lastRx.Store(now.UnixNano())
 }
 
 // Peer is a peer as the data path sees it. It lives as long as the peer is
@@ -159,7 +161,7 @@ type Table struct {
 	peers     map[netip.Addr]*Peer
 	linkLocal map[netip.Addr]*Peer          // peers by their link-local address
 	subs      map[netip.Addr][]Subscription // by peer
-	relays    map[netip.Addr]bool           // peers that said they relay
+	relays    map[netip.Addr]bool           // peers this node's config trusts to pass on other nodes' packets
 	groups    map[netip.Addr][]subscriber   // group -> peers that subscribed
 	local     []Subscription                // groups local programs listen to, sorted by group
 	// forwarded are those of local whose traffic crosses between peers
@@ -181,18 +183,24 @@ type subscriber struct {
 //
 // A relay (Config.Relay) also passes packets from each peer on to its other
 // peers that subscribed, and subscribes at each peer for what its other
-// peers subscribed to (Advertised). Every multicast packet carries its
-// originator's epoch and sequence number, and every node drops a packet it
-// has already received, so that a topology of relays with cycles delivers
+// peers subscribed to (Advertised). A node takes packets with other nodes'
+// sources only from the peers its own configuration trusts as relays
+// (SetPeers); what a peer says of itself makes it none. Every multicast
+// packet carries its originator's epoch and sequence number, and every
+// node drops a packet it has already received, so that a topology of relays with cycles delivers
 // each packet once to each node (the cycles carry it twice, and the second
 // copy stops where it meets the first); the hop limit bounds how far it
-// travels while subscriptions settle.
+// travels while subscriptions settle. Packets that come straight from
+// their sender and those that come through relays are told apart (see
+// seen), so that no relayed packet can make a sender's direct ones look
+// like duplicates.
 //
 // A Router starts no goroutines. Its control methods (SetPeers, SetLocal,
 // ...) and Route may be called concurrently; Deliver by one goroutine at a
 // time.
 type Router struct {
 	self    netip.Addr
+	selfLL  netip.Addr // this node's link-local address
 	overlay netip.Prefix
 	scope   ScopePolicy
 	relay   bool
@@ -223,7 +231,7 @@ type Config struct {
 
 // New returns a Router with no peers.
 func New(cfg Config) *Router {
-	r := &Router{self: cfg.Self, overlay: cfg.Overlay.Masked(), scope: cfg.Scope, relay: cfg.Relay, mtu: cfg.MTU,
+	r := &Router{self: cfg.Self, selfLL: linkLocalOf(cfg.Self), overlay: cfg.Overlay.Masked(), scope: cfg.Scope, relay: cfg.Relay, mtu: cfg.MTU,
 		epoch: rand.Uint32() | 1}
 	if r.mtu <= 0 {
 		r.mtu = 65535
@@ -253,30 +261,36 @@ func (r *Router) Self() netip.Addr { return r.self }
 // with.
 func (r *Router) Table() *Table { return r.table.Load() }
 
-// SetPeers sets the overlay addresses of the peers. Peers that stay keep
-// their subscriptions and counters.
-func (r *Router) SetPeers(addrs []netip.Addr) {
+// SetPeers sets the overlay addresses of the peers, and which of them
+// this node's configuration trusts as relays ([[peer]] relay = true): only
+// their wrapped multicast may carry other nodes' sources. Peers that stay
+// keep their subscriptions and counters.
+func (r *Router) SetPeers(addrs, relays []netip.Addr) {
 	r.update(func(old, t *Table) {
 		for _, a := range addrs {
 			if p, ok := old.peers[a]; ok {
 				t.peers[a] = p
 				t.subs[a] = old.subs[a]
-				t.relays[a] = old.relays[a]
 			} else {
 				t.peers[a] = &Peer{addr: a}
+			}
+		}
+		for _, a := range relays {
+			if _, ok := t.peers[a]; ok {
+				t.relays[a] = true
 			}
 		}
 	})
 }
 
-// SetSubscriptions replaces the groups the peer at addr subscribed to, and
-// whether it relays (passes on packets that other nodes sent).
-func (r *Router) SetSubscriptions(addr netip.Addr, relay bool, subs []Subscription) {
+// SetSubscriptions replaces the groups the peer at addr subscribed to.
+// Whatever the peer says of itself, it does not make it a relay: only
+// SetPeers does.
+func (r *Router) SetSubscriptions(addr netip.Addr, subs []Subscription) {
 	r.update(func(old, t *Table) {
 		t.keepPeers(old)
 		if _, ok := t.peers[addr]; ok {
 			t.subs[addr] = slices.Clone(subs)
-			t.relays[addr] = relay
 		}
 	})
 }
@@ -295,8 +309,8 @@ func (r *Router) SetLocal(groups []Subscription) {
 	})
 }
 
-// keepPeers carries old's peers, their subscriptions and relay flags over
-// into t.
+// keepPeers carries old's peers, their subscriptions and which of them
+// are trusted relays over into t.
 func (t *Table) keepPeers(old *Table) {
 	maps.Copy(t.peers, old.peers)
 	maps.Copy(t.subs, old.subs)
@@ -356,8 +370,9 @@ func (r *Router) Subscriptions(addr netip.Addr) []Subscription {
 	return r.table.Load().subs[addr]
 }
 
-// Relays reports whether the peer at addr said it relays.
-func (r *Router) Relays(addr netip.Addr) bool { return r.table.Load().relays[addr] }
+// TrustsRelay reports whether this node's configuration trusts the peer
+// at addr as a relay (SetPeers).
+func (r *Router) TrustsRelay(addr netip.Addr) bool { return r.table.Load().relays[addr] }
 
 // Counters returns the counters of the peer at addr, or nil.
 func (r *Router) Counters(addr netip.Addr) *PeerCounters {

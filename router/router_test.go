@@ -29,10 +29,10 @@ var admitAll = func(*Peer) bool { return true }
 
 func newTestRouter(t *testing.T) *Router {
 	r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay})
-	r.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC})
-	r.SetSubscriptions(packettest.PeerA, false, []Subscription{sub(packettest.Group1, mld.Exclude)})
-	r.SetSubscriptions(packettest.PeerB, false, []Subscription{sub(packettest.Group1, mld.Include, srcS)})
-	r.SetSubscriptions(packettest.PeerC, false, []Subscription{sub(packettest.Group2, mld.Exclude)})
+	r.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC}, nil)
+	r.SetSubscriptions(packettest.PeerA, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	r.SetSubscriptions(packettest.PeerB, []Subscription{sub(packettest.Group1, mld.Include, srcS)})
+	r.SetSubscriptions(packettest.PeerC, []Subscription{sub(packettest.Group2, mld.Exclude)})
 	return r
 }
 
@@ -74,9 +74,10 @@ func TestRouteFromLc0(t *testing.T) {
 	}
 	seq := binary.BigEndian.Uint64(w[48:56])
 	// From the source peer B subscribed to: both A (any source) and B.
-	out = fromLc0(r, packettest.UDP(srcS, packettest.Group1, "x"))
+	r.SetSubscriptions(packettest.PeerB, []Subscription{sub(packettest.Group1, mld.Include, packettest.Self)})
+	out = fromLc0(r, packettest.UDP(packettest.Self, packettest.Group1, "x"))
 	if len(out) != 2 || dstOf(out[0]) == dstOf(out[1]) {
-		t.Fatalf("from %s: %d packets", srcS, len(out))
+		t.Fatalf("from %s to the subscribers of both: %d packets", packettest.Self, len(out))
 	}
 	// Both copies are of one packet, a later one.
 	if s0, s1 := binary.BigEndian.Uint64(out[0][48:56]), binary.BigEndian.Uint64(out[1][48:56]); s0 != s1 || s0 <= seq {
@@ -90,6 +91,28 @@ func TestRouteFromLc0(t *testing.T) {
 	}
 	if out := fromLc0(r, packettest.UDP(packettest.Self, netip.MustParseAddr("fd6c:6361:7374::99"), "x")); len(out) != 0 || r.Dropped(DropNoRoute) != 1 {
 		t.Fatalf("unicast to no peer: %d packets, drops %v", len(out), r.Drops())
+	}
+}
+
+// Multicast read from lc0 goes to peers only from this node's overlay or
+// link-local address: a local program cannot speak for another node
+// (with IPV6_FREEBIND, say), nor send from the unspecified address.
+func TestRouteNotOwnSource(t *testing.T) {
+	r := newTestRouter(t) // A takes grp1 from any source
+	for _, src := range []netip.Addr{packettest.Self, linkLocalOf(packettest.Self)} {
+		if out := fromLc0(r, packettest.UDP(src, packettest.Group1, "mine")); len(out) != 1 || dstOf(out[0]) != packettest.PeerA {
+			t.Fatalf("from %s: %d packets", src, len(out))
+		}
+	}
+	for i, src := range []netip.Addr{packettest.PeerB, nodeX, linkLocalOf(packettest.PeerB), srcS, netip.IPv6Unspecified()} {
+		if out := fromLc0(r, packettest.UDP(src, packettest.Group1, "not mine")); len(out) != 0 || r.Dropped(DropNotOwnSource) != uint64(i+1) {
+			t.Fatalf("from %s: %d packets, drops %v", src, len(out), r.Drops())
+		}
+	}
+	// Packets relayed from peers keep their senders' sources.
+	o := Origin{from: r.Table().peers[packettest.PeerC], epoch: 3, seq: 1, hops: MaxHops}
+	if out := routeAll(r, packettest.UDP(nodeX, packettest.Group1, "relayed"), &o); len(out) != 1 || r.Dropped(DropNotOwnSource) != 5 {
+		t.Fatalf("a relayed packet: %d packets, drops %v", len(out), r.Drops())
 	}
 }
 
@@ -120,7 +143,7 @@ func TestRouteUnicast(t *testing.T) {
 func TestOnLinkAndScope(t *testing.T) {
 	r := newTestRouter(t)
 	mdns := netip.MustParseAddr("ff02::fb")
-	r.SetSubscriptions(packettest.PeerA, false, []Subscription{sub(mdns, mld.Exclude), sub(netip.MustParseAddr("ff05::2"), mld.Exclude)})
+	r.SetSubscriptions(packettest.PeerA, []Subscription{sub(mdns, mld.Exclude), sub(netip.MustParseAddr("ff05::2"), mld.Exclude)})
 	for _, c := range []struct {
 		name string
 		pkt  []byte
@@ -298,7 +321,7 @@ func b2u(b bool) uint64 {
 // With link scope opted in, a peer's link-local address is its own too.
 func TestDeliverLinkLocalSource(t *testing.T) {
 	r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay, Scope: ScopePolicy{LinkLocal: true}})
-	r.SetPeers([]netip.Addr{packettest.PeerA})
+	r.SetPeers([]netip.Addr{packettest.PeerA}, nil)
 	mdns := netip.MustParseAddr("ff02::fb")
 	r.SetLocal([]Subscription{sub(mdns, mld.Exclude)})
 	llA := netip.MustParseAddr("fe80::a")
@@ -337,14 +360,14 @@ func routed(n int, _ *Peer) bool { return n > 0 }
 func TestRouteMatchesReference(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	groups := []netip.Addr{packettest.Group1, packettest.Group2, netip.MustParseAddr("ff3e::1"), netip.MustParseAddr("ff02::fb"), netip.MustParseAddr("ff05::2")}
-	sources := []netip.Addr{packettest.Self, srcS, netip.MustParseAddr("2001:db8::6")}
+	sources := []netip.Addr{packettest.Self, linkLocalOf(packettest.Self), srcS}
 	var peers []netip.Addr
 	for i := range 6 {
 		peers = append(peers, netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16)))
 	}
 	for run := range 300 {
 		r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay})
-		r.SetPeers(peers)
+		r.SetPeers(peers, nil)
 		subs := map[netip.Addr][]Subscription{}
 		for _, p := range peers {
 			for _, g := range groups {
@@ -359,7 +382,7 @@ func TestRouteMatchesReference(t *testing.T) {
 				}
 				subs[p] = append(subs[p], s)
 			}
-			r.SetSubscriptions(p, false, subs[p])
+			r.SetSubscriptions(p, subs[p])
 		}
 		for _, g := range groups {
 			for _, src := range sources {
@@ -370,7 +393,8 @@ func TestRouteMatchesReference(t *testing.T) {
 				var want []netip.Addr
 				for _, p := range peers {
 					for _, s := range subs[p] {
-						if s.Group == g && (ScopePolicy{}).Forwards(g) && s.Wants(src) {
+						own := src == packettest.Self || src == linkLocalOf(packettest.Self)
+						if s.Group == g && (ScopePolicy{}).Forwards(g) && s.Wants(src) && own {
 							want = append(want, p)
 						}
 					}
@@ -388,8 +412,9 @@ func TestRouteMatchesReference(t *testing.T) {
 // A peer admit refuses is skipped, and the drop counted for it.
 func TestRouteAdmit(t *testing.T) {
 	r := newTestRouter(t)
+	r.SetSubscriptions(packettest.PeerB, []Subscription{sub(packettest.Group1, mld.Exclude)})
 	o := r.NextOrigin()
-	pkt, out := packettest.UDP(srcS, packettest.Group1, "x"), make([]byte, 2048)
+	pkt, out := packettest.UDP(packettest.Self, packettest.Group1, "x"), make([]byte, 2048)
 	refuseA := func(p *Peer) bool { return p.Addr() != packettest.PeerA }
 	var got []netip.Addr
 	for next := 0; ; {
@@ -411,9 +436,9 @@ func BenchmarkRouteFanOut8(b *testing.B) {
 		p := netip.MustParseAddr(fmt.Sprintf("fd6c:6361:7374::%x", i+16))
 		peers = append(peers, p)
 	}
-	r.SetPeers(peers)
+	r.SetPeers(peers, nil)
 	for _, p := range peers {
-		r.SetSubscriptions(p, false, []Subscription{sub(packettest.Group1, mld.Exclude)})
+		r.SetSubscriptions(p, []Subscription{sub(packettest.Group1, mld.Exclude)})
 	}
 	pkt := packettest.UDP(packettest.Self, packettest.Group1, string(make([]byte, 1152)))
 	out := make([]byte, 2048)

@@ -13,8 +13,9 @@ import (
 )
 
 // printStatus prints st as aligned tables for people: the interface, the
-// groups local programs listen to, the peers with whether traffic flows
-// both ways, the age of their last packet and handshake, traffic, drops
+// groups local programs listen to, the peers (those trusted as relays
+// marked, and those that say they relay but are not trusted) with whether
+// traffic flows both ways, the age of their last packet and handshake, traffic, drops
 // and groups, where each group's packets go and why, and drops by reason.
 // now dates the packets and handshakes.
 func printStatus(w io.Writer, st *control.Status, now time.Time) {
@@ -38,8 +39,11 @@ func printStatus(w io.Writer, st *control.Status, now time.Time) {
 		fmt.Fprintln(tw, "  PUBLIC KEY\tENDPOINT\tCONNECTED\tLAST RX\tHANDSHAKE\tRX\tTX\tDROPPED\tGROUPS")
 		for _, p := range st.Peers {
 			key := p.PublicKey
-			if p.Relay {
+			switch {
+			case p.Relay:
 				key += " (relay)"
+			case p.SaysRelay:
+				key += " (says relay, not trusted)"
 			}
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", key, orDash(p.Endpoint), yesNo(p.Connected), ago(p.LastRx, now), ago(p.LastHandshake, now),
 				traffic(p.RxPackets, p.RxBytes), traffic(p.TxPackets, p.TxBytes), total(p.Drops), groupList(p.Groups))

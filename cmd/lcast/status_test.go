@@ -8,7 +8,8 @@ import (
 	"github.com/librecast/lcast/internal/control"
 )
 
-// lcast status prints aligned tables: handshake ages (lapsed sessions
+// lcast status prints aligned tables: peers trusted as relays, and those
+// that only say they relay, marked; handshake ages (lapsed sessions
 // marked), traffic in binary units, drops per peer and by reason, and at
 // most three groups per peer.
 func TestPrintStatus(t *testing.T) {
@@ -29,7 +30,7 @@ func TestPrintStatus(t *testing.T) {
 				RxPackets: 3, RxBytes: 271, TxPackets: 123456, TxBytes: 150 << 20, Groups: groups("ff1e::1", "ff1e::2", "ff1e::3", "ff1e::4", "ff1e::5"),
 				Drops: map[string]uint64{"no_listener": 2, "peer_queue_full": 5}},
 			{PublicKey: "pubC=", Endpoint: "[2001:db8:3::2]:51840", Relay: true, LastHandshake: &old, RxBytes: 1536, Drops: map[string]uint64{}},
-			{PublicKey: "pubD=", Groups: []control.Group{}},
+			{PublicKey: "pubD=", SaysRelay: true, Groups: []control.Group{}},
 		},
 		Forwarding: []control.Forward{
 			{Group: "ff1e::1", To: []control.ForwardTo{
@@ -53,10 +54,10 @@ local groups: 2
   ff3e::1234  include  fd6c::1,fd6c::2
 
 peers: 3
-  PUBLIC KEY     ENDPOINT               CONNECTED  LAST RX  HANDSHAKE  RX               TX                      DROPPED  GROUPS
-  pubB=          [2001:db8:2::2]:51840  yes        2s ago   2s ago     3 pkts, 271 B    123456 pkts, 150.0 MiB  7        ff1e::1,ff1e::2,ff1e::3,+2 more
-  pubC= (relay)  [2001:db8:3::2]:51840  no         never    3m20s ago  0 pkts, 1.5 KiB  0 pkts, 0 B             0        -
-  pubD=          -                      no         never    never      0 pkts, 0 B      0 pkts, 0 B             0        -
+  PUBLIC KEY                       ENDPOINT               CONNECTED  LAST RX  HANDSHAKE  RX               TX                      DROPPED  GROUPS
+  pubB=                            [2001:db8:2::2]:51840  yes        2s ago   2s ago     3 pkts, 271 B    123456 pkts, 150.0 MiB  7        ff1e::1,ff1e::2,ff1e::3,+2 more
+  pubC= (relay)                    [2001:db8:3::2]:51840  no         never    3m20s ago  0 pkts, 1.5 KiB  0 pkts, 0 B             0        -
+  pubD= (says relay, not trusted)  -                      no         never    never      0 pkts, 0 B      0 pkts, 0 B             0        -
 
 forwarding: 2 groups
   GROUP    TO PEER  MODE     SOURCES  WHY

@@ -65,6 +65,11 @@ type Peer struct {
 	// Endpoint is "[addr]:port" or "host:port"; empty for a peer that
 	// connects to us (behind NAT, for instance).
 	Endpoint Endpoint `toml:"endpoint"`
+	// Relay trusts the peer to pass on other nodes' packets: its wrapped
+	// multicast may carry any node's source. Without it, only the peer's
+	// own packets are taken from it, whatever it says of itself. (The
+	// top-level Relay makes this node relay.)
+	Relay bool `toml:"relay"`
 }
 
 // Endpoint is a peer's "[addr]:port" or "host:port". The zero value means

@@ -33,6 +33,7 @@ relay = true
 [[peer]]
 public_key = "` + pubB.String() + `"
 endpoint = "[2001:db8::1]:4000"
+relay = true
 
 [[peer]]
 public_key = "` + privB.String() + `"
@@ -49,7 +50,8 @@ endpoint = "example.net:51840"
 	if c.Interface != "lc0" || c.Key != privA || c.Port != 4000 || c.MTU != DefaultMTU || c.ControlSocket != sock || c.MetricsListen != "[::1]:9847" || !c.Relay {
 		t.Fatalf("parsed %+v", c)
 	}
-	if len(c.Peers) != 2 || c.Peers[0].PublicKey != pubB || c.Peers[1].Endpoint.String() != "example.net:51840" || c.Peers[0].Endpoint.Host != "2001:db8::1" {
+	if len(c.Peers) != 2 || c.Peers[0].PublicKey != pubB || c.Peers[1].Endpoint.String() != "example.net:51840" || c.Peers[0].Endpoint.Host != "2001:db8::1" ||
+		!c.Peers[0].Relay || c.Peers[1].Relay {
 		t.Fatalf("peers %+v", c.Peers)
 	}
 }
@@ -200,6 +202,7 @@ func TestNeedRestart(t *testing.T) {
 		{"link scope", base + "forward_link_scope = true\n", []string{"forward_link_scope"}},
 		{"metrics", base + "metrics_listen = \"[::1]:9847\"\n", []string{"metrics_listen"}},
 		{"relay", base + "relay = true\n", []string{"relay"}},
+		{"a peer trusted as a relay", base + "[[peer]]\npublic_key = \"" + pubB.String() + "\"\nrelay = true\n", nil},
 	} {
 		if got := old.NeedRestart(parse(tc.doc)); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: NeedRestart = %v, want %v", tc.name, got, tc.want)

@@ -56,8 +56,13 @@ type Group struct {
 type PeerStatus struct {
 	PublicKey string `json:"public_key"`
 	Endpoint  string `json:"endpoint"`
-	// Relay tells whether the peer said it passes multicast on.
+	// Relay tells whether this node's configuration trusts the peer as a
+	// relay ([[peer]] relay = true): only then may its packets carry other
+	// nodes' sources.
 	Relay bool `json:"relay"`
+	// SaysRelay tells whether the peer says, in its subscription messages,
+	// that it passes multicast on. It grants nothing: Relay does.
+	SaysRelay bool `json:"says_relay"`
 	// Connected tells whether traffic flows both ways: authenticated
 	// traffic from the peer arrived recently and the peer acknowledged
 	// this node's recently (not only that a handshake happened).

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -45,9 +46,12 @@ type Daemon struct {
 	relayed   chan struct{} // on a relay: a peer's subscriptions changed
 
 	// peers are the configured peers, in the configuration's order (which
-	// Status follows), changed by a reload.
-	peersMu sync.Mutex
-	peers   []config.Peer
+	// Status follows), changed by a reload; saysRelay the peers that say,
+	// in their subscription messages, that they relay (which makes them
+	// no relay of this node's: only their [[peer]] table can).
+	peersMu   sync.Mutex
+	peers     []config.Peer
+	saysRelay map[netip.Addr]bool
 
 	// provisional holds the groups the kernel announced joined on lc0
 	// whose MLD report has not come yet, with when they stop counting.
@@ -69,6 +73,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		changed: make(chan struct{}, 1),
 		relayed: make(chan struct{}, 1),
 
+		saysRelay:   map[netip.Addr]bool{},
 		provisional: map[netip.Addr]time.Time{},
 	}
 	d.link = mld.NewLink(mld.DefaultTiming, d.localChanged)
@@ -113,7 +118,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	}
 	undo = append(undo, func() { d.ifc.Close() })
 	d.router = router.New(router.Config{Self: d.addr, Overlay: peer.OverlayPrefix, Scope: d.scope, Relay: cfg.Relay, MTU: cfg.MTU})
-	d.router.SetPeers(addrs)
+	d.router.SetPeers(addrs, trustedRelays(cfg.Peers))
 	// The exchange sends through the bridge and repairs the transport's
 	// sessions, both made below; it starts sending when it runs.
 	d.exchange = peer.NewExchange(peer.ExchangeConfig{
@@ -231,6 +236,19 @@ func resolvePeers(ctx context.Context, peers []config.Peer) ([]peer.Config, []ne
 	return out, addrs, nil
 }
 
+// trustedRelays returns the overlay addresses of the peers that peers
+// mark relay = true: the peers whose packets may carry other nodes'
+// sources.
+func trustedRelays(peers []config.Peer) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range peers {
+		if p.Relay {
+			out = append(out, peer.OverlayAddr(p.PublicKey))
+		}
+	}
+	return out
+}
+
 // reresolveInterval is how often the endpoints of silent peers that are
 // DNS names are looked up again.
 const reresolveInterval = 10 * time.Second
@@ -273,7 +291,8 @@ func (d *Daemon) reresolve(ctx context.Context) {
 }
 
 // reload applies next's [[peer]] tables: peers no longer listed are
-// removed, new ones added, changed endpoints updated; the sessions and
+// removed, new ones added, changed endpoints and relay trust updated; the
+// sessions and
 // subscriptions of the others carry on, and so does their traffic. Other
 // changed keys are logged as needing a restart. If next cannot be applied
 // (an endpoint does not resolve), nothing changes.
@@ -291,10 +310,11 @@ func (d *Daemon) reload(ctx context.Context, next *config.Config) {
 		d.log.Error("reload: peers unchanged", "err", err)
 		return
 	}
-	d.router.SetPeers(addrs)
+	d.router.SetPeers(addrs, trustedRelays(next.Peers))
 	d.exchange.SetPeers(addrs)
 	d.peersMu.Lock()
 	d.peers = next.Peers
+	maps.DeleteFunc(d.saysRelay, func(a netip.Addr, _ bool) bool { return !slices.Contains(addrs, a) })
 	d.peersMu.Unlock()
 	d.log.Info("reloaded", "peers", len(addrs), "added", added, "removed", removed)
 }
@@ -307,10 +327,25 @@ func notify(log *slog.Logger, state string) {
 	}
 }
 
-// peerSubscribed takes a peer's subscriptions from the exchange. On a relay
-// they change what it subscribes to at its other peers.
+// peerSubscribed takes a peer's subscriptions from the exchange, and
+// whether the peer says it relays. That the peer says so grants nothing:
+// status shows it, and a warning tells when this node does not trust the
+// peer as a relay, whose packets from other nodes are then dropped. On a
+// relay the subscriptions change what it subscribes to at its other peers.
 func (d *Daemon) peerSubscribed(addr netip.Addr, relay bool, groups []mld.GroupState) {
-	d.router.SetSubscriptions(addr, relay, groups)
+	d.router.SetSubscriptions(addr, groups)
+	d.peersMu.Lock()
+	said := d.saysRelay[addr]
+	if relay {
+		d.saysRelay[addr] = true
+	} else {
+		delete(d.saysRelay, addr)
+	}
+	d.peersMu.Unlock()
+	if relay && !said && !d.router.TrustsRelay(addr) {
+		d.log.Warn("peer says it relays, but this node does not trust it as a relay: its packets from other nodes are dropped (forged_source) unless its [[peer]] table sets relay = true",
+			"peer", addr)
+	}
 	if d.cfg.Relay {
 		select {
 		case d.relayed <- struct{}{}:

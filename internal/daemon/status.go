@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"time"
 
@@ -38,6 +39,7 @@ func (d *Daemon) Status() control.Status {
 	now := time.Now()
 	d.peersMu.Lock()
 	peers := d.peers
+	says := maps.Clone(d.saysRelay)
 	d.peersMu.Unlock()
 	keys := map[netip.Addr]string{}
 	for _, p := range peers {
@@ -47,7 +49,8 @@ func (d *Daemon) Status() control.Status {
 		ps := control.PeerStatus{
 			PublicKey: p.PublicKey.String(),
 			Endpoint:  s.Endpoint,
-			Relay:     d.router.Relays(addr),
+			Relay:     d.router.TrustsRelay(addr),
+			SaysRelay: says[addr],
 			Connected: d.exchange.Health(addr).Connected(now),
 			Groups:    groupsJSON(d.router.Subscriptions(addr)),
 		}

@@ -1,0 +1,158 @@
+package router
+
+import (
+	"net/netip"
+	"time"
+)
+
+// maxOrigins bounds how many sending addresses the router remembers
+// packets of: a relay window of about 1 KiB each, and a direct one for
+// the addresses of peers (of which there are two per peer at most).
+// Beyond it, a sender it forgets may have packets delivered twice.
+const maxOrigins = 4096
+
+// directLive is how long after a sender's last direct packet its direct
+// path counts as live.
+const directLive = time.Second
+
+// A window holds RFC 6479's sliding window of windowSize sequence numbers
+// (wireguard-go's replay.Filter's, with a look that marks nothing).
+const (
+	windowBlocks = 128
+	blockBits    = 64
+	windowSize   = (windowBlocks - 1) * blockBits // 8128
+)
+
+// seen remembers which multicast packets arrived lately, by the address
+// that sent them (a node's overlay or link-local address), their epoch and
+// sequence number, in two windows per sender:
+//
+//   - the direct window, of the packets that came from the sender's own
+//     node (the peer they came from is the sender). Only they update it,
+//     and it alone decides on them, so nothing a relay sends can make the
+//     sender's direct packets look like duplicates. A new epoch (the
+//     sender restarted) starts it afresh; the epoch before counts as seen.
+//   - the relay window, of the packets that came through relays. A relayed
+//     packet never marks the direct window.
+//
+// A relayed packet the direct window has already is a duplicate. While
+// the sender's direct path is live (a direct packet came within
+// directLive), a relayed packet must also be of the direct epoch and no
+// further on than the highest sequence number the sender sent directly:
+// a relay cannot be ahead of the sender (DropRelayAhead). Then the relay
+// window follows the direct one: if it holds another epoch, or a sequence
+// number beyond the direct path's, a forgery put it there, and it starts
+// afresh at the direct epoch. Without a live direct path the relay window
+// decides alone, as the direct one does: a new epoch starts it afresh, and
+// the epoch before counts as seen.
+//
+// The price: while the direct path is live, a relayed copy that arrives
+// before its direct copy is dropped (it is coming directly anyway), and
+// when the direct path fails, relayed packets beyond its last are dropped
+// until directLive has passed; a packet delivered through a relay that the
+// direct path then brings too, reordered, is delivered twice.
+type seen struct {
+	from map[netip.Addr]*origin
+}
+
+// origin is what seen remembers of one sender.
+type origin struct {
+	direct, relayed *window // nil until the first packet of each kind
+	lastDirect      time.Time
+}
+
+// window is a sliding window of the sequence numbers of one epoch of a
+// sender's packets, and the epoch before it.
+type window struct {
+	epoch, prev uint32
+	highest     uint64 // the highest sequence number marked
+	ring        [windowBlocks]uint64
+}
+
+func (s *seen) init() { s.from = map[netip.Addr]*origin{} }
+
+// admit reports whether the packet seq of epoch from sender arrives for
+// the first time, and remembers it, or else why it is dropped. direct
+// tells that it came from the sender's own node, now when.
+func (s *seen) admit(sender netip.Addr, direct bool, epoch uint32, seq uint64, now time.Time) (Reason, bool) {
+	o, ok := s.from[sender]
+	if !ok {
+		if len(s.from) >= maxOrigins {
+			for a := range s.from { // forget any one
+				delete(s.from, a)
+				break
+			}
+		}
+		o = &origin{}
+		s.from[sender] = o
+	}
+	if direct {
+		o.lastDirect = now
+		return DropDuplicate, newWindow(&o.direct, epoch).first(epoch, seq)
+	}
+	d := o.direct
+	if d != nil && now.Sub(o.lastDirect) < directLive {
+		if epoch != d.epoch || seq > d.highest {
+			return DropRelayAhead, false
+		}
+		if r := o.relayed; r != nil && (r.epoch != d.epoch || r.highest > d.highest) {
+			r.restart(d.epoch)
+		}
+	}
+	if d != nil && epoch == d.epoch && d.has(seq) {
+		return DropDuplicate, false
+	}
+	return DropDuplicate, newWindow(&o.relayed, epoch).first(epoch, seq)
+}
+
+// newWindow returns *w, made for epoch if there is none.
+func newWindow(w **window, epoch uint32) *window {
+	if *w == nil {
+		*w = &window{epoch: epoch}
+	}
+	return *w
+}
+
+// first reports whether the packet seq of epoch is new to w, and marks
+// it. A new epoch starts w afresh; the one before is over.
+func (w *window) first(epoch uint32, seq uint64) bool {
+	switch epoch {
+	case w.epoch:
+	case w.prev:
+		return false
+	default:
+		w.restart(epoch)
+	}
+	if w.has(seq) {
+		return false
+	}
+	if seq > w.highest {
+		from, to := w.highest/blockBits+1, seq/blockBits
+		for i := from; i <= to && i < from+windowBlocks; i++ {
+			w.ring[i%windowBlocks] = 0
+		}
+		w.highest = seq
+	}
+	w.ring[seq/blockBits%windowBlocks] |= 1 << (seq % blockBits)
+	return true
+}
+
+// has reports whether seq of w's epoch is marked, or too old to tell.
+func (w *window) has(seq uint64) bool {
+	switch {
+	case seq > w.highest:
+		return false
+	case w.highest-seq > windowSize:
+		return true
+	}
+	return w.ring[seq/blockBits%windowBlocks]&(1<<(seq%blockBits)) != 0
+}
+
+// restart empties w for epoch, the one it held becoming the one before
+// (unless it is epoch itself).
+func (w *window) restart(epoch uint32) {
+	if epoch != w.epoch {
+		w.prev, w.epoch = w.epoch, epoch
+	}
+	w.highest, w.ring[0] = 0, 0
+}
