@@ -339,7 +339,7 @@ func (x *Exchange) receive(addr netip.Addr, b []byte) {
 		// The peer (re)started: its state is to be learnt afresh. What it
 		// subscribed to before stays until the new state is complete.
 		r.epoch, r.applied, r.pending, r.received, r.heard = m.Epoch, false, 0, nil, 0
-		r.resend = resend{} // a new start is owed the state at once
+		r.resend.restart(now) // a new start is owed the state at once
 	}
 	r.heard = max(r.heard, m.Stamp)
 	if m.PeerEpoch == x.epoch {

@@ -401,6 +401,36 @@ func TestResendsBackOff(t *testing.T) {
 	}
 }
 
+// A peer that claims a new start in every message (a new epoch, asking
+// for the state) gets at most one full state per minRTO, not one per
+// message.
+func TestRestartsDoNotAmplify(t *testing.T) {
+	var mu sync.Mutex
+	states := 0
+	x := NewExchange(ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}, State: func(netip.Addr) []mld.GroupState { return exclude("ff1e::1") },
+		Send: func(_ netip.Addr, msg []byte) error {
+			if m, err := ParseMessage(msg); err == nil && m.Parts > 0 {
+				mu.Lock()
+				states++
+				mu.Unlock()
+			}
+			return nil
+		}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { x.Run(ctx) })
+	const flips, every = 100, 10 * time.Millisecond
+	for i := range flips {
+		x.HandleControl(addrB, AppendMessage(nil, &Message{Want: true, Epoch: uint64(i + 1)}))
+		time.Sleep(every)
+	}
+	cancel()
+	wg.Wait()
+	if limit := int(flips*every/minRTO) + 2; states > limit {
+		t.Fatalf("%d full states for %d new starts in %v, want at most %d (one per %v)", states, flips, flips*every, limit, minRTO)
+	}
+}
+
 // One peer's large state does not hold up another's: parts go to each
 // peer in turn, so a one-part state owed after a state of thousands of
 // parts started is applied before that one is complete.

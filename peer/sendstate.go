@@ -19,6 +19,7 @@ type resend struct {
 	next      time.Time     // not again before
 	wait      time.Duration // the wait after the next resend
 	requested bool          // the peer asked while the limit held
+	last      time.Time     // when the state last went out whole
 }
 
 // freshState is the limit for a new state, owed at now: no resend before
@@ -32,7 +33,17 @@ func freshState(now time.Time) resend {
 
 // sent notes that the state went out whole at now: the next resend waits
 // the wait from then, however long the parts took.
-func (r *resend) sent(now time.Time) { r.next = now.Add(r.wait) }
+func (r *resend) sent(now time.Time) { r.next, r.last = now.Add(r.wait), now }
+
+// restart lets the state go at once to a peer that (re)started, unless it
+// went out within minRTO: a peer that claims a new start in every message
+// gets at most one state per minRTO.
+func (r *resend) restart(now time.Time) {
+	r.next = now
+	if soonest := r.last.Add(minRTO); soonest.After(now) {
+		r.next = soonest
+	}
+}
 
 // mayResend reports whether the state may be sent again now, and if so
 // notes it: the wait after it doubles, from minRTO up to maxResendWait.
