@@ -128,6 +128,8 @@ func helper(mode string, args []string) int {
 		return scrapeHelper(args)
 	case "gate":
 		return gateHelper(args)
+	case "adversary":
+		return adversaryHelper(args)
 	case "stream":
 		return streamHelper(args)
 	case "tcpsink":
