@@ -15,6 +15,11 @@ const maxOrigins = 4096
 // path counts as live.
 const directLive = time.Second
 
+// adoptAhead bounds how far a relay may have run ahead of a sender's
+// direct path (its packets overtaking the direct ones) when the direct
+// path starts or comes back: see adopt.
+const adoptAhead = 256
+
 // A window holds RFC 6479's sliding window of windowSize sequence numbers
 // (wireguard-go's replay.Filter's, with a look that marks nothing).
 const (
@@ -46,11 +51,16 @@ const (
 // decides alone, as the direct one does: a new epoch starts it afresh, and
 // the epoch before counts as seen.
 //
+// When the direct path starts or comes back, its window starts from what
+// the relays delivered meanwhile (adopt), so that the copies still on
+// their way directly are duplicates.
+//
 // The price: while the direct path is live, a relayed copy that arrives
 // before its direct copy is dropped (it is coming directly anyway), and
 // when the direct path fails, relayed packets beyond its last are dropped
-// until directLive has passed; a packet delivered through a relay that the
-// direct path then brings too, reordered, is delivered twice.
+// until directLive has passed; a relay that forges while the direct path
+// is not live can make up to adoptAhead of the sender's next packets look
+// delivered.
 type seen struct {
 	from map[netip.Addr]*origin
 }
@@ -59,6 +69,9 @@ type seen struct {
 type origin struct {
 	direct, relayed *window // nil until the first packet of each kind
 	lastDirect      time.Time
+	// relayedUpTo is how far the relay window counts for direct packets
+	// too (see adopt); 0: not at all.
+	relayedUpTo uint64
 }
 
 // window is a sliding window of the sequence numbers of one epoch of a
@@ -87,8 +100,16 @@ func (s *seen) admit(sender netip.Addr, direct bool, epoch uint32, seq uint64, n
 		s.from[sender] = o
 	}
 	if direct {
+		if o.direct == nil || now.Sub(o.lastDirect) >= directLive {
+			o.adopt(epoch, seq)
+		}
 		o.lastDirect = now
-		return DropDuplicate, newWindow(&o.direct, epoch).first(epoch, seq)
+		d := newWindow(&o.direct, epoch)
+		if r := o.relayed; seq <= o.relayedUpTo && r.epoch == epoch && r.has(seq) {
+			d.first(epoch, seq)
+			return DropDuplicate, false
+		}
+		return DropDuplicate, d.first(epoch, seq)
 	}
 	d := o.direct
 	if d != nil && now.Sub(o.lastDirect) < directLive {
@@ -103,6 +124,21 @@ func (s *seen) admit(sender netip.Addr, direct bool, epoch uint32, seq uint64, n
 		return DropDuplicate, false
 	}
 	return DropDuplicate, newWindow(&o.relayed, epoch).first(epoch, seq)
+}
+
+// adopt, at the first direct packet (seq of epoch) while the direct path
+// is not live, makes the packets the relay window marked meanwhile in the
+// same epoch, up to its highest, count as delivered for the direct path
+// too: a packet that came through a relay first is then not delivered
+// again when it also comes directly. A relay window further on than
+// adoptAhead beyond seq is not adopted, so a relay that forges can make
+// at most adoptAhead of the sender's packets look delivered, and only
+// when the sender's direct path starts or comes back.
+func (o *origin) adopt(epoch uint32, seq uint64) {
+	o.relayedUpTo = 0
+	if r := o.relayed; r != nil && r.epoch == epoch && r.highest <= seq+adoptAhead {
+		o.relayedUpTo = r.highest
+	}
 }
 
 // newWindow returns *w, made for epoch if there is none.

@@ -116,12 +116,13 @@ func TestSeenDirectPathLapses(t *testing.T) {
 	check("relayed 2 while direct is live", false, 1, 2, at(directLive/2), false, DropRelayAhead)
 	check("relayed 2 once the direct path lapsed", false, 1, 2, at(directLive), true, 0)
 	check("relayed 2 again", false, 1, 2, at(directLive), false, DropDuplicate)
-	check("direct 2, not marked by the relayed copy", true, 1, 2, at(directLive), true, 0)
+	check("direct 2, relayed first as the direct path came back", true, 1, 2, at(directLive), false, DropDuplicate)
+	check("direct 3, not marked by a relayed copy", true, 1, 3, at(directLive), true, 0)
 	check("relayed 1, delivered directly before", false, 1, 1, at(3*directLive), false, DropDuplicate)
 	check("forged relayed, far ahead", false, 1, 1<<64-2, at(3*directLive), true, 0)
 	check("relayed 3, behind the forgery", false, 1, 3, at(3*directLive), false, DropDuplicate)
-	check("direct 4", true, 1, 4, at(3*directLive), true, 0)
-	check("relayed 3 with the direct path live again", false, 1, 3, at(3*directLive), true, 0)
+	check("direct 4, the forgery not adopted", true, 1, 4, at(3*directLive), true, 0)
+	check("relayed 3 with the direct path live again", false, 1, 3, at(3*directLive), false, DropDuplicate)
 	check("forged relayed epoch", false, 9, 1, at(5*directLive), true, 0)
 	check("direct 5, after the forged epoch", true, 1, 5, at(5*directLive), true, 0)
 	check("relayed 5, after the forged epoch", false, 1, 5, at(5*directLive), false, DropDuplicate)
@@ -144,6 +145,35 @@ func TestWindow(t *testing.T) {
 	} {
 		if got := w.first(c.epoch, c.seq); got != c.want {
 			t.Fatalf("epoch %d seq %d: first = %v, want %v", c.epoch, c.seq, got, c.want)
+		}
+	}
+}
+
+// When a sender's direct path starts after its packets came through a
+// relay, the copies that then arrive directly are duplicates: each packet
+// reaches programs once. A relay far ahead of the direct path (a forgery)
+// is not taken over: the direct packets are delivered.
+func TestDirectPathStartsAfterRelay(t *testing.T) {
+	var s seen
+	s.init()
+	b, c := packettest.PeerB, packettest.PeerC
+	now := time.Now()
+	for seq := uint64(1); seq <= 10; seq++ {
+		if _, ok := s.admit(b, false, 1, seq, now); !ok {
+			t.Fatalf("relayed %d, no direct path: dropped", seq)
+		}
+	}
+	for seq := uint64(5); seq <= 15; seq++ {
+		if _, ok := s.admit(b, true, 1, seq, now); ok != (seq > 10) {
+			t.Errorf("direct %d after relayed 1-10: delivered %v, want %v", seq, ok, seq > 10)
+		}
+	}
+	if _, ok := s.admit(c, false, 1, 1+adoptAhead+5, now); !ok {
+		t.Fatal("relayed, no direct path: dropped")
+	}
+	for seq := uint64(1); seq <= 3; seq++ {
+		if _, ok := s.admit(c, true, 1, seq, now); !ok {
+			t.Errorf("direct %d after a relayed packet %d ahead: dropped", seq, adoptAhead+5)
 		}
 	}
 }
