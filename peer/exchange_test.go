@@ -367,10 +367,10 @@ func TestHostileStatesCapped(t *testing.T) {
 	expect(honest, func(g []mld.GroupState) bool { return len(g) == 1 && g[0].Group.String() == "ff1e::3" })
 }
 
-// A peer that never acknowledges is sent its full state again less and
-// less often (HelloInterval, then twice as long each time), not every
-// second.
-func TestResendsBackOff(t *testing.T) {
+// runStatesTo runs an exchange of A with the peer B, which never
+// acknowledges, while do runs, and returns the times A sent B its full
+// state.
+func runStatesTo(do func(x *Exchange)) []time.Time {
 	var mu sync.Mutex
 	var states []time.Time
 	x := NewExchange(ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}, State: func(netip.Addr) []mld.GroupState { return exclude("ff1e::1") },
@@ -385,9 +385,17 @@ func TestResendsBackOff(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { x.Run(ctx) })
-	time.Sleep(8 * time.Second)
+	do(x)
 	cancel()
 	wg.Wait()
+	return states
+}
+
+// A peer that never acknowledges is sent its full state again less and
+// less often (after minRTO, then twice as long each time), not every
+// second.
+func TestResendsBackOff(t *testing.T) {
+	states := runStatesTo(func(*Exchange) { time.Sleep(8 * time.Second) })
 	// Sent at 0, then again at about 0.25, 0.75, 1.75, 3.75 and 7.75 s:
 	// soon while a session may be under repair, then each wait twice the
 	// one before.
@@ -405,29 +413,15 @@ func TestResendsBackOff(t *testing.T) {
 // for the state) gets at most one full state per minRTO, not one per
 // message.
 func TestRestartsDoNotAmplify(t *testing.T) {
-	var mu sync.Mutex
-	states := 0
-	x := NewExchange(ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}, State: func(netip.Addr) []mld.GroupState { return exclude("ff1e::1") },
-		Send: func(_ netip.Addr, msg []byte) error {
-			if m, err := ParseMessage(msg); err == nil && m.Parts > 0 {
-				mu.Lock()
-				states++
-				mu.Unlock()
-			}
-			return nil
-		}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { x.Run(ctx) })
 	const flips, every = 100, 10 * time.Millisecond
-	for i := range flips {
-		x.HandleControl(addrB, AppendMessage(nil, &Message{Want: true, Epoch: uint64(i + 1)}))
-		time.Sleep(every)
-	}
-	cancel()
-	wg.Wait()
-	if limit := int(flips*every/minRTO) + 2; states > limit {
-		t.Fatalf("%d full states for %d new starts in %v, want at most %d (one per %v)", states, flips, flips*every, limit, minRTO)
+	states := runStatesTo(func(x *Exchange) {
+		for i := range flips {
+			x.HandleControl(addrB, AppendMessage(nil, &Message{Want: true, Epoch: uint64(i + 1)}))
+			time.Sleep(every)
+		}
+	})
+	if limit := int(flips*every/minRTO) + 2; len(states) > limit {
+		t.Fatalf("%d full states for %d new starts in %v, want at most %d (one per %v)", len(states), flips, flips*every, limit, minRTO)
 	}
 }
 
