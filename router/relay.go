@@ -15,6 +15,12 @@ import (
 // fewest hops), sorted by group. A subscription never goes back to the
 // peer it came from, but in a cycle of relays it comes back over the
 // cycle, one hop further each time, until MaxHops ends it.
+//
+// A peer keeps at most Config.MaxAdvertised groups of a state (the first,
+// in group order). When the relayed groups would not fit, the local
+// groups go first and the other peers share the room left fairly: each
+// in turn adds its next group (in group order) until the room is full, so
+// that one peer's many groups cannot push the others' out.
 func (r *Router) Advertised(to netip.Addr) []Subscription {
 	t := r.table.Load()
 	if !r.relay {
@@ -30,15 +36,27 @@ func (r *Router) Advertised(to netip.Addr) []Subscription {
 	for _, s := range t.forwarded {
 		add(s)
 	}
-	for a, subs := range t.subs {
+	var from [][]Subscription // each other peer's relayed groups, in group order
+	for _, a := range slices.SortedFunc(maps.Keys(t.subs), netip.Addr.Compare) {
 		if a == to {
 			continue
 		}
-		for _, s := range subs {
+		var relayed []Subscription
+		for _, s := range t.subs[a] {
 			if s.Hops < MaxHops-1 && r.scope.Forwards(s.Group) {
 				s.Hops++
-				add(s)
+				relayed = append(relayed, s)
 			}
+		}
+		from = append(from, relayed)
+	}
+	for i := 0; len(from) > 0; i++ {
+		from = slices.DeleteFunc(from, func(subs []Subscription) bool { return i >= len(subs) })
+		for _, subs := range from {
+			if _, ok := byGroup[subs[i].Group]; !ok && len(byGroup) >= r.maxAdvertised {
+				continue
+			}
+			add(subs[i])
 		}
 	}
 	return slices.SortedFunc(maps.Values(byGroup), func(a, b Subscription) int { return a.Group.Compare(b.Group) })

@@ -173,6 +173,33 @@ func TestAdvertised(t *testing.T) {
 	}
 }
 
+// When the relayed groups do not fit what a peer keeps of a state, the
+// local groups go first and the other peers share the room: a peer that
+// subscribed to thousands of groups cannot push out another's few.
+func TestAdvertisedFairShare(t *testing.T) {
+	const room = 10
+	tr := New(Config{Self: packettest.Self, Overlay: packettest.Overlay, Relay: true, MaxAdvertised: room})
+	tr.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB, packettest.PeerC}, nil)
+	group := func(i int) netip.Addr { return netip.AddrFrom16([16]byte{0xff, 0x1e, 14: byte(i >> 8), 15: byte(i)}) }
+	var many []Subscription
+	for i := range 1000 {
+		many = append(many, sub(group(i), mld.Exclude)) // the lowest groups, all A's
+	}
+	tr.SetSubscriptions(packettest.PeerA, many)
+	tr.SetSubscriptions(packettest.PeerB, []Subscription{sub(group(5000), mld.Exclude), sub(group(5001), mld.Exclude)})
+	tr.SetLocal([]Subscription{sub(group(9000), mld.Exclude)})
+	got := tr.Advertised(packettest.PeerC)
+	has := func(g netip.Addr) bool {
+		return slices.ContainsFunc(got, func(s Subscription) bool { return s.Group == g })
+	}
+	if len(got) != room || !has(group(9000)) || !has(group(5000)) || !has(group(5001)) {
+		t.Fatalf("advertised to C %d groups, want %d with the local group and all of B's: %v", len(got), room, got)
+	}
+	if got := tr.Advertised(packettest.PeerB); len(got) != room {
+		t.Fatalf("advertised to B %d groups, want %d", len(got), room)
+	}
+}
+
 // Routes tell, per group, the peers its packets go to and their
 // subscriptions.
 func TestRoutes(t *testing.T) {

@@ -2,6 +2,7 @@ package router
 
 import (
 	"maps"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -206,7 +207,9 @@ type Router struct {
 	relay   bool
 	mtu     int
 	epoch   uint32
-	seq     atomic.Uint64 // the sequence number of the last packet from lc0
+	// maxAdvertised is Config.MaxAdvertised, or math.MaxInt.
+	maxAdvertised int
+	seq           atomic.Uint64 // the sequence number of the last packet from lc0
 
 	mu    sync.Mutex // serializes table rebuilds
 	table atomic.Pointer[Table]
@@ -227,14 +230,21 @@ type Config struct {
 	// MTU is lc0's: a relay drops packets larger (DropTooBig). Zero is
 	// 65535.
 	MTU int
+	// MaxAdvertised is how many groups of a state a peer keeps (see
+	// Advertised). Zero is no limit.
+	MaxAdvertised int
 }
 
 // New returns a Router with no peers.
 func New(cfg Config) *Router {
 	r := &Router{self: cfg.Self, selfLL: linkLocalOf(cfg.Self), overlay: cfg.Overlay.Masked(), scope: cfg.Scope, relay: cfg.Relay, mtu: cfg.MTU,
-		epoch: rand.Uint32() | 1}
+		maxAdvertised: cfg.MaxAdvertised,
+		epoch:         rand.Uint32() | 1}
 	if r.mtu <= 0 {
 		r.mtu = 65535
+	}
+	if r.maxAdvertised <= 0 {
+		r.maxAdvertised = math.MaxInt
 	}
 	r.table.Store(newTable())
 	r.seen.init()

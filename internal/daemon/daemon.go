@@ -117,7 +117,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		return err
 	}
 	undo = append(undo, func() { d.ifc.Close() })
-	d.router = router.New(router.Config{Self: d.addr, Overlay: peer.OverlayPrefix, Scope: d.scope, Relay: cfg.Relay, MTU: cfg.MTU})
+	d.router = router.New(router.Config{Self: d.addr, Overlay: peer.OverlayPrefix, Scope: d.scope, Relay: cfg.Relay, MTU: cfg.MTU,
+		MaxAdvertised: peer.MaxGroupsPerPeer})
 	d.router.SetPeers(addrs, trustedRelays(cfg.Peers))
 	// The exchange sends through the bridge and repairs the transport's
 	// sessions, both made below; it starts sending when it runs.
