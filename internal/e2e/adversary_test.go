@@ -1,23 +1,27 @@
 package e2e
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/netip"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/librecast/lcast/internal/control"
-	"github.com/librecast/lcast/internal/netlab"
-
 	"github.com/librecast/lcast/internal/ip6"
+	"github.com/librecast/lcast/internal/netlab"
 	"github.com/librecast/lcast/mld"
 	"github.com/librecast/lcast/peer"
 	"github.com/librecast/lcast/router"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
@@ -46,6 +50,10 @@ type adversaryResult struct {
 //	unicast    unicast from its overlay address to a destination that is
 //	           not the target's (an underlay address)
 //	multicast  multicast to G, not wrapped
+//	underlay   a state of the group underlayGroup, as a subscription
+//	           message in a plain UDP datagram from the underlay to the
+//	           target's overlay address (the port lcast's messages once
+//	           used), with the victim's address as source
 //	states     twenty claims of a new start, then a subscription state of
 //	           100,000 sources in one group and one of the same group
 //	           10,000 times; it never acknowledges the target's state and
@@ -111,12 +119,22 @@ func adversaryHelper(args []string) int {
 		}
 	}
 	time.Sleep(time.Until(end))
+	if a.udp != nil {
+		a.udp.Close()
+	}
 	dev.Close()
 	close(done)
 	return helperJSON(adversaryResult{States: <-states, Sent: a.sent})
 }
 
+// underlayGroup is the group of the states the underlay attack sends, and
+// oldControlPort the port lcast's subscription messages once used.
+var underlayGroup = netip.MustParseAddr("ff1e::16:99")
+
+const oldControlPort = 847
+
 type adversary struct {
+	udp                         net.PacketConn // for the underlay attack
 	self, target, victim, group netip.Addr
 	epoch                       uint64 // of its subscription messages
 	gen                         uint64
@@ -147,6 +165,8 @@ func (a *adversary) attack(name string) (time.Duration, error) {
 		a.send(loadDatagram(a.self, netip.MustParseAddr("2001:db8:ffff::1"), 1))
 	case "multicast":
 		a.send(loadDatagram(a.self, a.group, 1))
+	case "underlay":
+		return 20 * time.Millisecond, a.underlay()
 	case "states":
 		// Twenty claims of a new start, each asking for the target's
 		// state; then one group of 100,000 sources, 70 to an entry (one
@@ -176,6 +196,29 @@ func (a *adversary) attack(name string) (time.Duration, error) {
 		return 0, fmt.Errorf("unknown attack %q", name)
 	}
 	return 20 * time.Millisecond, nil
+}
+
+// underlay sends a state of underlayGroup, from the victim's address, in
+// a UDP datagram through the underlay to the target's overlay address.
+func (a *adversary) underlay() error {
+	if a.udp == nil {
+		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			var err error
+			c.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1) })
+			return err
+		}}
+		pc, err := lc.ListenPacket(context.Background(), "udp6", netip.AddrPortFrom(a.victim, 0).String())
+		if err != nil {
+			return err
+		}
+		a.udp = pc
+	}
+	a.gen++
+	msg := peer.AppendMessage(nil, &peer.Message{Parts: 1, Epoch: a.epoch, Generation: a.gen,
+		Groups: []mld.GroupState{{Group: underlayGroup, Mode: mld.Exclude, Sources: []netip.Addr{}}}})
+	a.sent++
+	_, err := a.udp.WriteTo(msg, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a.target, oldControlPort)))
+	return err
 }
 
 // state sends groups as a full state of a new generation, each message
@@ -257,6 +300,8 @@ func wrapped(src, dst netip.Addr, epoch uint32, seq uint64, inner []byte) []byte
 // near 2^64, which must not silence site 1's direct stream. Site 1's
 // stream arrives complete and once, each attack is dropped or capped and
 // counted, and the adversary is sent at most one full state per 250 ms.
+// Subscription messages sent through the underlay to site 2's overlay
+// address, from site 1's, arrive there and change nothing.
 func TestHostilePeer(t *testing.T) {
 	const group = "ff1e::16:1"
 	inet := netlab.NewInternet(t)
@@ -283,7 +328,13 @@ func TestHostilePeer(t *testing.T) {
 			"-endpoint", fmt.Sprintf("[%s]:%d", sites[1].Addr, listenPort), "-listen", fmt.Sprint(port),
 			"-victim", peer.OverlayAddr(kS.PublicKey()).String(), "-group", group, "-attacks", attacks, "-for", "6s")
 	}
-	plain := attack(kA, listenPort, "forge,unicast,multicast,states")
+	// The underlay carries datagrams to site 2's overlay address (as a
+	// router on the path could), and a counter on site 2's eth0 shows
+	// that they arrive there.
+	overlay2 := peer.OverlayAddr(kR.PublicKey()).String()
+	inet.NS.Run("ip", "-6", "route", "add", overlay2+"/128", "via", sites[1].Addr.String())
+	nftTable(t, sites[1], "underlay", fmt.Sprintf("chain input { type filter hook input priority 0; iifname \"eth0\" ip6 daddr %s udp dport %d counter; }\n", overlay2, oldControlPort))
+	plain := attack(kA, listenPort, "forge,unicast,multicast,underlay,states")
 	relay := attack(kB, listenPort+1, "relay")
 	var sent blastResult
 	var plainRes, relayRes adversaryResult
@@ -333,6 +384,18 @@ func TestHostilePeer(t *testing.T) {
 	if len(a.Groups) != 1 {
 		t.Errorf("the adversary's state of one group (100,000 sources, then 10,000 entries) is held as %d groups, want 1", len(a.Groups))
 	}
+	arrived := regexp.MustCompile(`counter packets (\d+)`).FindStringSubmatch(sites[1].Run("nft", "list", "table", "inet", "underlay"))
+	if arrived == nil || arrived[1] == "0" {
+		t.Errorf("no datagram from the underlay reached site 2's overlay address: %v", arrived)
+	}
+	for _, p := range st.Peers {
+		for _, g := range p.Groups {
+			if g.Group == underlayGroup.String() {
+				t.Errorf("site 2 took a state from the underlay: %s of peer %s", g.Group, p.PublicKey)
+			}
+		}
+	}
+	t.Logf("subscription messages from the underlay to site 2's overlay address: %s arrived, none taken", arrived[1])
 	// Resends back off from 250 ms, and a claimed new start gets a state
 	// at once only if none went within 250 ms: at most one per 250 ms
 	// (and the few sent before the session came up, flushed with it).
