@@ -50,7 +50,7 @@ func (r *Router) OnLink(pkt []byte) bool {
 // written and the peer it goes to, or 0 when the packet has no (more)
 // destinations. A relayed packet goes to no peer it came from or through.
 // Multicast read from lc0 goes nowhere unless its source is this node's
-// overlay or link-local address (DropNotOwnSource). Unicast goes unwrapped to the peer whose overlay or link-local address
+// overlay or link-local address or lies on its LANs (DropNotOwnSource). Unicast goes unwrapped to the peer whose overlay or link-local address
 // it is addressed to. Each peer is first offered to admit, which reports
 // whether another packet may wait for it in the transport; peers it
 // refuses are skipped (the drop counted, DropPeerQueue). admit must not
@@ -87,7 +87,7 @@ func (r *Router) Route(t *Table, pkt []byte, o *Origin, next *int, out []byte, a
 		return n, p
 	}
 	src := netip.AddrFrom16([16]byte(pkt[8:24]))
-	if o.from == nil && src != r.self && src != r.selfLL {
+	if o.from == nil && src != r.self && src != r.selfLL && !inPrefixes(t.ownLANs, src) {
 		// Decision 3: a local program must not speak for another node
 		// (with IPV6_FREEBIND, say). Nothing legitimate sends from the
 		// unspecified address here: MLD reports and Duplicate Address
@@ -238,17 +238,23 @@ func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin, now ti
 	}
 	inner := pkt[WrapLen:]
 	// Decision 3: the inner source must be the peer's own address, or for
-	// link-scope groups its link-local address; the packets of a peer this
-	// node's configuration trusts as a relay may carry any node's.
+	// link-scope groups its link-local address, or lie in the prefixes of
+	// the LANs behind it (a gateway's); the packets of a peer this node's
+	// configuration trusts as a relay may carry any node's, or any LAN's
+	// this node knows.
 	innerSrc := [16]byte(inner[8:24])
-	direct := innerSrc == p.addr.As16() || isLinkLocalOf(innerSrc, p.addr)
+	sender := netip.AddrFrom16(innerSrc)
+	direct := innerSrc == p.addr.As16() || isLinkLocalOf(innerSrc, p.addr) || inPrefixes(t.lans[p.addr], sender)
 	if !direct {
 		switch {
-		case !t.relays[p.addr] || !r.isNodeAddr(innerSrc):
+		case !t.relays[p.addr]:
 			r.Drop(DropForgedSource, p)
 			return drop
-		case innerSrc == r.self.As16() || isLinkLocalOf(innerSrc, r.self):
+		case innerSrc == r.self.As16() || isLinkLocalOf(innerSrc, r.self) || inPrefixes(t.ownLANs, sender):
 			r.Drop(DropLoop, p)
+			return drop
+		case !r.isNodeAddr(innerSrc) && !t.onPeerLAN(sender):
+			r.Drop(DropForgedSource, p)
 			return drop
 		}
 	}
@@ -257,7 +263,6 @@ func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin, now ti
 		r.Drop(DropScope, p)
 		return drop
 	}
-	sender := netip.AddrFrom16(innerSrc)
 	o.from, o.hops = p, pkt[7]-1
 	o.epoch = binary.BigEndian.Uint32(pkt[ipv6HeaderLen+4:])
 	o.seq = binary.BigEndian.Uint64(pkt[ipv6HeaderLen+8:])
@@ -301,6 +306,26 @@ func (s subscriber) takes(src netip.Addr, from *Peer) bool {
 // its overlay address or its link-local one.
 func (r *Router) isNodeAddr(a [16]byte) bool {
 	return r.overlay.Contains(netip.AddrFrom16(a)) || isLinkLocal(a)
+}
+
+// inPrefixes reports whether a lies in one of prefixes.
+func inPrefixes(prefixes []netip.Prefix, a netip.Addr) bool {
+	for _, p := range prefixes {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// onPeerLAN reports whether a lies on the LANs behind one of the peers.
+func (t *Table) onPeerLAN(a netip.Addr) bool {
+	for _, ps := range t.lans {
+		if inPrefixes(ps, a) {
+			return true
+		}
+	}
+	return false
 }
 
 // linkLocalOf returns the link-local address of the node with the overlay

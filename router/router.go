@@ -62,7 +62,7 @@ const (
 	DropScope            Reason = iota // a group whose scope does not cross between peers
 	DropNoSubscriber                   // from lc0: no peer wants it
 	DropNoListener                     // from a peer: no local program wants it
-	DropForgedSource                   // from a peer: inner source is not the peer's address, and the peer is no relay this node trusts
+	DropForgedSource                   // from a peer: inner source is neither the peer's address nor in its LAN prefixes, and the peer is no relay this node trusts
 	DropNoRoute                        // unicast to an overlay address of no peer
 	DropMalformed                      // not a well-formed IPv6 packet, or control or wrapping forged on lc0
 	DropLc0Read                        // a failed read from lc0
@@ -76,7 +76,7 @@ const (
 	DropLinkLocal                      // from lc0: link traffic that is neither MLD nor for a peer (Router Solicitations...)
 	DropControlUnhandled               // a control message from a peer, with no control handler
 	DropRelayAhead                     // from a relay: a packet of a sender whose direct path is live, of another epoch or beyond the last packet that came directly
-	DropNotOwnSource                   // from lc0: multicast whose source is not this node's overlay or link-local address
+	DropNotOwnSource                   // from lc0: multicast whose source is not this node's overlay or link-local address, nor on its LANs
 	numReasons
 )
 
@@ -163,6 +163,8 @@ type Table struct {
 	linkLocal map[netip.Addr]*Peer          // peers by their link-local address
 	subs      map[netip.Addr][]Subscription // by peer
 	relays    map[netip.Addr]bool           // peers this node's config trusts to pass on other nodes' packets
+	lans      map[netip.Addr][]netip.Prefix // by peer: the sources on the LANs behind that gateway peer
+	ownLANs   []netip.Prefix                // the sources on this gateway's LANs
 	groups    map[netip.Addr][]subscriber   // group -> peers that subscribed
 	local     []Subscription                // groups local programs listen to, sorted by group
 	// forwarded are those of local whose traffic crosses between peers
@@ -257,6 +259,7 @@ func newTable() *Table {
 		linkLocal: map[netip.Addr]*Peer{},
 		subs:      map[netip.Addr][]Subscription{},
 		relays:    map[netip.Addr]bool{},
+		lans:      map[netip.Addr][]netip.Prefix{},
 		groups:    map[netip.Addr][]subscriber{},
 	}
 }
@@ -274,13 +277,16 @@ func (r *Router) Table() *Table { return r.table.Load() }
 // SetPeers sets the overlay addresses of the peers, and which of them
 // this node's configuration trusts as relays ([[peer]] relay = true): only
 // their wrapped multicast may carry other nodes' sources. Peers that stay
-// keep their subscriptions and counters.
+// keep their subscriptions, counters and LAN prefixes.
 func (r *Router) SetPeers(addrs, relays []netip.Addr) {
 	r.update(func(old, t *Table) {
 		for _, a := range addrs {
 			if p, ok := old.peers[a]; ok {
 				t.peers[a] = p
 				t.subs[a] = old.subs[a]
+				if ps, ok := old.lans[a]; ok {
+					t.lans[a] = ps
+				}
 			} else {
 				t.peers[a] = &Peer{addr: a}
 			}
@@ -290,6 +296,32 @@ func (r *Router) SetPeers(addrs, relays []netip.Addr) {
 				t.relays[a] = true
 			}
 		}
+	})
+}
+
+// SetLANPrefixes sets, by peer, the prefixes of the LANs behind the peers
+// that are gateways ([[peer]] lan_prefixes): a peer's multicast may carry
+// a source in its own prefixes, as well as its own address. Peers not in
+// byPeer have none.
+func (r *Router) SetLANPrefixes(byPeer map[netip.Addr][]netip.Prefix) {
+	r.update(func(old, t *Table) {
+		t.keepPeers(old)
+		t.lans = map[netip.Addr][]netip.Prefix{}
+		for a, ps := range byPeer {
+			if _, ok := t.peers[a]; ok {
+				t.lans[a] = slices.Clone(ps)
+			}
+		}
+	})
+}
+
+// SetOwnLANs sets the prefixes of this gateway's LANs: multicast read from
+// lc0 may carry a source in them (a LAN host's packet that the kernel
+// routed into lc0), as well as this node's own addresses.
+func (r *Router) SetOwnLANs(prefixes []netip.Prefix) {
+	r.update(func(old, t *Table) {
+		t.keepPeers(old)
+		t.ownLANs = slices.Clone(prefixes)
 	})
 }
 
@@ -319,12 +351,13 @@ func (r *Router) SetLocal(groups []Subscription) {
 	})
 }
 
-// keepPeers carries old's peers, their subscriptions and which of them
-// are trusted relays over into t.
+// keepPeers carries old's peers, their subscriptions, which of them are
+// trusted relays and their LAN prefixes over into t.
 func (t *Table) keepPeers(old *Table) {
 	maps.Copy(t.peers, old.peers)
 	maps.Copy(t.subs, old.subs)
 	maps.Copy(t.relays, old.relays)
+	maps.Copy(t.lans, old.lans)
 }
 
 // forwarded returns the groups whose traffic crosses between peers: groups
@@ -360,7 +393,7 @@ func (r *Router) update(fill func(old, t *Table)) {
 	defer r.mu.Unlock()
 	old := r.table.Load()
 	t := newTable()
-	t.local, t.forwarded = old.local, old.forwarded
+	t.local, t.forwarded, t.ownLANs = old.local, old.forwarded, old.ownLANs
 	fill(old, t)
 	for a, p := range t.peers {
 		t.linkLocal[linkLocalOf(a)] = p

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -50,8 +52,11 @@ type Config struct {
 	MetricsListen string `toml:"metrics_listen"`
 	// Relay makes the node pass multicast between its peers, and subscribe
 	// at each peer for what its other peers subscribed to.
-	Relay bool   `toml:"relay"`
-	Peers []Peer `toml:"peer"`
+	Relay bool `toml:"relay"`
+	// LANInterfaces are the LAN interfaces this node is the multicast
+	// router of (gateway mode); none is host mode.
+	LANInterfaces []string `toml:"lan_interfaces"`
+	Peers         []Peer   `toml:"peer"`
 
 	// Key is the private key, from private_key or private_key_file.
 	Key peer.Key `toml:"-"`
@@ -70,6 +75,9 @@ type Peer struct {
 	// own packets are taken from it, whatever it says of itself. (The
 	// top-level Relay makes this node relay.)
 	Relay bool `toml:"relay"`
+	// LANPrefixes are the prefixes of the LANs behind the peer, a gateway:
+	// its multicast may carry sources in them, as well as its own address.
+	LANPrefixes []netip.Prefix `toml:"lan_prefixes"`
 }
 
 // Endpoint is a peer's "[addr]:port" or "host:port". The zero value means
@@ -269,6 +277,9 @@ func (c *Config) validate(file string, doc []byte) error {
 			return fail("metrics_listen", "", "%q: %v", c.MetricsListen, err)
 		}
 	}
+	if err := c.validateLANs(file, doc); err != nil {
+		return err
+	}
 	own := c.Key.PublicKey()
 	seen := map[peer.Key]int{}
 	for i, p := range c.Peers {
@@ -284,6 +295,69 @@ func (c *Config) validate(file string, doc []byte) error {
 				Msg: fmt.Sprintf("duplicates peer[%d]", j+1)}
 		}
 		seen[p.PublicKey] = i
+	}
+	return c.validatePrefixes(file, doc)
+}
+
+// validateLANs checks lan_interfaces: each names an existing multicast
+// interface other than lc0, once.
+func (c *Config) validateLANs(file string, doc []byte) error {
+	for i, name := range c.LANInterfaces {
+		fail := func(format string, args ...any) error {
+			return &Error{File: file, Line: lineOf(doc, "lan_interfaces", ""), Key: "lan_interfaces",
+				Msg: fmt.Sprintf("%q: ", name) + fmt.Sprintf(format, args...)}
+		}
+		switch {
+		case name == c.Interface:
+			return fail("is lcast's own interface; name the LAN interfaces behind this node")
+		case slices.Contains(c.LANInterfaces[:i], name):
+			return fail("is named twice")
+		}
+		ifc, err := net.InterfaceByName(name)
+		switch {
+		case err != nil:
+			return fail("no such interface")
+		case ifc.Flags&net.FlagMulticast == 0:
+			return fail("is not a multicast interface")
+		}
+	}
+	return nil
+}
+
+// validatePrefixes checks the peers' lan_prefixes: unicast IPv6 prefixes,
+// written as prefixes (no host bits), outside the overlay and link-local
+// ranges, and no two peers' overlapping (a LAN lies behind one gateway).
+func (c *Config) validatePrefixes(file string, doc []byte) error {
+	type owned struct {
+		prefix netip.Prefix
+		peer   int
+	}
+	var all []owned
+	for i, p := range c.Peers {
+		key := fmt.Sprintf("peer[%d].lan_prefixes", i+1)
+		for _, pfx := range p.LANPrefixes {
+			fail := func(format string, args ...any) error {
+				return &Error{File: file, Line: lineOf(doc, "lan_prefixes", pfx.Addr().String()), Key: key,
+					Msg: fmt.Sprintf("%s: ", pfx) + fmt.Sprintf(format, args...)}
+			}
+			a := pfx.Addr()
+			switch {
+			case !a.Is6() || a.Is4In6():
+				return fail("not an IPv6 prefix")
+			case pfx != pfx.Masked():
+				return fail("has host bits set (the prefix is %s)", pfx.Masked())
+			case a.IsMulticast() || a.IsLinkLocalUnicast() || a.IsUnspecified() || a.IsLoopback() || pfx.Bits() < 8:
+				return fail("is not a prefix of LAN hosts' unicast addresses")
+			case pfx.Overlaps(peer.OverlayPrefix):
+				return fail("overlaps the overlay prefix %s", peer.OverlayPrefix)
+			}
+			for _, o := range all {
+				if o.prefix.Overlaps(pfx) {
+					return fail("overlaps %s of peer[%d]: a LAN lies behind one gateway", o.prefix, o.peer+1)
+				}
+			}
+			all = append(all, owned{pfx, i})
+		}
 	}
 	return nil
 }
@@ -329,6 +403,7 @@ func (c *Config) NeedRestart(next *Config) []string {
 		{"forward_link_scope", c.ForwardLinkScope == next.ForwardLinkScope},
 		{"metrics_listen", c.MetricsListen == next.MetricsListen},
 		{"relay", c.Relay == next.Relay},
+		{"lan_interfaces", slices.Equal(c.LANInterfaces, next.LANInterfaces)},
 	} {
 		if !k.same {
 			keys = append(keys, k.key)

@@ -3,6 +3,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -153,6 +155,15 @@ func TestParseErrors(t *testing.T) {
 		{"syntax", "private_key = \n", "x.toml:1:"},
 		{"metrics without port", key + "metrics_listen = \"127.0.0.1\"\n", "x.toml:2: metrics_listen: \"127.0.0.1\": want"},
 		{"metrics bad port", key + "metrics_listen = \"[::1]:http\"\n", "x.toml:2: metrics_listen: \"[::1]:http\": port must be 1-65535"},
+		{"LAN is lc0", key + "lan_interfaces = [\"lc0\"]\n", "x.toml:2: lan_interfaces: \"lc0\": is lcast's own interface"},
+		{"no such LAN", key + "lan_interfaces = [\"nope0\"]\n", "x.toml:2: lan_interfaces: \"nope0\": no such interface"},
+		{"LAN not multicast", key + "lan_interfaces = [\"lo\"]\n", "x.toml:2: lan_interfaces: \"lo\": is not a multicast interface"},
+		{"LAN prefix not a prefix", key + "[[peer]]\npublic_key = \"" + pubB.String() + "\"\n" + "lan_prefixes = [\"2001:db8::1\"]\n", "x.toml:4: peer.lan_prefixes:"},
+		{"LAN prefix host bits", key + "[[peer]]\npublic_key = \"" + pubB.String() + "\"\n" + "lan_prefixes = [\"2001:db8:1::1/64\"]\n", "x.toml:4: peer[1].lan_prefixes: 2001:db8:1::1/64: has host bits set (the prefix is 2001:db8:1::/64)"},
+		{"LAN prefix IPv4", key + "[[peer]]\npublic_key = \"" + pubB.String() + "\"\n" + "lan_prefixes = [\"10.0.0.0/8\"]\n", "x.toml:4: peer[1].lan_prefixes: 10.0.0.0/8: not an IPv6 prefix"},
+		{"LAN prefix multicast", key + "[[peer]]\npublic_key = \"" + pubB.String() + "\"\n" + "lan_prefixes = [\"ff1e::/16\"]\n", "x.toml:4: peer[1].lan_prefixes: ff1e::/16: is not a prefix of LAN hosts' unicast addresses"},
+		{"LAN prefix link-local", key + "[[peer]]\npublic_key = \"" + pubB.String() + "\"\n" + "lan_prefixes = [\"fe80::/64\"]\n", "is not a prefix of LAN hosts' unicast addresses"},
+		{"LAN prefix in the overlay", key + "[[peer]]\npublic_key = \"" + pubB.String() + "\"\n" + "lan_prefixes = [\"fd6c:6361:7374::/64\"]\n", "overlaps the overlay prefix"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -164,6 +175,49 @@ func TestParseErrors(t *testing.T) {
 				t.Fatalf("error\n got %q\nwant %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// multicastInterface returns the name of one of this machine's multicast
+// interfaces other than lc0, or skips the test.
+func multicastInterface(t *testing.T) string {
+	ifcs, _ := net.Interfaces()
+	for _, ifc := range ifcs {
+		if ifc.Flags&net.FlagMulticast != 0 && ifc.Name != DefaultInterface {
+			return ifc.Name
+		}
+	}
+	t.Skip("this machine has no multicast interface to name in lan_interfaces")
+	return ""
+}
+
+// Gateway mode's keys: the LAN interfaces, once each, and the peers' LAN
+// prefixes, which must not overlap, even across peers.
+func TestLANKeys(t *testing.T) {
+	lan := multicastInterface(t)
+	key := "private_key = \"" + privA.String() + "\"\n"
+	privC, _ := peer.GenerateKey()
+	doc := key + "lan_interfaces = [\"" + lan + "\"]\n" +
+		"[[peer]]\npublic_key = \"" + pubB.String() + "\"\nlan_prefixes = [\"2001:db8:1::/64\", \"fd00:1::/48\"]\n" +
+		"[[peer]]\npublic_key = \"" + privC.PublicKey().String() + "\"\nlan_prefixes = [\"2001:db8:2::/64\"]\n"
+	c, err := Parse("x.toml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.LANInterfaces, []string{lan}) || len(c.Peers[0].LANPrefixes) != 2 || c.Peers[1].LANPrefixes[0] != netip.MustParsePrefix("2001:db8:2::/64") {
+		t.Fatalf("parsed %v, %+v", c.LANInterfaces, c.Peers)
+	}
+	for _, tc := range []struct{ doc, want string }{
+		{strings.Replace(doc, `["`+lan+`"]`, `["`+lan+`", "`+lan+`"]`, 1), "x.toml:2: lan_interfaces: \"" + lan + "\": is named twice"},
+		{strings.Replace(doc, "2001:db8:2::/64", "2001:db8::/32", 1), "x.toml:8: peer[2].lan_prefixes: 2001:db8::/32: overlaps 2001:db8:1::/64 of peer[1]: a LAN lies behind one gateway"},
+	} {
+		if _, err := Parse("x.toml", []byte(tc.doc)); err == nil || err.Error() != tc.want {
+			t.Errorf("error\n got %v\nwant %s", err, tc.want)
+		}
+	}
+	next, _ := Parse("x.toml", []byte(key))
+	if got := c.NeedRestart(next); !slices.Equal(got, []string{"lan_interfaces"}) {
+		t.Errorf("NeedRestart without the LANs = %v", got)
 	}
 }
 

@@ -120,6 +120,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	d.router = router.New(router.Config{Self: d.addr, Overlay: peer.OverlayPrefix, Scope: d.scope, Relay: cfg.Relay, MTU: cfg.MTU,
 		MaxAdvertised: peer.MaxGroupsPerPeer})
 	d.router.SetPeers(addrs, trustedRelays(cfg.Peers))
+	d.router.SetLANPrefixes(lanPrefixes(cfg.Peers))
 	// The exchange sends through the bridge and repairs the transport's
 	// sessions, both made below; it starts sending when it runs.
 	d.exchange = peer.NewExchange(peer.ExchangeConfig{
@@ -250,6 +251,18 @@ func trustedRelays(peers []config.Peer) []netip.Addr {
 	return out
 }
 
+// lanPrefixes returns, by overlay address, the LAN prefixes of the peers
+// that peers list as gateways.
+func lanPrefixes(peers []config.Peer) map[netip.Addr][]netip.Prefix {
+	out := map[netip.Addr][]netip.Prefix{}
+	for _, p := range peers {
+		if len(p.LANPrefixes) > 0 {
+			out[peer.OverlayAddr(p.PublicKey)] = p.LANPrefixes
+		}
+	}
+	return out
+}
+
 // reresolveInterval is how often the endpoints of silent peers that are
 // DNS names are looked up again.
 const reresolveInterval = 10 * time.Second
@@ -292,7 +305,8 @@ func (d *Daemon) reresolve(ctx context.Context) {
 }
 
 // reload applies next's [[peer]] tables: peers no longer listed are
-// removed, new ones added, changed endpoints and relay trust updated; the
+// removed, new ones added, changed endpoints, relay trust and LAN prefixes
+// updated; the
 // sessions and
 // subscriptions of the others carry on, and so does their traffic. Other
 // changed keys are logged as needing a restart. If next cannot be applied
@@ -312,6 +326,7 @@ func (d *Daemon) reload(ctx context.Context, next *config.Config) {
 		return
 	}
 	d.router.SetPeers(addrs, trustedRelays(next.Peers))
+	d.router.SetLANPrefixes(lanPrefixes(next.Peers))
 	d.exchange.SetPeers(addrs)
 	d.peersMu.Lock()
 	d.peers = next.Peers
