@@ -30,17 +30,54 @@ type Timing struct {
 	Robustness            int           // Robustness Variable
 	QueryInterval         time.Duration // between General Queries
 	QueryResponseInterval time.Duration // Maximum Response Delay of General Queries
+	// LastListenerQueryInterval (LLQI, 9.8) is the Maximum Response Delay
+	// of the specific queries sent after a leave and the time between
+	// them; LastListenerQueryCount (LLQC, 9.9) is how many are sent. Their
+	// product is the Last Listener Query Time (LLQT, 9.10). A zero LLQT is
+	// lc0's: no specific queries, and a leave takes effect at once.
+	LastListenerQueryInterval time.Duration
+	LastListenerQueryCount    int
 }
 
 // DefaultTiming is RFC 3810's defaults, except for a 1 s Query Response
 // Interval: lc0 has a single host, so there is no report storm to spread out,
-// and a restarted daemon relearns every membership within a second.
+// and a restarted daemon relearns every membership within a second. Its
+// Last Listener Query Time is zero (see the package documentation).
 var DefaultTiming = Timing{Robustness: 2, QueryInterval: 125 * time.Second, QueryResponseInterval: time.Second}
+
+// LANTiming is for a LAN with many hosts. Robustness and Query Interval are
+// RFC 3810's defaults (2 and 125 s), so lcast's Querier and a standard
+// router agree on them. The Query Response Interval is 1 s, not 10 s: hosts
+// spread their answers to a General Query over it, which matters for
+// thousands of hosts, while a few hundred reports in a second are nothing
+// to an Ethernet; in exchange a restarted router, which queries at once,
+// knows every listener within about a second instead of ten. The Last
+// Listener Query Interval is 250 ms, not 1 s, and the count is the
+// Robustness Variable (2), as the RFC's default: a leave takes effect
+// within 500 ms when no one else listens, and a listener that remains has
+// two chances, 250 ms apart, to say so.
+var LANTiming = Timing{
+	Robustness:                2,
+	QueryInterval:             125 * time.Second,
+	QueryResponseInterval:     time.Second,
+	LastListenerQueryInterval: 250 * time.Millisecond,
+	LastListenerQueryCount:    2,
+}
 
 // listenerInterval is the Multicast Address Listening Interval (MALI, 9.4),
 // also the Older Version Host Present Timeout (9.12).
 func (t Timing) listenerInterval() time.Duration {
 	return time.Duration(t.Robustness)*t.QueryInterval + t.QueryResponseInterval
+}
+
+// lastListenerQueryTime is LLQT (9.10); zero on lc0.
+func (t Timing) lastListenerQueryTime() time.Duration {
+	return time.Duration(t.LastListenerQueryCount) * t.LastListenerQueryInterval
+}
+
+// otherQuerierInterval is the Other Querier Present Timeout (9.5).
+func (t Timing) otherQuerierInterval() time.Duration {
+	return time.Duration(t.Robustness)*t.QueryInterval + t.QueryResponseInterval/2
 }
 
 // GroupState is a snapshot of one group's listener state. In Include mode,
@@ -74,22 +111,52 @@ type group struct {
 
 // Link is the router-side listener state of one link (RFC 3810 section 7).
 // It is safe for concurrent use.
+//
+// With a zero Last Listener Query Time (lc0), a leave lowers the affected
+// timers to the present, so it takes effect at once. Otherwise (a LAN), it
+// lowers them to LLQT from now and asks the Link's running Querier for the
+// specific queries that let other listeners answer (7.6.3); reports that
+// come meanwhile raise the timers again. A LAN Link whose Querier is not
+// the link's querier (or not running) leaves its timers to the querier's
+// specific queries, which the Querier hands it (7.6.1).
 type Link struct {
 	timing   Timing
 	onChange func()
+	wake     chan struct{} // a timer now runs out before the last next said
 
 	mu     sync.Mutex
 	groups map[netip.Addr]*group
+	// mali is the Multicast Address Listening Interval: the timing's, or
+	// as a non-querier adopted it from the querier (9.1, 9.2).
+	mali time.Duration
+	// ask, set by a running Querier while it is the link's querier, is
+	// given the specific queries a LAN Link wants sent; asks holds them
+	// until the lock is released.
+	ask  func(group netip.Addr, sources []netip.Addr)
+	asks []specificQuery
+	// next is when the first timer may run out: none runs out before it
+	// (zero: no timer runs). Expire makes it exact again.
+	next time.Time
 
 	decodeMu  sync.Mutex // serializes HandleLinkPacket, for scratch
 	scratch   Message
 	malformed atomic.Uint64
 }
 
+// specificQuery is a Multicast Address Specific Query (no sources) or a
+// Multicast Address and Source Specific Query a Link asks for.
+type specificQuery struct {
+	group   netip.Addr
+	sources []netip.Addr
+}
+
 // NewLink returns an empty Link. onChange, if not nil, is called (without
 // locks held) after every change of the set of groups or their filters.
 func NewLink(timing Timing, onChange func()) *Link {
-	return &Link{timing: timing, onChange: onChange, groups: make(map[netip.Addr]*group)}
+	return &Link{
+		timing: timing, onChange: onChange, wake: make(chan struct{}, 1),
+		groups: make(map[netip.Addr]*group), mali: timing.listenerInterval(),
+	}
 }
 
 // Handle applies a decoded Report or Done received at time now. Queries and
@@ -101,7 +168,7 @@ func (l *Link) Handle(now time.Time, m *Message) {
 	case TypeV1Report:
 		// RFC 3810 8.3.2: an MLDv1 Report is IS_EX({}).
 		changed = l.apply(now, m.Group, ModeIsExclude, nil)
-		l.groups[m.Group].v1Until = now.Add(l.timing.listenerInterval())
+		l.groups[m.Group].v1Until = now.Add(l.mali)
 	case TypeV1Done:
 		// An MLDv1 Done is TO_IN({}).
 		changed = l.apply(now, m.Group, ChangeToIncludeMode, nil)
@@ -110,7 +177,12 @@ func (l *Link) Handle(now time.Time, m *Message) {
 			changed = l.applyRecord(now, r) || changed
 		}
 	}
+	ask, asks := l.ask, l.asks
+	l.asks = nil
 	l.mu.Unlock()
+	for _, q := range asks {
+		ask(q.group, q.sources)
+	}
 	if changed && l.onChange != nil {
 		l.onChange()
 	}
@@ -120,7 +192,8 @@ func (l *Link) Handle(now time.Time, m *Message) {
 // bridge hands it over: an MLD message is decoded and handled (at the
 // time now), a malformed one counted (Malformed), and anything else
 // (Router Solicitations...) left alone. It reports whether pkt was an MLD
-// message, well-formed or not. It does not keep pkt.
+// message, well-formed or not. It does not keep pkt. On a LAN, packets go
+// to Querier.HandlePacket instead, which also hears other routers' queries.
 func (l *Link) HandleLinkPacket(pkt []byte) bool {
 	l.decodeMu.Lock()
 	defer l.decodeMu.Unlock()
@@ -135,7 +208,8 @@ func (l *Link) HandleLinkPacket(pkt []byte) bool {
 	return true
 }
 
-// Malformed returns how many malformed MLD messages HandleLinkPacket got.
+// Malformed returns how many malformed MLD messages HandleLinkPacket (or
+// the Querier's HandlePacket) got.
 func (l *Link) Malformed() uint64 { return l.malformed.Load() }
 
 func (l *Link) applyRecord(now time.Time, r Record) bool {
@@ -157,9 +231,10 @@ func (l *Link) applyRecord(now time.Time, r Record) bool {
 }
 
 // apply carries out the actions of RFC 3810 tables 7.4.1 (current state
-// records) and 7.4.2 (state change records) for one record, then lets the
-// timers that a specific query would have lowered expire at once (see the
-// package documentation). It reports whether the filter state changed.
+// records) and 7.4.2 (state change records) for one record. Where a table
+// sends Q(MA) or Q(MA,S), it lowers the timers to LLQT from now (7.6.3):
+// on lc0 they expire at once (see the package documentation), on a LAN
+// the query is added to l.asks. It reports whether the filter state changed.
 func (l *Link) apply(now time.Time, addr netip.Addr, typ RecordType, b []netip.Addr) bool {
 	g, ok := l.groups[addr]
 	if !ok {
@@ -169,11 +244,29 @@ func (l *Link) apply(now time.Time, addr netip.Addr, typ RecordType, b []netip.A
 		l.groups[addr] = g
 	}
 	before := g.snapshot(addr)
-	mali := now.Add(l.timing.listenerInterval())
+	mali := now.Add(l.mali)
 	in := func(s netip.Addr) bool { return slices.Contains(b, s) }
+	// Only the querier acts on "Send Q": a LAN non-querier waits for the
+	// querier's query, which lowers its timers in turn (7.6.1).
+	llqt := l.timing.lastListenerQueryTime()
+	querier := llqt == 0 || l.ask != nil
+	until := now.Add(llqt)
+	var asked []netip.Addr // sources to query
+	askGroup := false
 	lower := func(s netip.Addr) { // Q(MA,S) for one source
-		if t, ok := g.sources[s]; ok && !t.IsZero() {
-			g.sources[s] = now
+		if t, ok := g.sources[s]; ok && !t.IsZero() && querier && until.Before(t) {
+			g.sources[s] = until
+			if llqt > 0 {
+				asked = append(asked, s)
+			}
+		}
+	}
+	lowerGroup := func() { // Q(MA)
+		if querier {
+			if until.Before(g.timer) {
+				g.timer = until
+			}
+			askGroup = llqt > 0
 		}
 	}
 	setAll := func(t time.Time) {
@@ -237,7 +330,7 @@ func (l *Link) apply(now time.Time, addr netip.Addr, typ RecordType, b []netip.A
 				}
 			}
 			setAll(mali)
-			g.timer = now // Q(MA)
+			lowerGroup() // Q(MA)
 		case ModeIsExclude:
 			toExclude(mali)
 		case ChangeToExcludeMode:
@@ -254,20 +347,34 @@ func (l *Link) apply(now time.Time, addr netip.Addr, typ RecordType, b []netip.A
 			}
 		}
 	}
+	if askGroup {
+		l.asks = append(l.asks, specificQuery{group: addr})
+	}
+	if len(asked) > 0 {
+		l.asks = append(l.asks, specificQuery{group: addr, sources: asked})
+	}
 	l.expireGroup(now, addr, g)
+	if l.groups[addr] == g {
+		l.schedule(g.earliest())
+	}
 	// A removed group is left as INCLUDE({}), which compares as absent.
 	return !g.snapshot(addr).equal(before)
 }
 
 // Expire runs the source and group timers that have run out by now
-// (RFC 3810 sections 7.2.3 and 7.5), as the Querier does every second.
+// (RFC 3810 sections 7.2.3 and 7.5), as the Querier does when the first
+// of them runs out.
 func (l *Link) Expire(now time.Time) {
 	changed := false
 	l.mu.Lock()
+	l.next = time.Time{}
 	for addr, g := range l.groups {
 		before := g.snapshot(addr)
 		l.expireGroup(now, addr, g)
 		changed = changed || !g.snapshot(addr).equal(before)
+		if l.groups[addr] == g {
+			l.next = earliest(l.next, g.earliest())
+		}
 	}
 	l.mu.Unlock()
 	if changed && l.onChange != nil {
@@ -300,6 +407,90 @@ func (l *Link) expireGroup(now time.Time, addr netip.Addr, g *group) {
 	}
 }
 
+// schedule notes that a timer runs out at t (zero: none), and wakes the
+// Querier if that is before any it knew of.
+func (l *Link) schedule(t time.Time) {
+	if t.IsZero() || (!l.next.IsZero() && !t.Before(l.next)) {
+		return
+	}
+	l.next = t
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// nextExpiry returns when Expire next has work: no timer runs out before
+// it. It is zero if no timer runs.
+func (l *Link) nextExpiry() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.next
+}
+
+// setQuerier is called by the link's Querier: ask receives the specific
+// queries this Link wants sent while the Querier is the link's querier
+// (nil otherwise), and mali is the Multicast Address Listening Interval,
+// the Querier's own or the one adopted from another querier.
+func (l *Link) setQuerier(ask func(group netip.Addr, sources []netip.Addr), mali time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ask = ask
+	if mali > 0 {
+		l.mali = mali
+	}
+}
+
+// lowerTimers carries out RFC 3810 7.6.1 for a specific query about addr
+// heard at now with a clear S flag: the group's filter timer (no sources)
+// or the listed sources' timers are lowered to llqt from now.
+func (l *Link) lowerTimers(now time.Time, addr netip.Addr, sources []netip.Addr, llqt time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	g, ok := l.groups[addr]
+	if !ok {
+		return
+	}
+	until := now.Add(llqt)
+	if len(sources) == 0 {
+		if g.mode == Exclude && until.Before(g.timer) {
+			g.timer = until
+		}
+	}
+	for _, s := range sources {
+		if t, ok := g.sources[s]; ok && !t.IsZero() && until.Before(t) {
+			g.sources[s] = until
+		}
+	}
+	l.schedule(g.earliest())
+}
+
+// querySplit tells the Querier, about to send at now a specific query
+// about addr (and sources), what it is to say (7.6.3): exclude is whether
+// the group is in Exclude mode (else a Multicast Address Specific Query
+// has no filter timer left to ask about) and suppress whether that timer
+// is beyond LLQT (a report raised it: the S flag is set). The sources still
+// timed are split into those beyond LLQT (above: S set) and the rest.
+func (l *Link) querySplit(now time.Time, addr netip.Addr, sources []netip.Addr) (exclude, suppress bool, above, below []netip.Addr) {
+	llqt := now.Add(l.timing.lastListenerQueryTime())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	g, ok := l.groups[addr]
+	if !ok {
+		return false, false, nil, nil
+	}
+	for _, s := range sources {
+		switch t, ok := g.sources[s]; {
+		case !ok || t.IsZero(): // gone, or in the Exclude List
+		case t.After(llqt):
+			above = append(above, s)
+		default:
+			below = append(below, s)
+		}
+	}
+	return g.mode == Exclude, g.timer.After(llqt), above, below
+}
+
 // Len returns how many groups have listeners.
 func (l *Link) Len() int {
 	l.mu.Lock()
@@ -326,6 +517,27 @@ func (g *group) setSource(s netip.Addr, t time.Time) {
 		g.sources = map[netip.Addr]time.Time{}
 	}
 	g.sources[s] = t
+}
+
+// earliest returns when the group's first running timer runs out (zero:
+// none runs).
+func (g *group) earliest() time.Time {
+	var t time.Time
+	if g.mode == Exclude {
+		t = g.timer
+	}
+	for _, st := range g.sources {
+		t = earliest(t, st)
+	}
+	return t
+}
+
+// earliest returns the earlier of two times, zero meaning never.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
 }
 
 func (g *group) snapshot(addr netip.Addr) GroupState {

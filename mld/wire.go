@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/librecast/lcast/internal/ip6"
 )
@@ -91,9 +92,30 @@ type Message struct {
 	MaxResponseCode uint16
 	// V2 marks an MLDv2 Query (as opposed to an MLDv1 one).
 	V2 bool
+	// Suppress is an MLDv2 Query's S flag (Suppress Router-Side
+	// Processing, RFC 3810 5.1.7): routers hearing it leave their timers.
+	Suppress bool
+	// QRV and QQIC are an MLDv2 Query's Querier's Robustness Variable
+	// (5.1.8) and Querier's Query Interval Code (5.1.9); zero in MLDv1.
+	QRV, QQIC uint8
 	// Records holds the records of an MLDv2 Report.
 	Records      []Record
 	querySources []byte // an MLDv2 Query's sources, 16 bytes each
+}
+
+// MaxResponseDelay returns a Query's Maximum Response Delay, decoded from
+// MaxResponseCode (RFC 3810 5.1.3; plain milliseconds in MLDv1).
+func (m *Message) MaxResponseDelay() time.Duration {
+	if !m.V2 {
+		return time.Duration(m.MaxResponseCode) * time.Millisecond
+	}
+	return time.Duration(codeValue(uint32(m.MaxResponseCode), 12)) * time.Millisecond
+}
+
+// QueryInterval returns an MLDv2 Query's Querier's Query Interval, decoded
+// from QQIC (RFC 3810 5.1.9); zero if the querier did not say.
+func (m *Message) QueryInterval() time.Duration {
+	return time.Duration(codeValue(uint32(m.QQIC), 4)) * time.Second
 }
 
 // NumQuerySources returns the number of sources in an MLDv2 Query.
@@ -173,6 +195,9 @@ func decodeQuery(icmp []byte, m *Message) error {
 	}
 	m.MaxResponseCode = binary.BigEndian.Uint16(icmp[4:6])
 	m.Group = netip.AddrFrom16([16]byte(icmp[8:24]))
+	if !m.Group.IsUnspecified() && !m.Group.IsMulticast() {
+		return ErrMalformed // neither General nor specific
+	}
 	if len(icmp) == mldV1Len {
 		return nil
 	}
@@ -180,6 +205,8 @@ func decodeQuery(icmp []byte, m *Message) error {
 		return ErrTruncated
 	}
 	m.V2 = true
+	m.Suppress = icmp[24]&SuppressFlag != 0
+	m.QRV, m.QQIC = icmp[24]&7, icmp[25]
 	n := int(binary.BigEndian.Uint16(icmp[26:28]))
 	if mldV2QueryLen+16*n > len(icmp) {
 		return ErrTruncated
@@ -256,11 +283,17 @@ var (
 	allRouters2 = netip.MustParseAddr("ff02::16") // MLDv2 Reports
 )
 
+// SuppressFlag, or'ed into AppendQuery's qrv, sets a Query's S flag
+// (Suppress Router-Side Processing, RFC 3810 5.1.7), as it sits in the
+// query's byte of flags and QRV.
+const SuppressFlag uint8 = 1 << 3
+
 // AppendQuery appends an MLDv2 Query packet from the link-local address src.
 // An unspecified group makes a General Query, sent to ff02::1; otherwise the
 // query is sent to the group itself. maxResponse is the Maximum Response Code
-// (milliseconds, exact below 32768), qrv the Querier's Robustness Variable and
-// qqic the Querier's Query Interval Code (seconds, exact below 128).
+// (milliseconds, exact below 32768), qrv the Querier's Robustness Variable
+// (0 to 7, or'ed with SuppressFlag to set the S flag) and qqic the Querier's
+// Query Interval Code (seconds, exact below 128).
 func AppendQuery(b []byte, src, group netip.Addr, sources []netip.Addr, maxResponse uint16, qrv, qqic uint8) []byte {
 	dst := group
 	if !group.IsValid() || group.IsUnspecified() {
@@ -271,7 +304,7 @@ func AppendQuery(b []byte, src, group netip.Addr, sources []netip.Addr, maxRespo
 		b = binary.BigEndian.AppendUint16(b, maxResponse)
 		b = append(b, 0, 0)
 		b = append(b, group.AsSlice()...)
-		b = append(b, qrv&7, qqic)
+		b = append(b, qrv&(SuppressFlag|7), qqic)
 		b = binary.BigEndian.AppendUint16(b, uint16(len(sources)))
 		for _, s := range sources {
 			b = append(b, s.AsSlice()...)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Packets the Linux kernel (6.18) wrote into a TUN in a test namespace, as
@@ -33,6 +34,12 @@ func summary(m *Message) string {
 	fmt.Fprintf(&b, "type=%d src=%s dst=%s", m.Type, m.Source, m.Destination)
 	if m.Type != TypeV2Report {
 		fmt.Fprintf(&b, " group=%s", m.Group)
+	}
+	if m.Type == TypeQuery {
+		fmt.Fprintf(&b, " mrc=%d v2=%v s=%v qrv=%d qqic=%d", m.MaxResponseCode, m.V2, m.Suppress, m.QRV, m.QQIC)
+		for i := range m.NumQuerySources() {
+			fmt.Fprintf(&b, " %s", m.QuerySource(i))
+		}
 	}
 	for _, r := range m.Records {
 		fmt.Fprintf(&b, " %s(%s", r.Type, r.Group)
@@ -94,8 +101,19 @@ func TestRoundTripKernelBytes(t *testing.T) {
 	}
 }
 
-// reencode encodes a decoded report or Done again.
+// reencode encodes a decoded report, Done or MLDv2 Query again.
 func reencode(m *Message) []byte {
+	if m.Type == TypeQuery {
+		var sources []netip.Addr
+		for i := range m.NumQuerySources() {
+			sources = append(sources, m.QuerySource(i))
+		}
+		flags := m.QRV
+		if m.Suppress {
+			flags |= SuppressFlag
+		}
+		return AppendQuery(nil, m.Source, m.Group, sources, m.MaxResponseCode, flags, m.QQIC)
+	}
 	if m.Type != TypeV2Report {
 		return AppendV1(nil, m.Type, m.Source, m.Group)
 	}
@@ -231,6 +249,70 @@ func TestFloatCode(t *testing.T) {
 			max := decode(1<<(mantBits+4)-1, mantBits)
 			if got > v || (v <= max && got < v-v/(1<<mantBits)) {
 				t.Errorf("floatCode(%d, %d) = %#x decodes to %d", v, mantBits, code, got)
+			}
+		}
+	}
+}
+
+// The fields of a Query that routers read: the S flag, QRV, QQIC and the
+// Maximum Response Delay, exact and floating-point encoded, in MLDv2 and
+// MLDv1.
+func TestQueryFields(t *testing.T) {
+	tests := []struct {
+		name          string
+		pkt           []byte
+		s             bool
+		qrv           uint8
+		delay, qi     time.Duration
+		wantV2        bool
+		wantMalformed bool
+	}{
+		{"general", AppendQuery(nil, kernelSource, netip.Addr{}, nil, 10000, 2, 125), false, 2, 10 * time.Second, 125 * time.Second, true, false},
+		{"S flag", AppendQuery(nil, kernelSource, g1, nil, 250, 7|SuppressFlag, 0), true, 7, 250 * time.Millisecond, 0, true, false},
+		{"floating-point codes", AppendQuery(nil, kernelSource, g1, nil, uint16(floatCode(40000, 12)), 1, uint8(floatCode(300, 4))),
+			false, 1, time.Duration(codeValue(floatCode(40000, 12), 12)) * time.Millisecond, 288 * time.Second, true, false},
+		{"MLDv1", mldV1Query(t, g1, 1500), false, 0, 1500 * time.Millisecond, 0, false, false},
+		{"unicast address", AppendQuery(nil, kernelSource, s1, nil, 250, 2, 125), false, 0, 0, 0, true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var m Message
+			err := Decode(tt.pkt, &m)
+			if tt.wantMalformed {
+				if !errors.Is(err, ErrMalformed) {
+					t.Fatalf("Decode error = %v, want %v", err, ErrMalformed)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.V2 != tt.wantV2 || m.Suppress != tt.s || m.QRV != tt.qrv || m.MaxResponseDelay() != tt.delay || m.QueryInterval() != tt.qi {
+				t.Fatalf("V2 %v S %v QRV %d delay %v QQI %v; want %v %v %d %v %v",
+					m.V2, m.Suppress, m.QRV, m.MaxResponseDelay(), m.QueryInterval(), tt.wantV2, tt.s, tt.qrv, tt.delay, tt.qi)
+			}
+		})
+	}
+}
+
+// mldV1Query builds an MLDv1 Multicast Address Specific Query (24 bytes).
+func mldV1Query(t *testing.T, group netip.Addr, maxDelayMs uint16) []byte {
+	t.Helper()
+	pkt := AppendV1(nil, TypeV1Report, kernelSource, group)
+	pkt[48] = TypeQuery
+	pkt[52], pkt[53] = byte(maxDelayMs>>8), byte(maxDelayMs)
+	return fixChecksum(pkt)
+}
+
+// codeValue decodes what floatCode encodes, to within floatCode's rounding
+// down and its cap at the largest code.
+func TestCodeValue(t *testing.T) {
+	for _, mantBits := range []uint{4, 12} {
+		for _, v := range []uint32{0, 1, 127, 128, 300, 32767, 32768, 40000, 1 << 20} {
+			got := codeValue(floatCode(v, mantBits), mantBits)
+			largest := codeValue(1<<(mantBits+4)-1, mantBits)
+			if got > v || got < min(v, largest)-min(v, largest)>>mantBits {
+				t.Errorf("codeValue(floatCode(%d, %d)) = %d", v, mantBits, got)
 			}
 		}
 	}

@@ -78,6 +78,11 @@ type RouteVia struct {
 	Sub  Subscription
 }
 
+// SubscribedGroups returns the groups some peer subscribed to, sorted.
+func (r *Router) SubscribedGroups() []netip.Addr {
+	return slices.SortedFunc(maps.Keys(r.table.Load().groups), netip.Addr.Compare)
+}
+
 // Routes returns where each group that some peer subscribed to goes,
 // sorted by group, each group's peers in address order.
 func (r *Router) Routes() []Route {

@@ -16,7 +16,8 @@ import (
 // groups local programs listen to, the peers (those trusted as relays
 // marked, and those that say they relay but are not trusted) with whether
 // traffic flows both ways, the age of their last packet and handshake, traffic, drops
-// and groups, where each group's packets go and why, and drops by reason.
+// and groups, a gateway's LANs with their querier and groups, where each
+// group's packets go (peers and LANs) and why, and drops by reason.
 // now dates the packets and handshakes.
 func printStatus(w io.Writer, st *control.Status, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -50,13 +51,32 @@ func printStatus(w io.Writer, st *control.Status, now time.Time) {
 		}
 		tw.Flush()
 	}
+	for _, l := range st.LANs {
+		querier := orDash(l.Querier)
+		if l.IsQuerier {
+			querier += " (this node)"
+		}
+		fmt.Fprintf(w, "\nlan %s: prefixes %s, querier %s, %d groups, %d foreign-source flows\n",
+			l.Interface, orDash(strings.Join(l.Prefixes, ",")), querier, len(l.Groups), l.ForeignSources)
+		if len(l.Groups) > 0 {
+			fmt.Fprintln(tw, "  GROUP\tMODE\tSOURCES")
+			for _, g := range l.Groups {
+				fmt.Fprintf(tw, "  %s\t%s\t%s\n", g.Group, g.Mode, orDash(strings.Join(g.Sources, ",")))
+			}
+			tw.Flush()
+		}
+	}
 	fmt.Fprintf(w, "\nforwarding: %d groups\n", len(st.Forwarding))
 	if len(st.Forwarding) > 0 {
 		fmt.Fprintln(tw, "  GROUP\tTO PEER\tMODE\tSOURCES\tWHY")
 		for _, f := range st.Forwarding {
 			group := f.Group
 			for _, to := range f.To {
-				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", group, to.PublicKey, to.Mode, orDash(strings.Join(to.Sources, ",")), to.Reason)
+				dest := to.PublicKey
+				if to.Interface != "" {
+					dest = "lan " + to.Interface
+				}
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", group, dest, to.Mode, orDash(strings.Join(to.Sources, ",")), to.Reason)
 				group = ""
 			}
 		}

@@ -18,10 +18,30 @@ type Status struct {
 	Forwarding []Forward `json:"forwarding"`
 	// Drops counts packets dropped, by reason.
 	Drops map[string]uint64 `json:"drops"`
+	// LANs are, in gateway mode, the LAN interfaces this node is the
+	// multicast router of.
+	LANs []LANStatus `json:"lans,omitempty"`
+}
+
+// LANStatus is one LAN of a gateway: its MLD querier, its prefixes (the
+// sources its hosts' packets may carry onward) and the groups its hosts
+// listen to.
+type LANStatus struct {
+	Interface string `json:"interface"`
+	// Querier is the address of the LAN's MLD querier; IsQuerier tells
+	// whether that is this node.
+	Querier   string   `json:"querier"`
+	IsQuerier bool     `json:"is_querier"`
+	Prefixes  []string `json:"prefixes"`
+	Groups    []Group  `json:"groups"`
+	// ForeignSources counts the flows from the LAN not routed because
+	// their source does not lie on it.
+	ForeignSources uint64 `json:"foreign_sources"`
 }
 
 // Forward is where the packets of a group go: to each peer in To (on a
-// relay, except the peer a packet came from).
+// relay, except the peer a packet came from), and on a gateway to each LAN
+// in To with listeners.
 type Forward struct {
 	Group string      `json:"group"`
 	To    []ForwardTo `json:"to"`
@@ -30,9 +50,11 @@ type Forward struct {
 // ForwardTo is one peer a group's packets go to, the source filter of its
 // subscription and the reason it subscribed: "listeners on the peer", or
 // "listeners N relay(s) beyond the peer" when it is a relay that speaks for
-// other nodes (Hops is N).
+// other nodes (Hops is N). For a LAN of a gateway, Interface names it
+// (PublicKey is empty) and the reason is "listeners on the LAN".
 type ForwardTo struct {
-	PublicKey string   `json:"public_key"`
+	PublicKey string   `json:"public_key,omitempty"`
+	Interface string   `json:"interface,omitempty"`
 	Mode      string   `json:"mode"`
 	Sources   []string `json:"sources"`
 	Hops      int      `json:"hops"`

@@ -14,10 +14,12 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	sdnotify "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/librecast/lcast/bridge"
+	"github.com/librecast/lcast/gateway"
 	"github.com/librecast/lcast/internal/config"
 	"github.com/librecast/lcast/internal/control"
 	"github.com/librecast/lcast/internal/metrics"
@@ -42,7 +44,8 @@ type Daemon struct {
 	bridge    *bridge.Bridge
 	transport *peer.Transport
 	exchange  *peer.Exchange
-	changed   chan struct{} // local memberships changed
+	gateway   *gateway.Gateway // nil in host mode
+	changed   chan struct{}    // local memberships changed
 	relayed   chan struct{} // on a relay: a peer's subscriptions changed
 
 	// peers are the configured peers, in the configuration's order (which
@@ -57,6 +60,10 @@ type Daemon struct {
 	// whose MLD report has not come yet, with when they stop counting.
 	provMu      sync.Mutex
 	provisional map[netip.Addr]time.Time
+
+	// lc0Groups is what programs on this node listen to on lc0, by group,
+	// as announce last saw it (the gateway routes LAN packets to them).
+	lc0Groups atomic.Pointer[map[netip.Addr]mld.GroupState]
 }
 
 // Run brings lcast up and serves until ctx is done, then removes lc0 and its
@@ -121,6 +128,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		MaxAdvertised: peer.MaxGroupsPerPeer})
 	d.router.SetPeers(addrs, trustedRelays(cfg.Peers))
 	d.router.SetLANPrefixes(lanPrefixes(cfg.Peers))
+	if len(cfg.LANInterfaces) > 0 {
+		if d.gateway, err = d.openGateway(); err != nil {
+			return err
+		}
+		undo = append(undo, d.gateway.Close)
+	}
 	// The exchange sends through the bridge and repairs the transport's
 	// sessions, both made below; it starts sending when it runs.
 	d.exchange = peer.NewExchange(peer.ExchangeConfig{
@@ -159,6 +172,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		}
 	})
 	wg.Go(func() { querier.Run(ctx) })
+	if d.gateway != nil {
+		wg.Go(func() { d.gateway.Run(ctx) })
+	}
 	wg.Go(func() { d.exchange.Run(ctx) })
 	wg.Go(func() { d.announce(ctx) })
 	wg.Go(func() { d.reresolve(ctx) })
@@ -177,7 +193,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		})
 	}
 	log.Info("lcast is up", "interface", cfg.Interface, "address", d.addr, "public_key", cfg.Key.PublicKey(),
-		"listen_port", cfg.Port, "peers", len(peers), "control_socket", cfg.ControlSocket)
+		"listen_port", cfg.Port, "peers", len(peers), "control_socket", cfg.ControlSocket, "lan_interfaces", cfg.LANInterfaces)
 
 	notify(log, sdnotify.SdNotifyReady)
 	var runErr error
@@ -362,6 +378,9 @@ func (d *Daemon) peerSubscribed(addr netip.Addr, relay bool, groups []mld.GroupS
 		d.log.Warn("peer says it relays, but this node does not trust it as a relay: its packets from other nodes are dropped (forged_source) unless its [[peer]] table sets relay = true",
 			"peer", addr)
 	}
+	if d.gateway != nil {
+		d.gateway.Update()
+	}
 	if d.cfg.Relay {
 		select {
 		case d.relayed <- struct{}{}:
@@ -378,8 +397,9 @@ func (d *Daemon) localChanged() {
 	}
 }
 
-// announce passes local membership changes to the router and the peers,
-// and on a relay the changes of peers' subscriptions to the other peers.
+// announce passes local membership changes (on lc0, and on the LANs of a
+// gateway) to the router, the peers and the gateway's routes, and on a
+// relay the changes of peers' subscriptions to the other peers.
 func (d *Daemon) announce(ctx context.Context) {
 	for {
 		select {
@@ -388,8 +408,15 @@ func (d *Daemon) announce(ctx context.Context) {
 		case <-d.changed:
 			groups := d.withProvisional(d.link.Groups())
 			d.log.Debug("local memberships changed", "groups", len(groups))
+			if d.gateway != nil {
+				d.setLc0Groups(groups)
+				groups = union(groups, d.gateway.Groups())
+			}
 			d.router.SetLocal(groups)
 			d.exchange.Changed()
+			if d.gateway != nil {
+				d.gateway.Update()
+			}
 		case <-d.relayed:
 			d.exchange.Changed()
 		}

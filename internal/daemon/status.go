@@ -70,6 +70,9 @@ func (d *Daemon) Status() control.Status {
 		st.Peers = append(st.Peers, ps)
 	}
 	st.Forwarding = forwardingJSON(d.router.Routes(), keys)
+	if d.gateway != nil {
+		st.LANs, st.Forwarding = d.lansJSON(st.Forwarding)
+	}
 	return st
 }
 

@@ -333,7 +333,7 @@ func TestHostilePeer(t *testing.T) {
 	// that they arrive there.
 	overlay2 := peer.OverlayAddr(kR.PublicKey()).String()
 	inet.NS.Run("ip", "-6", "route", "add", overlay2+"/128", "via", sites[1].Addr.String())
-	nftTable(t, sites[1], "underlay", fmt.Sprintf("chain input { type filter hook input priority 0; iifname \"eth0\" ip6 daddr %s udp dport %d counter; }\n", overlay2, oldControlPort))
+	nftTable(t, sites[1].Namespace, "underlay", fmt.Sprintf("chain input { type filter hook input priority 0; iifname \"eth0\" ip6 daddr %s udp dport %d counter; }\n", overlay2, oldControlPort))
 	plain := attack(kA, listenPort, "forge,unicast,multicast,underlay,states")
 	relay := attack(kB, listenPort+1, "relay")
 	var sent blastResult

@@ -101,7 +101,7 @@ func TestColdStart(t *testing.T) {
 		}
 		var heal []func()
 		for i := range 2 {
-			heal = append(heal, nftTable(t, m.sites[i], "partition", dropBetween(m.sites[2].Addr.String(), m.sites[3].Addr.String())))
+			heal = append(heal, nftTable(t, m.sites[i].Namespace, "partition", dropBetween(m.sites[2].Addr.String(), m.sites[3].Addr.String())))
 		}
 		time.Sleep(100 * time.Millisecond) // what was already on its way lands
 		s.mark(t)
@@ -160,7 +160,7 @@ func TestConnectedMeansTwoWay(t *testing.T) {
 	both := func(t testing.TB) (bool, bool) {
 		return m.peerStatus(t, 0, 1).Connected, m.peerStatus(t, 1, 0).Connected
 	}
-	cut := nftTable(t, m.sites[1], "oneway", "chain input { type filter hook input priority 0; ip6 saddr "+m.sites[0].Addr.String()+" drop; }\n")
+	cut := nftTable(t, m.sites[1].Namespace, "oneway", "chain input { type filter hook input priority 0; ip6 saddr "+m.sites[0].Addr.String()+" drop; }\n")
 	wentFalse := false
 	t.Run("false while one direction is cut", func(t *testing.T) {
 		took, ok := netlab.Poll(10*time.Second, func() bool { a, b := both(t); return !a && !b })
@@ -190,9 +190,9 @@ func TestConnectedMeansTwoWay(t *testing.T) {
 	})
 }
 
-// nftTable loads into site s the nftables table inet name with the chains
+// nftTable loads into namespace s the nftables table inet name with the chains
 // in body, and returns a function that deletes the table.
-func nftTable(t testing.TB, s *netlab.Site, name, body string) (remove func()) {
+func nftTable(t testing.TB, s *netlab.Namespace, name, body string) (remove func()) {
 	t.Helper()
 	load := s.Command("nft", "-f", "-")
 	load.Stdin = strings.NewReader("table inet " + name + " {\n" + body + "}\n")

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"regexp"
@@ -26,6 +27,14 @@ type mesh struct {
 	nodes []*node
 	// bin is the lcast binary the nodes run; empty means lcastBin.
 	bin string
+	// lans are the LANs behind gateway sites, by site index.
+	lans map[int]*netlab.LAN
+}
+
+// lanSpec is a LAN to put behind a site: its prefix and how many hosts.
+type lanSpec struct {
+	prefix netip.Prefix
+	hosts  int
 }
 
 // newMesh starts the daemons one after the other, each once the one
@@ -89,9 +98,21 @@ func gateHelper(args []string) int {
 
 func newMeshSitesOnly(t testing.TB, n int) *mesh {
 	t.Helper()
-	m := &mesh{inet: netlab.NewInternet(t)}
+	return newMeshWithLANs(t, n, nil)
+}
+
+// newMeshWithLANs is newMeshSitesOnly with LANs behind some sites (by
+// site index, from 0: each a /64 with hosts), which make their nodes
+// gateways: lan_interfaces names the LAN, and every other node lists the
+// LAN's prefix in that node's [[peer]] table.
+func newMeshWithLANs(t testing.TB, n int, lans map[int]lanSpec) *mesh {
+	t.Helper()
+	m := &mesh{inet: netlab.NewInternet(t), lans: map[int]*netlab.LAN{}}
 	for i := range n {
 		m.sites = append(m.sites, m.inet.AddSite(fmt.Sprintf("lcast-site%d", i+1)))
+	}
+	for i, spec := range lans {
+		m.lans[i] = netlab.AddLAN(m.sites[i].Namespace, fmt.Sprintf("lan%d", i+1), spec.prefix, spec.hosts)
 	}
 	m.configure(t)
 	// The underlay carries unicast between every pair of sites.
@@ -121,9 +142,15 @@ func (m *mesh) configure(t testing.TB) {
 	m.nodes = nil
 	for i := range m.sites {
 		extra := ""
+		if l := m.lans[i]; l != nil {
+			extra = fmt.Sprintf("lan_interfaces = [%q]\n", l.Interface)
+		}
 		for j := range m.sites {
 			if j != i {
 				extra += peerTable(keys[j], m.sites[j])
+				if l := m.lans[j]; l != nil {
+					extra += fmt.Sprintf("lan_prefixes = [%q]\n", l.Prefix)
+				}
 			}
 		}
 		n := newNodeWithKey(t, m.sites[i].Namespace, keys[i], extra)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/binary"
 	"fmt"
+	"golang.org/x/net/ipv6"
 	"net"
 	"os"
 	"strconv"
@@ -12,7 +13,7 @@ import (
 	"github.com/librecast/lcast/internal/ip6"
 )
 
-// recvHelper: "recv GROUP IFACE [IDLE]": join GROUP on IFACE (port 4242)
+// recvHelper: "recv GROUP IFACE [IDLE [SOURCE]]": join GROUP on IFACE (port 4242; from SOURCE only, if given)
 // and count datagrams carrying sequence numbers. It prints "joined T" (T in
 // Unix nanoseconds), "first SEQ at T" on the first datagram, and once IDLE
 // (default 2 s) passes without a datagram after the first, the summary
@@ -24,7 +25,7 @@ func recvHelper(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	c, err := net.ListenMulticastUDP("udp6", ifi, &net.UDPAddr{IP: net.ParseIP(args[0]), Port: 4242})
+	c, err := listenGroup(ifi, args[0], args[3:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -87,9 +88,28 @@ func recvHelper(args []string) int {
 	return 0
 }
 
-// sendHelper: "send GROUP COUNT RATE SIZE [SOURCE]": send COUNT datagrams
-// of SIZE bytes to [GROUP]:4242 at RATE per second, naming no interface
-// (but binding SOURCE if given); each starts with its sequence number
+// listenGroup joins group on ifi at port 4242: any source, or with
+// source (its first element, if any) only.
+func listenGroup(ifi *net.Interface, group string, source []string) (*net.UDPConn, error) {
+	if len(source) == 0 || source[0] == "" {
+		return net.ListenMulticastUDP("udp6", ifi, &net.UDPAddr{IP: net.ParseIP(group), Port: 4242})
+	}
+	pc, err := net.ListenPacket("udp6", "[::]:4242")
+	if err != nil {
+		return nil, err
+	}
+	c := pc.(*net.UDPConn)
+	if err := ipv6.NewPacketConn(c).JoinSourceSpecificGroup(ifi, &net.UDPAddr{IP: net.ParseIP(group)}, &net.UDPAddr{IP: net.ParseIP(source[0])}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// sendHelper: "send GROUP COUNT RATE SIZE [SOURCE [HOPS]]": send COUNT
+// datagrams of SIZE bytes to [GROUP]:4242 at RATE per second, naming no
+// interface (but binding SOURCE if given and not empty; with hop limit
+// HOPS if given, else the default of 1); each starts with its sequence number
 // (from 0). Prints "sent N, F refused by the kernel". With zeroSum (mode
 // "send-zerosum") the two bytes after the sequence number make each
 // datagram's UDP checksum compute to zero, which UDP sends as 0xffff.
@@ -98,7 +118,7 @@ func sendHelper(args []string, zeroSum bool) int {
 	rate, _ := strconv.Atoi(args[2])
 	size, _ := strconv.Atoi(args[3])
 	var laddr *net.UDPAddr
-	if len(args) > 4 {
+	if len(args) > 4 && args[4] != "" {
 		laddr = &net.UDPAddr{IP: net.ParseIP(args[4])}
 	}
 	// GROUP may carry a zone (ff02::fb%lc0): link-scope groups need one.
@@ -111,6 +131,13 @@ func sendHelper(args []string, zeroSum bool) int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	if len(args) > 5 {
+		hops, _ := strconv.Atoi(args[5])
+		if err := ipv6.NewPacketConn(c).SetMulticastHopLimit(hops); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	buf := make([]byte, max(size, 8))
 	if zeroSum && size < 10 {

@@ -1,0 +1,267 @@
+// Package gateway makes a node the multicast router of the LANs behind it
+// (gateway mode, decision 8 of DESIGN.md). On each LAN interface it is the
+// MLD router (package mld: the LAN's listener state, General Queries,
+// querier election). Packets move between the LANs and lc0 in the kernel:
+// nftables rules that the gateway keeps to what the LANs' listeners and lc0
+// want copy each packet onto exactly the links that want it (see ruleset),
+// taking one off its hop limit as routers do. Link-scope groups are never
+// routed, and a LAN host's packets go onward only if their source lies on
+// the LAN they arrived on; those that do not are counted.
+//
+// The kernel's own IPv6 multicast routing (MRT6) is not used for this: the
+// kernels lcast runs on may lack it (this project's test machines do), and
+// nftables' dup does the same work per group rather than per flow. Where
+// the kernel has MRT6, the gateway takes its socket anyway, so that it
+// never runs beside another multicast router (pim6sd, smcroute) in the
+// same network namespace; a lock does the same against another lcast.
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/librecast/lcast/mld"
+)
+
+// Config is what a Gateway is made with.
+type Config struct {
+	// LANs are the LAN interfaces' names; Lc0 is lc0's.
+	LANs []string
+	Lc0  string
+	// Routable reports whether packets to group may cross between links
+	// (the scope policy; link scope never does).
+	Routable func(group netip.Addr) bool
+	// Lc0Groups returns the groups wanted through lc0, sorted: those the
+	// peers subscribed to, and those programs on this node listen to.
+	Lc0Groups func() []netip.Addr
+	// OnChange is called (without locks held) after the listeners on a
+	// LAN changed.
+	OnChange func()
+	Log      *slog.Logger
+}
+
+// Gateway is the multicast router of a node's LANs.
+type Gateway struct {
+	cfg   Config
+	table string // the nftables table of the routing rules
+	lock  *lock
+	lans  []*LAN
+
+	wake chan struct{} // the rules may need a change
+
+	mu      sync.Mutex // guards applied
+	applied string     // the ruleset in the kernel
+
+	closeOnce sync.Once
+}
+
+// Open takes the namespace's multicast routing (failing, with the holder
+// named, if another router has it) and opens the LANs. Nothing runs until
+// Run; Close releases it all if Run is never called.
+func Open(cfg Config) (g *Gateway, err error) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		return nil, errors.New("gateway mode needs nftables' nft command (Debian: apt install nftables)")
+	}
+	lk, err := takeLock(cfg.Lc0)
+	if err != nil {
+		return nil, err
+	}
+	g = &Gateway{cfg: cfg, table: "lcast_" + identifier(cfg.Lc0), lock: lk, wake: make(chan struct{}, 1)}
+	defer func() {
+		if err != nil {
+			g.Close()
+		}
+	}()
+	for _, name := range cfg.LANs {
+		l, err := g.openLAN(name)
+		if err != nil {
+			return nil, fmt.Errorf("LAN interface %s: %w", name, err)
+		}
+		g.lans = append(g.lans, l)
+	}
+	// The rules start empty (replacing what a crashed daemon left), with
+	// the counters of packets from sources foreign to each LAN.
+	if err := g.apply(); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// Run serves the LANs and keeps the rules until ctx is done, then removes
+// the rules and releases the LANs and the lock.
+func (g *Gateway) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, l := range g.lans {
+		wg.Go(func() { l.read(g.cfg.Log) })
+		wg.Go(func() { l.querier.Run(ctx) })
+	}
+	for {
+		select {
+		case <-g.wake:
+			if err := g.apply(); err != nil {
+				g.cfg.Log.Error("gateway: updating the routing rules", "err", err)
+			}
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	g.Close()
+	wg.Wait()
+}
+
+// Close removes the rules and releases the LANs' sockets and the lock;
+// reads blocked on the sockets return.
+func (g *Gateway) Close() {
+	g.closeOnce.Do(func() {
+		for _, l := range g.lans {
+			l.sock.close()
+		}
+		if g.applied != "" {
+			if out, err := exec.Command("nft", "delete", "table", "ip6", g.table).CombinedOutput(); err != nil {
+				g.cfg.Log.Warn("gateway: removing the routing rules", "table", g.table, "err", err, "nft", strings.TrimSpace(string(out)))
+			}
+		}
+		g.lock.release()
+	})
+}
+
+// Update has the rules follow what lc0 wants (a peer's subscriptions,
+// programs' listeners on lc0). A change on a LAN updates them itself.
+func (g *Gateway) Update() {
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+// apply loads the rules for the state now, if they changed.
+func (g *Gateway) apply() error {
+	lans := make([]lanState, len(g.lans))
+	for i, l := range g.lans {
+		lans[i] = lanState{name: l.name, prefixes: l.prefixes,
+			groups: slices.DeleteFunc(l.Groups(), func(s mld.GroupState) bool { return !g.cfg.Routable(s.Group) })}
+	}
+	lc0 := slices.DeleteFunc(g.cfg.Lc0Groups(), func(a netip.Addr) bool { return !g.cfg.Routable(a) })
+	rules := ruleset(g.table, g.cfg.Lc0, lans, lc0) + g.counters()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if rules == g.applied {
+		return nil
+	}
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft: %v: %s", err, bytes.TrimSpace(out))
+	}
+	g.applied = rules
+	return nil
+}
+
+// counters returns the nftables script of the table that counts, per LAN,
+// the multicast packets of routable scope whose source does not lie on the
+// LAN. It stays as the routing rules change, and so do its counts.
+func (g *Gateway) counters() string {
+	var b strings.Builder
+	t := g.table + "_foreign"
+	fmt.Fprintf(&b, "table ip6 %s {\n", t)
+	for _, l := range g.lans {
+		fmt.Fprintf(&b, "\tcounter %s { }\n", identifier(l.name))
+	}
+	b.WriteString("\tchain prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n")
+	for _, l := range g.lans {
+		match := ""
+		if len(l.prefixes) > 0 {
+			match = " ip6 saddr != " + set(l.prefixes)
+		}
+		// @nh,204,4 is the scope of the destination (the low 4 bits of
+		// its second byte): wider than link scope.
+		fmt.Fprintf(&b, "\t\tiifname %q%s ip6 daddr ff00::/8 @nh,204,4 > 2 counter name %q\n", l.name, match, identifier(l.name))
+	}
+	b.WriteString("\t}\n}\n")
+	return b.String()
+}
+
+// foreign reads the count of the LAN's packets from foreign sources.
+func (g *Gateway) foreign(l *LAN) uint64 {
+	out, err := exec.Command("nft", "list", "counter", "ip6", g.table+"_foreign", identifier(l.name)).Output()
+	if err != nil {
+		return 0
+	}
+	m := regexp.MustCompile(`packets (\d+)`).FindSubmatch(out)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(string(m[1]), 10, 64)
+	return n
+}
+
+// identifier turns an interface name into an nftables identifier.
+func identifier(name string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '_'
+	}, name)
+}
+
+// lanChanged follows a change of a LAN's listeners: the rules, then the
+// node's subscriptions (OnChange).
+func (g *Gateway) lanChanged() {
+	g.Update()
+	if g.cfg.OnChange != nil {
+		g.cfg.OnChange()
+	}
+}
+
+// Groups returns the routable groups with listeners on any LAN, each with
+// the union of the LANs' source filters, sorted by group: what the LANs add
+// to this node's subscriptions.
+func (g *Gateway) Groups() []mld.GroupState {
+	byGroup := map[netip.Addr]mld.GroupState{}
+	for _, l := range g.lans {
+		for _, s := range l.Groups() {
+			if !g.cfg.Routable(s.Group) {
+				continue
+			}
+			if u, ok := byGroup[s.Group]; ok {
+				s = mld.Union(u, s)
+			}
+			byGroup[s.Group] = s
+		}
+	}
+	out := make([]mld.GroupState, 0, len(byGroup))
+	for _, s := range byGroup {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b mld.GroupState) int { return a.Group.Compare(b.Group) })
+	return out
+}
+
+// Prefixes returns the prefixes of every LAN: the sources of the packets
+// the gateway sends onward.
+func (g *Gateway) Prefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, l := range g.lans {
+		out = append(out, l.prefixes...)
+	}
+	return out
+}
+
+// LANs returns the LANs, in the configuration's order.
+func (g *Gateway) LANs() []*LAN { return g.lans }
+
+// ForeignSources counts the LAN's multicast packets of routable scope that
+// were not routed because their source does not lie on the LAN.
+func (g *Gateway) ForeignSources(l *LAN) uint64 { return g.foreign(l) }
