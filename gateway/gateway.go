@@ -11,9 +11,10 @@
 // The kernel's own IPv6 multicast routing (MRT6) is not used for this: the
 // kernels lcast runs on may lack it (this project's test machines do), and
 // nftables' dup does the same work per group rather than per flow. Where
-// the kernel has MRT6, the gateway takes its socket anyway, so that it
-// never runs beside another multicast router (pim6sd, smcroute) in the
-// same network namespace; a lock does the same against another lcast.
+// the kernel has MRT6, the gateway takes its socket anyway (package
+// mroute), so that it never runs beside another multicast router (pim6sd,
+// smcroute) in the same network namespace. (Another lcast cannot run in
+// the namespace at all: lc0's routes would collide.)
 package gateway
 
 import (
@@ -31,6 +32,7 @@ import (
 	"sync"
 
 	"github.com/librecast/lcast/mld"
+	"github.com/librecast/lcast/mroute"
 )
 
 // Config is what a Gateway is made with.
@@ -53,8 +55,8 @@ type Config struct {
 // Gateway is the multicast router of a node's LANs.
 type Gateway struct {
 	cfg   Config
-	table string // the nftables table of the routing rules
-	lock  *lock
+	table string         // the nftables table of the routing rules
+	mr    *mroute.Socket // held so that no other multicast router runs here; nil without MRT6
 	lans  []*LAN
 
 	wake chan struct{} // the rules may need a change
@@ -72,11 +74,14 @@ func Open(cfg Config) (g *Gateway, err error) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		return nil, errors.New("gateway mode needs nftables' nft command (Debian: apt install nftables)")
 	}
-	lk, err := takeLock(cfg.Lc0)
-	if err != nil {
+	mr, err := mroute.Open()
+	switch {
+	case errors.Is(err, mroute.ErrUnsupported):
+		// No other multicast router can run here either.
+	case err != nil:
 		return nil, err
 	}
-	g = &Gateway{cfg: cfg, table: "lcast_" + identifier(cfg.Lc0), lock: lk, wake: make(chan struct{}, 1)}
+	g = &Gateway{cfg: cfg, table: "lcast_" + identifier(cfg.Lc0), mr: mr, wake: make(chan struct{}, 1)}
 	defer func() {
 		if err != nil {
 			g.Close()
@@ -98,7 +103,7 @@ func Open(cfg Config) (g *Gateway, err error) {
 }
 
 // Run serves the LANs and keeps the rules until ctx is done, then removes
-// the rules and releases the LANs and the lock.
+// the rules and releases the LANs and multicast routing.
 func (g *Gateway) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, l := range g.lans {
@@ -120,7 +125,8 @@ func (g *Gateway) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-// Close removes the rules and releases the LANs' sockets and the lock;
+// Close removes the rules and releases the LANs' sockets and multicast
+// routing;
 // reads blocked on the sockets return.
 func (g *Gateway) Close() {
 	g.closeOnce.Do(func() {
@@ -132,7 +138,9 @@ func (g *Gateway) Close() {
 				g.cfg.Log.Warn("gateway: removing the routing rules", "table", g.table, "err", err, "nft", strings.TrimSpace(string(out)))
 			}
 		}
-		g.lock.release()
+		if g.mr != nil {
+			g.mr.Close()
+		}
 	})
 }
 

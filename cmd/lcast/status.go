@@ -56,7 +56,7 @@ func printStatus(w io.Writer, st *control.Status, now time.Time) {
 		if l.IsQuerier {
 			querier += " (this node)"
 		}
-		fmt.Fprintf(w, "\nlan %s: prefixes %s, querier %s, %d groups, %d foreign-source flows\n",
+		fmt.Fprintf(w, "\nlan %s: prefixes %s, querier %s, %d groups, %d packets from foreign sources\n",
 			l.Interface, orDash(strings.Join(l.Prefixes, ",")), querier, len(l.Groups), l.ForeignSources)
 		if len(l.Groups) > 0 {
 			fmt.Fprintln(tw, "  GROUP\tMODE\tSOURCES")

@@ -130,6 +130,8 @@ func helper(mode string, args []string) int {
 		return gateHelper(args)
 	case "adversary":
 		return adversaryHelper(args)
+	case "mldquerier":
+		return mldquerierHelper(args)
 	case "stream":
 		return streamHelper(args)
 	case "tcpsink":

@@ -28,7 +28,16 @@ type mesh struct {
 	// bin is the lcast binary the nodes run; empty means lcastBin.
 	bin string
 	// lans are the LANs behind gateway sites, by site index.
-	lans map[int]*netlab.LAN
+	lans map[int][]*netlab.LAN
+}
+
+// tomlList returns a TOML array of the strings f gives for each LAN.
+func tomlList(lans []*netlab.LAN, f func(*netlab.LAN) string) string {
+	var items []string
+	for _, l := range lans {
+		items = append(items, strconv.Quote(f(l)))
+	}
+	return "[" + strings.Join(items, ", ") + "]"
 }
 
 // lanSpec is a LAN to put behind a site: its prefix and how many hosts.
@@ -102,17 +111,24 @@ func newMeshSitesOnly(t testing.TB, n int) *mesh {
 }
 
 // newMeshWithLANs is newMeshSitesOnly with LANs behind some sites (by
-// site index, from 0: each a /64 with hosts), which make their nodes
-// gateways: lan_interfaces names the LAN, and every other node lists the
-// LAN's prefix in that node's [[peer]] table.
-func newMeshWithLANs(t testing.TB, n int, lans map[int]lanSpec) *mesh {
+// site index, from 0: each a /64 with hosts; site i's LANs are lanI,
+// lanIb...), which make their nodes gateways: lan_interfaces names the
+// LANs, and every other node lists their prefixes in that node's [[peer]]
+// table.
+func newMeshWithLANs(t testing.TB, n int, lans map[int][]lanSpec) *mesh {
 	t.Helper()
-	m := &mesh{inet: netlab.NewInternet(t), lans: map[int]*netlab.LAN{}}
+	m := &mesh{inet: netlab.NewInternet(t), lans: map[int][]*netlab.LAN{}}
 	for i := range n {
 		m.sites = append(m.sites, m.inet.AddSite(fmt.Sprintf("lcast-site%d", i+1)))
 	}
-	for i, spec := range lans {
-		m.lans[i] = netlab.AddLAN(m.sites[i].Namespace, fmt.Sprintf("lan%d", i+1), spec.prefix, spec.hosts)
+	for i, specs := range lans {
+		for j, spec := range specs {
+			name := fmt.Sprintf("lan%d", i+1)
+			if j > 0 {
+				name += string(rune('a' + j))
+			}
+			m.lans[i] = append(m.lans[i], netlab.AddLAN(m.sites[i].Namespace, name, spec.prefix, spec.hosts))
+		}
 	}
 	m.configure(t)
 	// The underlay carries unicast between every pair of sites.
@@ -142,14 +158,14 @@ func (m *mesh) configure(t testing.TB) {
 	m.nodes = nil
 	for i := range m.sites {
 		extra := ""
-		if l := m.lans[i]; l != nil {
-			extra = fmt.Sprintf("lan_interfaces = [%q]\n", l.Interface)
+		if lans := m.lans[i]; lans != nil {
+			extra = fmt.Sprintf("lan_interfaces = %s\n", tomlList(lans, func(l *netlab.LAN) string { return l.Interface }))
 		}
 		for j := range m.sites {
 			if j != i {
 				extra += peerTable(keys[j], m.sites[j])
-				if l := m.lans[j]; l != nil {
-					extra += fmt.Sprintf("lan_prefixes = [%q]\n", l.Prefix)
+				if lans := m.lans[j]; lans != nil {
+					extra += fmt.Sprintf("lan_prefixes = %s\n", tomlList(lans, func(l *netlab.LAN) string { return l.Prefix.String() }))
 				}
 			}
 		}

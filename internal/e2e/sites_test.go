@@ -139,14 +139,7 @@ func TestThreeSitesSocatAndIperf(t *testing.T) {
 // A program on Librecast's channel API in one site receives what the same
 // program sends in another, neither naming an interface.
 func TestLibrecastChannels(t *testing.T) {
-	netlab.Require(t, "gcc")
-	bin := filepath.Join(t.TempDir(), "lcchat")
-	if out, err := exec.Command("gcc", "-Wall", "-o", bin, "testdata/lcchat.c", "-llibrecast").CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skipf("skipped: cannot build against liblibrecast-dev (apt-get install liblibrecast-dev libsodium-dev): %v\n%s", err, out)
-		}
-		t.Fatalf("building lcchat: %v\n%s", err, out)
-	}
+	bin := buildLcchat(t)
 	m := newMesh(t, 3)
 	var recvs []*netlab.Process
 	for i := 1; i < 3; i++ {
@@ -180,6 +173,21 @@ func TestLibrecastChannels(t *testing.T) {
 		}
 	}
 	t.Logf("channel group %s; site 2 printed:\n%s", group, recvs[0].Output())
+}
+
+// buildLcchat builds testdata/lcchat.c, a program on Librecast's channel
+// API, and returns its path.
+func buildLcchat(t *testing.T) string {
+	t.Helper()
+	netlab.Require(t, "gcc")
+	bin := filepath.Join(t.TempDir(), "lcchat")
+	if out, err := exec.Command("gcc", "-Wall", "-o", bin, "testdata/lcchat.c", "-llibrecast").CombinedOutput(); err != nil {
+		if os.Getenv("CI") == "" {
+			t.Skipf("skipped: cannot build against liblibrecast-dev (apt-get install liblibrecast-dev libsodium-dev): %v\n%s", err, out)
+		}
+		t.Fatalf("building lcchat: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // rxBytes returns the bytes received on eth0 of site i.
