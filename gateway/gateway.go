@@ -94,8 +94,11 @@ func Open(cfg Config) (g *Gateway, err error) {
 		}
 		g.lans = append(g.lans, l)
 	}
-	// The rules start empty (replacing what a crashed daemon left), with
-	// the counters of packets from sources foreign to each LAN.
+	// The counters of packets from sources foreign to each LAN, and the
+	// rules, start anew (replacing what a crashed daemon left).
+	if err := nft(g.counters()); err != nil {
+		return nil, err
+	}
 	if err := g.apply(); err != nil {
 		return nil, err
 	}
@@ -133,10 +136,9 @@ func (g *Gateway) Close() {
 		for _, l := range g.lans {
 			l.sock.close()
 		}
-		if g.applied != "" {
-			if out, err := exec.Command("nft", "delete", "table", "ip6", g.table).CombinedOutput(); err != nil {
-				g.cfg.Log.Warn("gateway: removing the routing rules", "table", g.table, "err", err, "nft", strings.TrimSpace(string(out)))
-			}
+		// Deleting a table that was never made is harmless.
+		if err := nft("delete table ip6 " + g.table + "\ndelete table ip6 " + g.table + "_foreign\n"); err != nil && g.applied != "" {
+			g.cfg.Log.Warn("gateway: removing the routing rules", "table", g.table, "err", err)
 		}
 		if g.mr != nil {
 			g.mr.Close()
@@ -161,30 +163,39 @@ func (g *Gateway) apply() error {
 			groups: slices.DeleteFunc(l.Groups(), func(s mld.GroupState) bool { return !g.cfg.Routable(s.Group) })}
 	}
 	lc0 := slices.DeleteFunc(g.cfg.Lc0Groups(), func(a netip.Addr) bool { return !g.cfg.Routable(a) })
-	rules := ruleset(g.table, g.cfg.Lc0, lans, lc0) + g.counters()
+	rules := ruleset(g.table, g.cfg.Lc0, lans, lc0)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if rules == g.applied {
 		return nil
 	}
-	cmd := exec.Command("nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(rules)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("nft: %v: %s", err, bytes.TrimSpace(out))
+	if err := nft(rules); err != nil {
+		return err
 	}
 	g.applied = rules
 	return nil
 }
 
+// nft runs an nftables script, in one transaction.
+func nft(script string) error {
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft: %v: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
 // counters returns the nftables script of the table that counts, per LAN,
 // the multicast packets of routable scope whose source does not lie on the
-// LAN. It stays as the routing rules change, and so do its counts.
+// LAN. It is loaded once: it stays as the routing rules change, and so do
+// its counts.
 func (g *Gateway) counters() string {
 	var b strings.Builder
 	t := g.table + "_foreign"
-	fmt.Fprintf(&b, "table ip6 %s {\n", t)
+	fmt.Fprintf(&b, "table ip6 %s\ndelete table ip6 %s\ntable ip6 %s {\n", t, t, t)
 	for _, l := range g.lans {
-		fmt.Fprintf(&b, "\tcounter %s { }\n", identifier(l.name))
+		fmt.Fprintf(&b, "\tcounter %s { }\n", counterName(l))
 	}
 	b.WriteString("\tchain prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n")
 	for _, l := range g.lans {
@@ -194,7 +205,7 @@ func (g *Gateway) counters() string {
 		}
 		// @nh,204,4 is the scope of the destination (the low 4 bits of
 		// its second byte): wider than link scope.
-		fmt.Fprintf(&b, "\t\tiifname %q%s ip6 daddr ff00::/8 @nh,204,4 > 2 counter name %q\n", l.name, match, identifier(l.name))
+		fmt.Fprintf(&b, "\t\tiifname %q%s ip6 daddr ff00::/8 @nh,204,4 > 2 counter name %q\n", l.name, match, counterName(l))
 	}
 	b.WriteString("\t}\n}\n")
 	return b.String()
@@ -202,11 +213,11 @@ func (g *Gateway) counters() string {
 
 // foreign reads the count of the LAN's packets from foreign sources.
 func (g *Gateway) foreign(l *LAN) uint64 {
-	out, err := exec.Command("nft", "list", "counter", "ip6", g.table+"_foreign", identifier(l.name)).Output()
+	out, err := exec.Command("nft", "list", "counter", "ip6", g.table+"_foreign", counterName(l)).Output()
 	if err != nil {
 		return 0
 	}
-	m := regexp.MustCompile(`packets (\d+)`).FindSubmatch(out)
+	m := packetsRE.FindSubmatch(out)
 	if m == nil {
 		return 0
 	}
@@ -214,7 +225,13 @@ func (g *Gateway) foreign(l *LAN) uint64 {
 	return n
 }
 
-// identifier turns an interface name into an nftables identifier.
+var packetsRE = regexp.MustCompile(`packets (\d+)`)
+
+// counterName is the name of the LAN's counter of foreign sources.
+func counterName(l *LAN) string { return "lan_" + identifier(l.name) }
+
+// identifier turns an interface name into the tail of an nftables
+// identifier.
 func identifier(name string) string {
 	return strings.Map(func(r rune) rune {
 		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {

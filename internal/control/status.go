@@ -34,7 +34,7 @@ type LANStatus struct {
 	IsQuerier bool     `json:"is_querier"`
 	Prefixes  []string `json:"prefixes"`
 	Groups    []Group  `json:"groups"`
-	// ForeignSources counts the flows from the LAN not routed because
+	// ForeignSources counts the LAN's multicast packets not routed because
 	// their source does not lie on it.
 	ForeignSources uint64 `json:"foreign_sources"`
 }

@@ -46,7 +46,7 @@ type Daemon struct {
 	exchange  *peer.Exchange
 	gateway   *gateway.Gateway // nil in host mode
 	changed   chan struct{}    // local memberships changed
-	relayed   chan struct{} // on a relay: a peer's subscriptions changed
+	relayed   chan struct{}    // on a relay: a peer's subscriptions changed
 
 	// peers are the configured peers, in the configuration's order (which
 	// Status follows), changed by a reload; saysRelay the peers that say,

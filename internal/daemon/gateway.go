@@ -15,12 +15,12 @@ func (d *Daemon) openGateway() (*gateway.Gateway, error) {
 	empty := map[netip.Addr]mld.GroupState{}
 	d.lc0Groups.Store(&empty)
 	g, err := gateway.Open(gateway.Config{
-		LANs:     d.cfg.LANInterfaces,
-		Lc0:      d.cfg.Interface,
+		LANs:      d.cfg.LANInterfaces,
+		Lc0:       d.cfg.Interface,
 		Routable:  d.routable,
 		Lc0Groups: d.lc0Wants,
-		OnChange: d.localChanged,
-		Log:      d.log,
+		OnChange:  d.localChanged,
+		Log:       d.log,
 	})
 	if err != nil {
 		return nil, err

@@ -9,7 +9,7 @@ import (
 
 // Snapshot reports the daemon's counts for a metrics scrape: what Status
 // reports, but counting groups instead of listing them and leaving out the
-// forwarding table.
+// forwarding table. A gateway's LANs are counted too (none in host mode).
 func (d *Daemon) Snapshot() metrics.Snapshot {
 	st := metrics.Snapshot{
 		Interface:   d.cfg.Interface,
@@ -42,6 +42,17 @@ func (d *Daemon) Snapshot() metrics.Snapshot {
 			ps.LastRx = c.LastRx()
 		}
 		st.Peers = append(st.Peers, ps)
+	}
+	if d.gateway != nil {
+		for _, l := range d.gateway.LANs() {
+			_, self := l.Querier()
+			st.LANs = append(st.LANs, metrics.LANSnapshot{
+				Interface:            l.Name(),
+				Groups:               len(l.Groups()),
+				IsQuerier:            self,
+				ForeignSourcePackets: d.gateway.ForeignSources(l),
+			})
+		}
 	}
 	return st
 }

@@ -49,6 +49,12 @@ var (
 		"Bytes of the overlay packets sent to the peer (inside the encryption).", []string{"peer"}, nil)
 	peerDrops = prometheus.NewDesc("lcast_peer_drops_total",
 		"Packets from or for the peer dropped, by reason.", []string{"peer", "reason"}, nil)
+	lanGroups = prometheus.NewDesc("lcast_lan_groups",
+		"Groups hosts on the LAN listen to (gateway mode).", []string{"interface"}, nil)
+	lanQuerier = prometheus.NewDesc("lcast_lan_querier",
+		"1 while this node is the LAN's MLD querier, else 0 (gateway mode).", []string{"interface"}, nil)
+	lanForeign = prometheus.NewDesc("lcast_lan_foreign_source_packets_total",
+		"Multicast packets of routable scope from the LAN not routed because their source does not lie on it (gateway mode).", []string{"interface"}, nil)
 )
 
 // MaxScrapesInFlight is how many scrapes are served at once; more get 503.
@@ -64,6 +70,18 @@ type Snapshot struct {
 	LocalGroups                   int
 	Drops                         map[string]uint64
 	Peers                         []PeerSnapshot
+	// LANs are a gateway's LANs; none in host mode.
+	LANs []LANSnapshot
+}
+
+// LANSnapshot is one LAN's counts, in gateway mode.
+type LANSnapshot struct {
+	Interface string
+	Groups    int  // groups its hosts listen to
+	IsQuerier bool // this node is its MLD querier
+	// ForeignSourcePackets counts its multicast packets of routable scope
+	// not routed because their source does not lie on it.
+	ForeignSourcePackets uint64
 }
 
 // PeerSnapshot is one peer's counts.
@@ -91,7 +109,8 @@ type collector struct {
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{info, localGroups, peers, drops, peerConnected, peerHandshakeAge,
-		peerLastRx, peerGroups, peerRxPackets, peerRxBytes, peerTxPackets, peerTxBytes, peerDrops} {
+		peerLastRx, peerGroups, peerRxPackets, peerRxBytes, peerTxPackets, peerTxBytes, peerDrops,
+		lanGroups, lanQuerier, lanForeign} {
 		ch <- d
 	}
 }
@@ -112,11 +131,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(drops, n, reason)
 	}
 	for _, p := range st.Peers {
-		connected := 0.0
-		if p.Connected {
-			connected = 1
-		}
-		gauge(peerConnected, connected, p.PublicKey)
+		gauge(peerConnected, one(p.Connected), p.PublicKey)
 		if !p.LastHandshake.IsZero() {
 			gauge(peerHandshakeAge, now.Sub(p.LastHandshake).Seconds(), p.PublicKey)
 		}
@@ -132,6 +147,19 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			counter(peerDrops, n, p.PublicKey, reason)
 		}
 	}
+	for _, l := range st.LANs {
+		gauge(lanGroups, float64(l.Groups), l.Interface)
+		gauge(lanQuerier, one(l.IsQuerier), l.Interface)
+		counter(lanForeign, l.ForeignSourcePackets, l.Interface)
+	}
+}
+
+// one is 1 for true, 0 for false.
+func one(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // handler returns the handler of Path: lcast's series, read from snapshot

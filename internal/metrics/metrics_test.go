@@ -26,11 +26,16 @@ func testSnapshot() Snapshot {
 				RxPackets: 10, RxBytes: 1000, TxPackets: 20, TxBytes: 2400, Groups: 1, Drops: map[string]uint64{"no_listener": 3}},
 			{PublicKey: "pubC=", Drops: map[string]uint64{"no_listener": 0}},
 		},
+		LANs: []LANSnapshot{
+			{Interface: "lan1", Groups: 3, IsQuerier: true, ForeignSourcePackets: 7},
+			{Interface: "lan2"},
+		},
 	}
 }
 
 // The series follow the status: a peer that never had a handshake has no
-// handshake age.
+// handshake age; a gateway's LANs each have their groups, whether this
+// node is their querier and their packets from foreign sources.
 func TestCollect(t *testing.T) {
 	c := collector{snapshot: testSnapshot, now: func() time.Time { return now }}
 	want := `
@@ -41,6 +46,18 @@ lcast_drops_total{reason="scope"} 0
 # HELP lcast_info This node: its interface, overlay address and public key (value 1).
 # TYPE lcast_info gauge
 lcast_info{address="fd6c:6361:7374::1",interface="lc0",public_key="pubA="} 1
+# HELP lcast_lan_foreign_source_packets_total Multicast packets of routable scope from the LAN not routed because their source does not lie on it (gateway mode).
+# TYPE lcast_lan_foreign_source_packets_total counter
+lcast_lan_foreign_source_packets_total{interface="lan1"} 7
+lcast_lan_foreign_source_packets_total{interface="lan2"} 0
+# HELP lcast_lan_groups Groups hosts on the LAN listen to (gateway mode).
+# TYPE lcast_lan_groups gauge
+lcast_lan_groups{interface="lan1"} 3
+lcast_lan_groups{interface="lan2"} 0
+# HELP lcast_lan_querier 1 while this node is the LAN's MLD querier, else 0 (gateway mode).
+# TYPE lcast_lan_querier gauge
+lcast_lan_querier{interface="lan1"} 1
+lcast_lan_querier{interface="lan2"} 0
 # HELP lcast_local_groups Groups local programs listen to on the interface.
 # TYPE lcast_local_groups gauge
 lcast_local_groups 2
@@ -92,6 +109,28 @@ lcast_peers 2
 	}
 }
 
+// In host mode (no LANs) there are no LAN series.
+func TestCollectHostMode(t *testing.T) {
+	host := func() Snapshot {
+		st := testSnapshot()
+		st.LANs = nil
+		return st
+	}
+	c := collector{snapshot: host, now: func() time.Time { return now }}
+	want := `
+# HELP lcast_peers Peers configured.
+# TYPE lcast_peers gauge
+lcast_peers 2
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "lcast_peers",
+		"lcast_lan_groups", "lcast_lan_querier", "lcast_lan_foreign_source_packets_total"); err != nil {
+		t.Fatal(err)
+	}
+	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
+		t.Fatalf("lint: %v %+v", err, problems)
+	}
+}
+
 // The server answers GET /metrics with lcast's series and the runtime's,
 // refuses other methods, and a port in use is named.
 func TestServer(t *testing.T) {
@@ -109,7 +148,7 @@ func TestServer(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`lcast_peer_tx_packets_total{peer="pubB="} 20`, "go_goroutines ", "process_resident_memory_bytes "} {
+	for _, want := range []string{`lcast_peer_tx_packets_total{peer="pubB="} 20`, `lcast_lan_querier{interface="lan1"} 1`, "go_goroutines ", "process_resident_memory_bytes "} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("GET %s: %s; no %q in:\n%s", url, resp.Status, want, body)
 		}
