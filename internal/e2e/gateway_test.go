@@ -453,3 +453,24 @@ func TestGatewayLibrecast(t *testing.T) {
 		t.Errorf("the LAN host received %d of 20 messages:\n%s", n, r.Output())
 	}
 }
+
+// A gateway needs CAP_NET_RAW besides CAP_NET_ADMIN, as lcast@.service
+// grants, and nothing else: with only those it learns its LAN's listener
+// and routes a stream onto the LAN.
+func TestGatewayCapabilities(t *testing.T) {
+	netlab.Require(t, "setpriv")
+	m := newMeshWithLANs(t, 2, map[int][]lanSpec{0: {{lan1Prefix, 1}}})
+	m.nodes[0].upUnder("setpriv", "--bounding-set=-all,+net_admin,+net_raw", "--inh-caps=-all", "--")
+	m.nodes[1].up()
+	l := m.lans[0][0]
+	recv := startHelper(t, l.Hosts[0], "recv", "ff1e::801", "eth0", "1s")
+	m.waitSubscribed(t, 1, 0, "ff1e::801", true, 10*time.Second)
+	stream(t, m.sites[1].Namespace, "ff1e::801", 500, 500, netip.Addr{})
+	waitExit(t, recv, 10*time.Second, "receiver")
+	if r := parseReceived(t, recv.Output()); r.unique != 500 || r.dups != 0 {
+		t.Errorf("the LAN host received %+v of 500", r)
+	}
+	if out := m.nodes[0].daemon.Output(); strings.Contains(out, "level=WARN") || strings.Contains(out, "level=ERROR") {
+		t.Errorf("with only these capabilities the gateway complained:\n%s", out)
+	}
+}
