@@ -61,7 +61,7 @@ demo: deps build ## as root: run lcast in network namespaces with real programs
 
 bench: deps ## as root: micro-benchmarks, then lcast side by side with unicast, VXLAN and tinc (results in bench-results/)
 	$(GO) test -run '^$$' -bench . -benchmem ./mld ./router
-	$(GO) test -run '^$$' -bench 'SideBySide|RelayFanOut' -benchtime 1x -timeout 60m ./internal/e2e -args -bench.out=$(CURDIR)/bench-results
+	$(GO) test -run '^$$' -bench 'SideBySide|RelayFanOut|Gateway' -benchtime 1x -timeout 60m ./internal/e2e -args -bench.out=$(CURDIR)/bench-results
 
 # What install puts where, below $(DESTDIR): source, mode, destination.
 INSTALLED = \

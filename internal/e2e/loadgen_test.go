@@ -56,6 +56,7 @@ func blastHelper(args []string) int {
 	dur := fs.Duration("dur", 3*time.Second, "how long to send")
 	size := fs.Int("size", 1200, "UDP payload bytes")
 	junk := fs.Bool("junk", false, "send random WireGuard-shaped datagrams")
+	hops := fs.Int("hops", 0, "multicast hop limit (0: the kernel's default, 1)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -72,6 +73,11 @@ func blastHelper(args []string) int {
 		return helperFail(err)
 	}
 	p := ipv6.NewPacketConn(c)
+	if *hops > 0 {
+		if err := p.SetMulticastHopLimit(*hops); err != nil {
+			return helperFail(err)
+		}
+	}
 	if z := dsts[0].Zone; z != "" && dsts[0].IP.IsMulticast() {
 		ifi, err := net.InterfaceByName(z)
 		if err != nil {
@@ -286,8 +292,8 @@ func joinLatencyHelper(args []string) int {
 	return helperJSON(took)
 }
 
-// leaveLatencyHelper: "leavelat -group G%IFACE -underlay IFACE [-port P]
-// [-n N]": N times, joins G, waits for its datagrams, leaves, and watches
+// leaveLatencyHelper: "leavelat -group G%IFACE -underlay IFACE [-port P
+// [-dst]] [-n N]": N times, joins G, waits for its datagrams, leaves, and watches
 // the site's underlay interface for the time the last data packet (UDP
 // from port P, lcast's, of more than 1000 bytes) arrives after the leave:
 // how long the network kept sending to this site. Prints the times in
@@ -297,6 +303,7 @@ func leaveLatencyHelper(args []string) int {
 	group := fs.String("group", "", "multicast group and zone")
 	underlay := fs.String("underlay", "eth0", "the site's underlay interface")
 	port := fs.Int("port", listenPort, "the UDP source port of the data packets")
+	dst := fs.Bool("dst", false, "-port is the data packets' destination port (a LAN host watching the group's own datagrams)")
 	n := fs.Int("n", 10, "leaves")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -323,7 +330,7 @@ func leaveLatencyHelper(args []string) int {
 		}
 		left := time.Now()
 		p.Close()
-		last := lastDataPacket(watch, uint16(*port), left.Add(time.Second))
+		last := lastDataPacket(watch, uint16(*port), *dst, left.Add(time.Second))
 		syscall.Close(watch)
 		took = append(took, float64(max(last.Sub(left), 0).Microseconds()))
 	}
@@ -363,10 +370,15 @@ func packetSocket(ifindex int) (int, *syscall.SockaddrLinklayer, error) {
 }
 
 // lastDataPacket reads fd until deadline and returns when the last
-// incoming UDP packet from port of more than 1000 bytes arrived (zero if
-// none). Other large UDP packets, such as tinc's path MTU probes in the
-// side-by-side benchmark, are not the data packets the leave should stop.
-func lastDataPacket(fd int, port uint16, deadline time.Time) time.Time {
+// incoming UDP packet from port (to port, with dst) of more than 1000 bytes
+// arrived (zero if none). Other large UDP packets, such as tinc's path MTU
+// probes in the side-by-side benchmark, are not the data packets the leave
+// should stop.
+func lastDataPacket(fd int, port uint16, dst bool, deadline time.Time) time.Time {
+	off := 40 // the UDP source port, after the IPv6 header
+	if dst {
+		off = 42
+	}
 	var last time.Time
 	buf := make([]byte, 2048)
 	for time.Now().Before(deadline) {
@@ -378,7 +390,7 @@ func lastDataPacket(fd int, port uint16, deadline time.Time) time.Time {
 		if !ok || ll.Pkttype == syscall.PACKET_OUTGOING {
 			continue
 		}
-		if n > 1000 && buf[6] == syscall.IPPROTO_UDP && binary.BigEndian.Uint16(buf[40:42]) == port {
+		if n > 1000 && buf[6] == syscall.IPPROTO_UDP && binary.BigEndian.Uint16(buf[off:off+2]) == port {
 			last = time.Now()
 		}
 	}
