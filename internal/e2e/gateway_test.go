@@ -132,6 +132,15 @@ func TestGatewayLANToLAN(t *testing.T) {
 	if got := fromAfar(); got != 0 {
 		t.Errorf("lan2, with no listener of ff1e::102, carried %d datagrams from other sites", got)
 	}
+	// A datagram sent with hop limit 1 stays on its LAN, listeners
+	// elsewhere or not.
+	startHelper(t, l2.Hosts[0], "join", "ff1e::103", "eth0")
+	m.waitSubscribed(t, 0, 1, "ff1e::103", true, 10*time.Second)
+	waitExit(t, l1.Hosts[0].Start("env", helperEnv+"=send", lcastTestBinary(), "ff1e::103", "100", "500", "200", "", "1"), 10*time.Second, "sender with hop limit 1")
+	time.Sleep(500 * time.Millisecond) // what was carried has arrived
+	if got := fromAfar(); got != 0 {
+		t.Errorf("%d datagrams sent with hop limit 1 left their LAN", got)
+	}
 	t.Logf("site 1:\n%s", m.sites[0].Run(lcastBin, "status", "-c", m.nodes[0].cfg))
 }
 
