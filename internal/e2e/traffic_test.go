@@ -25,7 +25,11 @@ func recvHelper(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	c, err := listenGroup(ifi, args[0], args[3:])
+	source := ""
+	if len(args) > 3 {
+		source = args[3]
+	}
+	c, err := listenGroup(ifi, args[0], source)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -88,10 +92,10 @@ func recvHelper(args []string) int {
 	return 0
 }
 
-// listenGroup joins group on ifi at port 4242: any source, or with
-// source (its first element, if any) only.
-func listenGroup(ifi *net.Interface, group string, source []string) (*net.UDPConn, error) {
-	if len(source) == 0 || source[0] == "" {
+// listenGroup joins group on ifi at port 4242: from any source, or from
+// source only if it is not empty.
+func listenGroup(ifi *net.Interface, group, source string) (*net.UDPConn, error) {
+	if source == "" {
 		return net.ListenMulticastUDP("udp6", ifi, &net.UDPAddr{IP: net.ParseIP(group), Port: 4242})
 	}
 	pc, err := net.ListenPacket("udp6", "[::]:4242")
@@ -99,7 +103,7 @@ func listenGroup(ifi *net.Interface, group string, source []string) (*net.UDPCon
 		return nil, err
 	}
 	c := pc.(*net.UDPConn)
-	if err := ipv6.NewPacketConn(c).JoinSourceSpecificGroup(ifi, &net.UDPAddr{IP: net.ParseIP(group)}, &net.UDPAddr{IP: net.ParseIP(source[0])}); err != nil {
+	if err := ipv6.NewPacketConn(c).JoinSourceSpecificGroup(ifi, &net.UDPAddr{IP: net.ParseIP(group)}, &net.UDPAddr{IP: net.ParseIP(source)}); err != nil {
 		c.Close()
 		return nil, err
 	}
