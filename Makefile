@@ -76,7 +76,7 @@ install: build ## install lcast, its systemd unit, man pages, bash completion an
 	@set -- $(INSTALLED); while [ $$# -gt 0 ]; do \
 	  echo "install $$1 -> $(DESTDIR)$$3"; install -D -m $$2 $$1 $(DESTDIR)$$3 || exit 1; shift 3; \
 	done
-	sed -i 's|^ExecStart=/usr/bin/lcast|ExecStart=$(BINDIR)/lcast|' $(DESTDIR)$(UNITDIR)/lcast@.service
+	sed -i 's|^\(Exec[A-Za-z]*\)=/usr/bin/lcast|\1=$(BINDIR)/lcast|' $(DESTDIR)$(UNITDIR)/lcast@.service
 	install -d -m 0700 $(DESTDIR)$(SYSCONFDIR)/lcast
 
 uninstall: ## remove what install installed (not /etc/lcast)

@@ -22,10 +22,10 @@ want
 $want"
 [ "$(stat -c %a "$tmp/root/etc/lcast")" = 700 ] || fail "/etc/lcast is not mode 0700"
 
-# The unit as an instance, its ExecStart pointing at the installed binary,
+# The unit as an instance, its ExecStart and ExecReload pointing at the installed binary,
 # its Documentation= at the installed man pages. Any complaint fails.
 unit="$tmp/lcast@lc0.service"
-sed "s|^ExecStart=/usr/bin/lcast|ExecStart=$tmp/root/usr/bin/lcast|" "$tmp/root/usr/lib/systemd/system/lcast@.service" >"$unit"
+sed "s|^\(Exec[A-Za-z]*\)=/usr/bin/lcast|\1=$tmp/root/usr/bin/lcast|" "$tmp/root/usr/lib/systemd/system/lcast@.service" >"$unit"
 out=$(MANPATH="$tmp/root/usr/share/man" systemd-analyze verify "$unit" 2>&1) || fail "systemd-analyze verify: $out"
 [ -z "$out" ] || fail "systemd-analyze verify: $out"
 echo "check-deploy: systemd-analyze verify lcast@.service: ok"

@@ -76,6 +76,15 @@ func newApp() *cli.App {
 				Action: up,
 			},
 			{
+				Name:  "reload",
+				Usage: "make the running daemon read its configuration again, as SIGHUP does",
+				Description: "Asks the daemon through the configuration's control_socket (root only) to read\n" +
+					"its configuration again and apply its [[peer]] tables; prints what changed, or\n" +
+					"fails with the reason the daemon refused it (an invalid file changes nothing).",
+				Flags:  []cli.Flag{configFlag},
+				Action: reload,
+			},
+			{
 				Name:        "status",
 				Usage:       "show the running daemon's interface, peers and groups",
 				Description: "Asks the daemon through the configuration's control_socket (root only).",
@@ -138,7 +147,8 @@ func up(c *cli.Context) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return daemon.Run(ctx, cfg, log, reloads(ctx, c.String("config"), log))
+	path := c.String("config")
+	return daemon.Run(ctx, cfg, log, reloads(ctx, path, log), func() (*config.Config, error) { return config.Load(path) })
 }
 
 // reloads reads the configuration file again on each SIGHUP, until ctx is
@@ -168,6 +178,24 @@ func reloads(ctx context.Context, path string, log *slog.Logger) <-chan *config.
 		}
 	}()
 	return out
+}
+
+// reload asks the daemon to apply its configuration again; it finds the
+// control socket as status does.
+func reload(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	sock, err := config.ControlSocket(c.String("config"))
+	if err != nil {
+		return err
+	}
+	msg, err := control.Reload(c.Context, sock)
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	fmt.Fprintln(c.App.Writer, msg)
+	return nil
 }
 
 // status asks the daemon; it finds the control socket in the

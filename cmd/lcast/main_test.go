@@ -76,7 +76,7 @@ func TestBashCompletion(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	for line, want := range map[string]string{
-		"lcast ":          "genkey pubkey up status",
+		"lcast ":          "genkey pubkey up reload status",
 		"lcast st":        "status",
 		"lcast status --": "--config --json --help",
 		"lcast up --d":    "--debug",

@@ -25,6 +25,10 @@ import (
 // StatusPath is the API path of the daemon's status.
 const StatusPath = "/v1/status"
 
+// ReloadPath is where a POST makes the daemon read its configuration again
+// (lcast reload).
+const ReloadPath = "/v1/reload"
+
 // ErrNoDaemon means nothing listens on the control socket.
 var ErrNoDaemon = errors.New("no lcast daemon is listening there (is `lcast up` running in this network namespace?)")
 
@@ -80,10 +84,16 @@ func listen(path string) (net.Listener, error) {
 // StatusFunc returns the daemon's current status.
 type StatusFunc func() Status
 
+// ReloadFunc reads the configuration again and applies it, as SIGHUP
+// does, and says what changed; it returns an error, and changes nothing,
+// if the configuration is invalid or cannot be applied.
+type ReloadFunc func(ctx context.Context) (string, error)
+
 // NewServer returns an HTTP server for the control API, to serve a listener
-// from Listen (which lets only root's connections through). Unknown paths
-// get 404; methods other than GET 405.
-func NewServer(status StatusFunc, log *slog.Logger) *http.Server {
+// from Listen (which lets only root's connections through): GET StatusPath
+// and the profiler, and POST ReloadPath (if reload is not nil). Unknown
+// paths get 404; other methods 405.
+func NewServer(status StatusFunc, reload ReloadFunc, log *slog.Logger) *http.Server {
 	mux := http.NewServeMux()
 	// Go's profiler, for operators chasing where the time goes:
 	// curl --unix-socket SOCKET http://lcast/debug/pprof/profile?seconds=10
@@ -95,6 +105,17 @@ func NewServer(status StatusFunc, log *slog.Logger) *http.Server {
 			log.Debug("writing status", "err", err)
 		}
 	})
+	if reload != nil {
+		mux.HandleFunc("POST "+ReloadPath, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			msg, err := reload(r.Context())
+			if err != nil {
+				w.WriteHeader(http.StatusUnprocessableEntity)
+				msg = err.Error()
+			}
+			fmt.Fprintln(w, msg)
+		})
+	}
 	return &http.Server{
 		Handler:           limitBody(mux),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -148,7 +169,29 @@ func GetStatus(ctx context.Context, path string) (*Status, error) {
 }
 
 func getStatus(ctx context.Context, path string, client *http.Client) (*Status, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://lcast"+StatusPath, nil)
+	body, err := call(ctx, path, client, http.MethodGet, StatusPath)
+	if err != nil {
+		return nil, err
+	}
+	var st Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return nil, fmt.Errorf("control socket %s: bad answer: %w", path, err)
+	}
+	return &st, nil
+}
+
+// Reload asks the daemon listening on the control socket at path to read
+// its configuration again and apply it, and returns what it says changed.
+// The error of a configuration the daemon refused says why.
+func Reload(ctx context.Context, path string) (string, error) {
+	body, err := call(ctx, path, client(path, peerUID), http.MethodPost, ReloadPath)
+	return strings.TrimSpace(string(body)), err
+}
+
+// call makes one request of the control API and returns the body of a 200
+// answer; other answers are errors that carry their body.
+func call(ctx context.Context, path string, client *http.Client, method, urlPath string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://lcast"+urlPath, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -175,12 +218,11 @@ func getStatus(ctx context.Context, path string, client *http.Client) (*Status, 
 	if err != nil {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("control socket %s: %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return body, nil
+	case http.StatusUnprocessableEntity:
+		return nil, errors.New(strings.TrimSpace(string(body)))
 	}
-	var st Status
-	if err := json.Unmarshal(body, &st); err != nil {
-		return nil, fmt.Errorf("control socket %s: bad answer: %w", path, err)
-	}
-	return &st, nil
+	return nil, fmt.Errorf("control socket %s: %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,8 +24,15 @@ func serve(t *testing.T, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var reloads atomic.Int32
 	srv := NewServer(func() Status {
 		return Status{Interface: "lc0", LocalGroups: []Group{{Group: "ff1e::1", Mode: "exclude", Sources: []string{}}}}
+	}, func(context.Context) (string, error) {
+		// Every other reload finds the configuration invalid.
+		if reloads.Add(1)%2 == 0 {
+			return "", errors.New("lcast.toml:3: listen_prot: unknown key")
+		}
+		return "reloaded: 2 peers, 1 added, 0 removed", nil
 	}, slog.New(slog.DiscardHandler))
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
@@ -32,6 +40,27 @@ func serve(t *testing.T, path string) {
 
 func abstractName(t *testing.T) string {
 	return fmt.Sprintf("@lcast-test/%s/%d", t.Name(), time.Now().UnixNano())
+}
+
+// lcast reload gets what the daemon says of the reload, and its refusal
+// as an error with the daemon's reason; a GET does not reload.
+func TestReloadRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lcast.sock")
+	serve(t, path)
+	if msg, err := Reload(context.Background(), path); err != nil || msg != "reloaded: 2 peers, 1 added, 0 removed" {
+		t.Fatalf("Reload = %q, %v", msg, err)
+	}
+	if msg, err := Reload(context.Background(), path); err == nil || err.Error() != "lcast.toml:3: listen_prot: unknown key" {
+		t.Fatalf("Reload of an invalid configuration = %q, %v", msg, err)
+	}
+	resp, err := Client(path).Get("http://lcast" + ReloadPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("GET %s: %s, want 405", ReloadPath, resp.Status)
+	}
 }
 
 func TestStatusRoundTrip(t *testing.T) {

@@ -32,7 +32,7 @@ func serveGuarded(t *testing.T, path string, uidOf uidFunc, maxConns int) *atomi
 		t.Fatal(err)
 	}
 	var asked atomic.Int64
-	srv := NewServer(func() Status { asked.Add(1); return Status{Interface: "lc0"} }, slog.New(slog.DiscardHandler))
+	srv := NewServer(func() Status { asked.Add(1); return Status{Interface: "lc0"} }, nil, slog.New(slog.DiscardHandler))
 	go srv.Serve(newGuard(ln, uidOf, maxConns))
 	t.Cleanup(func() { srv.Close() })
 	return &asked

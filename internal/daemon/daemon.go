@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,8 +46,13 @@ type Daemon struct {
 	transport *peer.Transport
 	exchange  *peer.Exchange
 	gateway   *gateway.Gateway // nil in host mode
-	changed   chan struct{}    // local memberships changed
-	relayed   chan struct{}    // on a relay: a peer's subscriptions changed
+	// load reads the configuration file again; reloads takes the control
+	// API's requests to apply it (lcast reload), until served is closed.
+	load    func() (*config.Config, error)
+	reloads chan reloadRequest
+	served  chan struct{}
+	changed chan struct{} // local memberships changed
+	relayed chan struct{} // on a relay: a peer's subscriptions changed
 
 	// peers are the configured peers, in the configuration's order (which
 	// Status follows), changed by a reload; saysRelay the peers that say,
@@ -69,11 +75,15 @@ type Daemon struct {
 // Run brings lcast up and serves until ctx is done, then removes lc0 and its
 // routes. It returns an error if start-up fails (leaving nothing behind) or
 // if lc0 fails under it. Each configuration received from reload is
-// applied (see Daemon.reload). Under systemd (Type=notify), Run tells the
+// applied (see Daemon.reload), and so is the configuration load returns
+// when the control API asks (lcast reload). Under systemd (Type=notify), Run tells the
 // service manager when it is ready, reloading and stopping.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-chan *config.Config) (err error) {
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-chan *config.Config, load func() (*config.Config, error)) (err error) {
 	d := &Daemon{
 		cfg:     cfg,
+		load:    load,
+		reloads: make(chan reloadRequest),
+		served:  make(chan struct{}),
 		scope:   router.ScopePolicy{LinkLocal: cfg.ForwardLinkScope},
 		log:     log,
 		addr:    peer.OverlayAddr(cfg.Key.PublicKey()),
@@ -178,7 +188,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	wg.Go(func() { d.exchange.Run(ctx) })
 	wg.Go(func() { d.announce(ctx) })
 	wg.Go(func() { d.reresolve(ctx) })
-	srv := control.NewServer(d.Status, log)
+	srv := control.NewServer(d.Status, d.reloadRequest, log)
 	wg.Go(func() {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			log.Error("control API stopped", "err", err)
@@ -209,8 +219,14 @@ serve:
 			notify(log, sdnotify.SdNotifyReloading)
 			d.reload(ctx, next)
 			notify(log, sdnotify.SdNotifyReady)
+		case req := <-d.reloads:
+			notify(log, sdnotify.SdNotifyReloading)
+			msg, err := d.reload(ctx, req.cfg)
+			notify(log, sdnotify.SdNotifyReady)
+			req.done <- reloadResult{msg, err}
 		}
 	}
+	close(d.served)
 	notify(log, sdnotify.SdNotifyStopping)
 	// Shutdown order: stop answering, stop querying and announcing, remove
 	// lc0 (which ends the bridge's lc0 reader and the transport's reads),
@@ -320,26 +336,58 @@ func (d *Daemon) reresolve(ctx context.Context) {
 	}
 }
 
+// reloadRequest is a control API request to apply cfg, answered on done.
+type reloadRequest struct {
+	cfg  *config.Config
+	done chan<- reloadResult
+}
+
+type reloadResult struct {
+	msg string
+	err error
+}
+
+// reloadRequest is the control API's ReloadFunc: it reads the
+// configuration again and has the serving loop apply it, as on SIGHUP, and
+// says what changed.
+func (d *Daemon) reloadRequest(ctx context.Context) (string, error) {
+	next, err := d.load()
+	if err != nil {
+		d.log.Error("reload: configuration not applied", "err", err)
+		return "", err
+	}
+	done := make(chan reloadResult, 1)
+	select {
+	case d.reloads <- reloadRequest{next, done}:
+	case <-d.served:
+		return "", errors.New("lcast is stopping")
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	r := <-done
+	return r.msg, r.err
+}
+
 // reload applies next's [[peer]] tables: peers no longer listed are
 // removed, new ones added, changed endpoints, relay trust and LAN prefixes
-// updated; the
-// sessions and
-// subscriptions of the others carry on, and so does their traffic. Other
-// changed keys are logged as needing a restart. If next cannot be applied
-// (an endpoint does not resolve), nothing changes.
-func (d *Daemon) reload(ctx context.Context, next *config.Config) {
-	if keys := d.cfg.NeedRestart(next); len(keys) > 0 {
-		d.log.Warn("reload: changes to these keys take effect at the next start", "keys", keys)
+// updated; the sessions and subscriptions of the others carry on, and so
+// does their traffic. Other changed keys are logged as needing a restart.
+// If next cannot be applied (an endpoint does not resolve), nothing
+// changes. It returns what changed, or why nothing did.
+func (d *Daemon) reload(ctx context.Context, next *config.Config) (string, error) {
+	restart := d.cfg.NeedRestart(next)
+	if len(restart) > 0 {
+		d.log.Warn("reload: changes to these keys take effect at the next start", "keys", restart)
 	}
 	peers, addrs, err := resolvePeers(ctx, next.Peers)
 	if err != nil {
 		d.log.Error("reload: peers unchanged", "err", err)
-		return
+		return "", fmt.Errorf("peers unchanged: %w", err)
 	}
 	added, removed, err := d.transport.SetPeers(peers)
 	if err != nil {
 		d.log.Error("reload: peers unchanged", "err", err)
-		return
+		return "", fmt.Errorf("peers unchanged: %w", err)
 	}
 	d.router.SetPeers(addrs, trustedRelays(next.Peers))
 	d.router.SetLANPrefixes(lanPrefixes(next.Peers))
@@ -349,6 +397,11 @@ func (d *Daemon) reload(ctx context.Context, next *config.Config) {
 	maps.DeleteFunc(d.saysRelay, func(a netip.Addr, _ bool) bool { return !slices.Contains(addrs, a) })
 	d.peersMu.Unlock()
 	d.log.Info("reloaded", "peers", len(addrs), "added", added, "removed", removed)
+	msg := fmt.Sprintf("reloaded: %d peers, %d added, %d removed", len(addrs), added, removed)
+	if len(restart) > 0 {
+		msg += fmt.Sprintf("; changes to %s take effect at the next start", strings.Join(restart, ", "))
+	}
+	return msg, nil
 }
 
 // notify tells systemd about the daemon's state, when it runs under

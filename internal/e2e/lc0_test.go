@@ -322,6 +322,19 @@ func TestSystemdNotify(t *testing.T) {
 	if n.status(t).Interface != "lc0" {
 		t.Fatal("lcast did not carry on after refusing a configuration")
 	}
+	// lcast reload (systemctl reload) gets the same refusal, as its error,
+	// and then applies the repaired file, saying what changed.
+	if out, err := ns.Command(lcastBin, "reload", "-c", n.cfg).CombinedOutput(); err == nil || !strings.Contains(string(out), "listen_prot: unknown key") {
+		t.Fatalf("lcast reload of a broken configuration: %v\n%s", err, out)
+	}
+	if err := os.WriteFile(n.cfg, doc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ns.Command(lcastBin, "reload", "-c", n.cfg).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "reloaded: 0 peers, 0 added, 0 removed" {
+		t.Fatalf("lcast reload: %v\n%s", err, out)
+	}
+	next("RELOADING=1")
+	next("READY=1")
 	n.stop(syscall.SIGTERM)
 	next("STOPPING=1")
 }
