@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,8 +39,12 @@ func relayHelper(args []string) int {
 			// A pause of this (race-built) program must delay what it
 			// carries, not drop it beyond the loss asked for: room for
 			// seconds of a 1000/s stream.
-			c.SetReadBuffer(8 << 20)
-			c.SetWriteBuffer(8 << 20)
+			if rc, err := c.SyscallConn(); err == nil {
+				rc.Control(func(fd uintptr) {
+					syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, 8<<20)
+					syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUFFORCE, 8<<20)
+				})
+			}
 		}
 		return c, err
 	}
