@@ -457,3 +457,37 @@ func TestStatesSentInTurn(t *testing.T) {
 		t.Fatal("no state applied")
 	}
 }
+
+// On a lossy path a ping and a hello are lost together now and then: a
+// peer heard from 1.1 s ago whose ping just went overdue is not repaired
+// until its fast pings had lossyGrace to come back; one silent for longer
+// (a partition) or never heard from is repaired as soon as its ping is
+// overdue.
+func TestRepairWaitsOnLossyPath(t *testing.T) {
+	start := time.Now()
+	x := &Exchange{self: addrA, started: start}
+	for _, c := range []struct {
+		name   string
+		silent time.Duration // since the peer was last heard from; 0: never
+		over   time.Duration // how long the ping has been overdue
+		repair bool
+	}{
+		{"lossy, just overdue", 1100 * time.Millisecond, 50 * time.Millisecond, false},
+		{"lossy, past the grace", 1100 * time.Millisecond, lossyGrace + 50*time.Millisecond, true},
+		{"partitioned", 3 * time.Second, 50 * time.Millisecond, true},
+		{"never heard", 0, 50 * time.Millisecond, true},
+		{"heard within a second", 900 * time.Millisecond, lossyGrace + 50*time.Millisecond, false},
+	} {
+		now := start.Add(10 * time.Second)
+		r := &remote{}
+		if c.silent > 0 {
+			r.lastHeard = now.Add(-c.silent)
+		}
+		// The oldest unanswered ping went out rto+over ago (floorRTT 0:
+		// rto is minRTO).
+		r.unacked = stampOf(x.since(now) - minRTO - c.over)
+		if got := x.repairDue(addrB, r, now); got != c.repair {
+			t.Errorf("%s: repair %v, want %v", c.name, got, c.repair)
+		}
+	}
+}

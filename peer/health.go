@@ -21,7 +21,10 @@ import (
 // longer, so that dead peers cost little. The node with the higher
 // address retries at most every higherRepairMax. A peer heard from within
 // silentBeforeRepair is not repaired, unless already repaired: its
-// session works, and only pongs were lost. At a simultaneous start or a
+// session works, and only pongs were lost; one heard from within twice
+// that gets lossyGrace more for its fast pings to come back (on a lossy
+// path, a lost ping and a lost hello are common, and a repair costs the
+// session's keys). At a simultaneous start or a
 // healed partition both sides notice together; the node with the higher
 // overlay address waits repairLag longer, so that their handshakes do not
 // cross again.
@@ -47,6 +50,10 @@ const (
 	// silentBeforeRepair is how long a peer must have sent nothing before
 	// its session is repaired.
 	silentBeforeRepair = time.Second
+	// lossyGrace is how much longer a ping may go unanswered, for a peer
+	// heard from within twice silentBeforeRepair, before its session is
+	// repaired: three fast hellos' worth (see repairDue).
+	lossyGrace = 3 * fastHello
 	// minPongGap limits the pongs to one peer.
 	minPongGap = 10 * time.Millisecond
 	// ConnectedWithin is how recently a peer must have been heard from,
@@ -177,6 +184,14 @@ func (x *Exchange) repairDue(addr netip.Addr, r *remote, now time.Time) bool {
 	// Once repaired, though, its keys are gone: it is repaired again until
 	// it answers.
 	heard := now.Sub(last) < silentBeforeRepair && r.repairWait == 0
+	// A peer heard from just before that (within twice as long) most
+	// likely lost one ping and one hello: the fast pings sent since the
+	// ping went overdue get lossyGrace to come back before the session,
+	// which works, loses its keys. (A peer never heard from, or silent
+	// for longer, as after a partition, is repaired at once.)
+	if now.Sub(last) < 2*silentBeforeRepair && r.repairWait == 0 {
+		lag += lossyGrace
+	}
 	if !r.overdue(x.since(now), lag) || heard || now.Before(r.nextRepair) {
 		return false
 	}

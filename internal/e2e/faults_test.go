@@ -92,6 +92,8 @@ func TestLossAndDelay(t *testing.T) {
 	n1 := newNodeWithKey(t, s1.Namespace, k1, fmt.Sprintf("[[peer]]\npublic_key = %q\nendpoint = %q\n", k2.PublicKey(), face1))
 	n2 := newNodeWithKey(t, s2.Namespace, k2, fmt.Sprintf("[[peer]]\npublic_key = %q\nendpoint = %q\n", k1.PublicKey(), face2))
 	m := &mesh{inet: inet, sites: []*netlab.Site{s1, s2}, nodes: []*node{n1, n2}}
+	// Debug logs: a failure shows the sessions' repairs, if any.
+	n1.flags, n2.flags = []string{"--debug"}, []string{"--debug"}
 	n1.up()
 	n2.up()
 	// A lost handshake is retried after 5 s.
@@ -164,6 +166,8 @@ func TestNATRemaps(t *testing.T) {
 	n1 := newNodeWithKey(t, s1.Namespace, k1, fmt.Sprintf("[[peer]]\npublic_key = %q\n", k2.PublicKey()))
 	n2 := newNodeWithKey(t, s2.Namespace, k2, fmt.Sprintf("[[peer]]\npublic_key = %q\nendpoint = \"[2001:db8:2::1]:51900\"\n", k1.PublicKey()))
 	m := &mesh{inet: inet, sites: []*netlab.Site{s1, s2}, nodes: []*node{n1, n2}}
+	// Debug logs: a failure shows the sessions' repairs, if any.
+	n1.flags, n2.flags = []string{"--debug"}, []string{"--debug"}
 	n1.up()
 	n2.up()
 	// The test measures the recovery from a remapping: it starts from a
