@@ -131,6 +131,11 @@ func soakDuration(t *testing.T) time.Duration {
 func TestSoak(t *testing.T) {
 	dur := soakDuration(t)
 	m := newMesh(t, 3)
+	// The soak measures joins and leaves in the steady state; how soon
+	// after a start data flows is TestColdStart's (a period of 200 ms in
+	// the first half second, before the race-built daemons' sessions are
+	// up, got nothing once).
+	m.waitConnected(t)
 	const group = "ff1e::e"
 	startHelperUntil(t, m.sites[0].Namespace, "", "blast", "-to", group+"%lc0", "-rate", "1000", "-dur", (dur + 5*time.Second).String())
 	var churn []*netlab.Process
