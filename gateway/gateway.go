@@ -119,25 +119,27 @@ func (g *Gateway) Run(ctx context.Context) {
 			if err := g.apply(); err != nil {
 				g.cfg.Log.Error("gateway: updating the routing rules", "err", err)
 			}
-			continue
 		case <-ctx.Done():
+			g.Close()
+			wg.Wait()
+			return
 		}
-		break
 	}
-	g.Close()
-	wg.Wait()
 }
 
 // Close removes the rules and releases the LANs' sockets and multicast
-// routing;
-// reads blocked on the sockets return.
+// routing; reads blocked on the sockets return.
 func (g *Gateway) Close() {
 	g.closeOnce.Do(func() {
 		for _, l := range g.lans {
 			l.sock.close()
 		}
-		// Deleting a table that was never made is harmless.
-		if err := nft("delete table ip6 " + g.table + "\ndelete table ip6 " + g.table + "_foreign\n"); err != nil && g.applied != "" {
+		// Either table may never have been made (start-up failed half
+		// way): dropTable deletes each all the same.
+		var del strings.Builder
+		dropTable(&del, g.table)
+		dropTable(&del, g.table+"_foreign")
+		if err := nft(del.String()); err != nil {
 			g.cfg.Log.Warn("gateway: removing the routing rules", "table", g.table, "err", err)
 		}
 		if g.mr != nil {
@@ -159,8 +161,7 @@ func (g *Gateway) Update() {
 func (g *Gateway) apply() error {
 	lans := make([]lanState, len(g.lans))
 	for i, l := range g.lans {
-		lans[i] = lanState{name: l.name, prefixes: l.prefixes,
-			groups: slices.DeleteFunc(l.Groups(), func(s mld.GroupState) bool { return !g.cfg.Routable(s.Group) })}
+		lans[i] = lanState{name: l.name, prefixes: l.prefixes, groups: g.routableGroups(l)}
 	}
 	lc0 := slices.DeleteFunc(g.cfg.Lc0Groups(), func(a netip.Addr) bool { return !g.cfg.Routable(a) })
 	rules := ruleset(g.table, g.cfg.Lc0, lans, lc0)
@@ -193,7 +194,8 @@ func nft(script string) error {
 func (g *Gateway) counters() string {
 	var b strings.Builder
 	t := g.table + "_foreign"
-	fmt.Fprintf(&b, "table ip6 %s\ndelete table ip6 %s\ntable ip6 %s {\n", t, t, t)
+	dropTable(&b, t)
+	fmt.Fprintf(&b, "table ip6 %s {\n", t)
 	for _, l := range g.lans {
 		fmt.Fprintf(&b, "\tcounter %s { }\n", counterName(l))
 	}
@@ -211,8 +213,10 @@ func (g *Gateway) counters() string {
 	return b.String()
 }
 
-// foreign reads the count of the LAN's packets from foreign sources.
-func (g *Gateway) foreign(l *LAN) uint64 {
+// ForeignSources counts the LAN's multicast packets of routable scope that
+// were not routed because their source does not lie on the LAN (0 if the
+// count cannot be read).
+func (g *Gateway) ForeignSources(l *LAN) uint64 {
 	out, err := exec.Command("nft", "list", "counter", "ip6", g.table+"_foreign", counterName(l)).Output()
 	if err != nil {
 		return 0
@@ -254,24 +258,17 @@ func (g *Gateway) lanChanged() {
 // the union of the LANs' source filters, sorted by group: what the LANs add
 // to this node's subscriptions.
 func (g *Gateway) Groups() []mld.GroupState {
-	byGroup := map[netip.Addr]mld.GroupState{}
+	var out []mld.GroupState
 	for _, l := range g.lans {
-		for _, s := range l.Groups() {
-			if !g.cfg.Routable(s.Group) {
-				continue
-			}
-			if u, ok := byGroup[s.Group]; ok {
-				s = mld.Union(u, s)
-			}
-			byGroup[s.Group] = s
-		}
+		out = mld.UnionGroups(out, g.routableGroups(l))
 	}
-	out := make([]mld.GroupState, 0, len(byGroup))
-	for _, s := range byGroup {
-		out = append(out, s)
-	}
-	slices.SortFunc(out, func(a, b mld.GroupState) int { return a.Group.Compare(b.Group) })
 	return out
+}
+
+// routableGroups returns the groups with listeners on the LAN that are
+// routed between links, sorted by group.
+func (g *Gateway) routableGroups(l *LAN) []mld.GroupState {
+	return slices.DeleteFunc(l.Groups(), func(s mld.GroupState) bool { return !g.cfg.Routable(s.Group) })
 }
 
 // Prefixes returns the prefixes of every LAN: the sources of the packets
@@ -286,7 +283,3 @@ func (g *Gateway) Prefixes() []netip.Prefix {
 
 // LANs returns the LANs, in the configuration's order.
 func (g *Gateway) LANs() []*LAN { return g.lans }
-
-// ForeignSources counts the LAN's multicast packets of routable scope that
-// were not routed because their source does not lie on the LAN.
-func (g *Gateway) ForeignSources(l *LAN) uint64 { return g.foreign(l) }

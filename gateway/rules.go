@@ -35,9 +35,10 @@ type lanState struct {
 // many groups there are.
 func ruleset(table, lc0 string, lans []lanState, lc0Groups []netip.Addr) string {
 	var b strings.Builder
-	// Declaring, deleting and declaring again replaces the table in one
-	// transaction, whatever was there (a crashed daemon's rules).
-	fmt.Fprintf(&b, "table ip6 %s\ndelete table ip6 %s\ntable ip6 %s {\n", table, table, table)
+	// Dropping and declaring again replaces the table in one transaction,
+	// whatever was there (a crashed daemon's rules).
+	dropTable(&b, table)
+	fmt.Fprintf(&b, "table ip6 %s {\n", table)
 	var chains strings.Builder
 	var pre []string
 	chainNo := 0
@@ -117,6 +118,12 @@ func ruleset(table, lc0 string, lans []lanState, lc0Groups []netip.Addr) string 
 	b.WriteString(chains.String())
 	b.WriteString("}\n")
 	return b.String()
+}
+
+// dropTable writes the nftables commands that delete the table, whether
+// or not it exists: declaring a table first makes sure it does.
+func dropTable(b *strings.Builder, table string) {
+	fmt.Fprintf(b, "table ip6 %s\ndelete table ip6 %s\n", table, table)
 }
 
 // dup is the rule that copies a group's packets onto the interface dev,

@@ -578,6 +578,24 @@ func Union(a, b GroupState) GroupState {
 	return u
 }
 
+// UnionGroups merges two lists of groups sorted by group into one, sorted:
+// a group in both gets the Union of its two filters.
+func UnionGroups(a, b []GroupState) []GroupState {
+	out := make([]GroupState, 0, len(a)+len(b))
+	for len(a) > 0 && len(b) > 0 {
+		switch c := a[0].Group.Compare(b[0].Group); {
+		case c < 0:
+			out, a = append(out, a[0]), a[1:]
+		case c > 0:
+			out, b = append(out, b[0]), b[1:]
+		default:
+			out, a, b = append(out, Union(a[0], b[0])), a[1:], b[1:]
+		}
+	}
+	out = append(out, a...)
+	return append(out, b...)
+}
+
 // mergeSorted returns the sorted union of two sorted lists.
 func mergeSorted(a, b []netip.Addr) []netip.Addr {
 	out := make([]netip.Addr, 0, len(a)+len(b))

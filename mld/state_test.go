@@ -350,3 +350,27 @@ func TestHandleLinkPacket(t *testing.T) {
 		t.Fatalf("a Router Solicitation was taken for MLD (%d malformed)", l.Malformed())
 	}
 }
+
+// UnionGroups merges two sorted lists of groups, the filters of a group
+// in both merged.
+func TestUnionGroups(t *testing.T) {
+	g := func(a string, mode FilterMode, srcs ...string) GroupState {
+		s := GroupState{Group: netip.MustParseAddr(a), Mode: mode}
+		for _, x := range srcs {
+			s.Sources = append(s.Sources, netip.MustParseAddr(x))
+		}
+		return s
+	}
+	a := []GroupState{g("ff1e::1", Include, "2001:db8::1"), g("ff1e::3", Exclude)}
+	b := []GroupState{g("ff1e::1", Include, "2001:db8::2"), g("ff1e::2", Exclude)}
+	got := UnionGroups(a, b)
+	want := []GroupState{g("ff1e::1", Include, "2001:db8::1", "2001:db8::2"), g("ff1e::2", Exclude), g("ff1e::3", Exclude)}
+	if len(got) != len(want) {
+		t.Fatalf("UnionGroups = %v, want %v", got, want)
+	}
+	for i := range want {
+		if !got[i].Equal(want[i]) {
+			t.Errorf("UnionGroups[%d] = %v, want %v", i, got[i], want[i])
+		}
+	}
+}

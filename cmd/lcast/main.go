@@ -180,13 +180,19 @@ func reloads(ctx context.Context, path string, log *slog.Logger) <-chan *config.
 	return out
 }
 
-// reload asks the daemon to apply its configuration again; it finds the
-// control socket as status does.
-func reload(c *cli.Context) error {
+// controlSocket checks that a client command got no arguments and returns
+// the daemon's control socket, found in the configuration without reading
+// the private key.
+func controlSocket(c *cli.Context) (string, error) {
 	if err := noArgs(c); err != nil {
-		return err
+		return "", err
 	}
-	sock, err := config.ControlSocket(c.String("config"))
+	return config.ControlSocket(c.String("config"))
+}
+
+// reload asks the daemon to apply its configuration again.
+func reload(c *cli.Context) error {
+	sock, err := controlSocket(c)
 	if err != nil {
 		return err
 	}
@@ -201,10 +207,7 @@ func reload(c *cli.Context) error {
 // status asks the daemon; it finds the control socket in the
 // configuration without reading the private key.
 func status(c *cli.Context) error {
-	if err := noArgs(c); err != nil {
-		return err
-	}
-	sock, err := config.ControlSocket(c.String("config"))
+	sock, err := controlSocket(c)
 	if err != nil {
 		return err
 	}

@@ -67,9 +67,9 @@ type Daemon struct {
 	provMu      sync.Mutex
 	provisional map[netip.Addr]time.Time
 
-	// lc0Groups is what programs on this node listen to on lc0, by group,
-	// as announce last saw it (the gateway routes LAN packets to them).
-	lc0Groups atomic.Pointer[map[netip.Addr]mld.GroupState]
+	// lc0Groups are the groups programs on this node listen to on lc0,
+	// as announce last saw them (the gateway routes LAN packets to them).
+	lc0Groups atomic.Pointer[[]netip.Addr]
 }
 
 // Run brings lcast up and serves until ctx is done, then removes lc0 and its
@@ -463,7 +463,7 @@ func (d *Daemon) announce(ctx context.Context) {
 			d.log.Debug("local memberships changed", "groups", len(groups))
 			if d.gateway != nil {
 				d.setLc0Groups(groups)
-				groups = union(groups, d.gateway.Groups())
+				groups = mld.UnionGroups(groups, d.gateway.Groups())
 			}
 			d.router.SetLocal(groups)
 			d.exchange.Changed()

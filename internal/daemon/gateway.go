@@ -12,8 +12,7 @@ import (
 // openGateway makes this node the multicast router of its LAN interfaces
 // (gateway mode), once lc0 is up and the router made.
 func (d *Daemon) openGateway() (*gateway.Gateway, error) {
-	empty := map[netip.Addr]mld.GroupState{}
-	d.lc0Groups.Store(&empty)
+	d.lc0Groups.Store(&[]netip.Addr{})
 	g, err := gateway.Open(gateway.Config{
 		LANs:      d.cfg.LANInterfaces,
 		Lc0:       d.cfg.Interface,
@@ -41,39 +40,18 @@ func (d *Daemon) routable(group netip.Addr) bool {
 // lc0Wants returns the groups wanted through lc0, sorted: those a peer
 // subscribed to and those programs on this node listen to.
 func (d *Daemon) lc0Wants() []netip.Addr {
-	groups := d.router.SubscribedGroups()
-	for g := range *d.lc0Groups.Load() {
-		groups = append(groups, g)
-	}
+	groups := slices.Concat(d.router.SubscribedGroups(), *d.lc0Groups.Load())
 	slices.SortFunc(groups, netip.Addr.Compare)
 	return slices.Compact(groups)
 }
 
-// setLc0Groups keeps what programs on this node listen to on lc0.
+// setLc0Groups keeps the groups programs on this node listen to on lc0.
 func (d *Daemon) setLc0Groups(groups []mld.GroupState) {
-	m := make(map[netip.Addr]mld.GroupState, len(groups))
-	for _, g := range groups {
-		m[g.Group] = g
+	addrs := make([]netip.Addr, len(groups))
+	for i, g := range groups {
+		addrs[i] = g.Group
 	}
-	d.lc0Groups.Store(&m)
-}
-
-// union merges two lists of groups sorted by group into one, the source
-// filters of a group in both merged (mld.Union).
-func union(a, b []mld.GroupState) []mld.GroupState {
-	out := make([]mld.GroupState, 0, len(a)+len(b))
-	for len(a) > 0 && len(b) > 0 {
-		switch c := a[0].Group.Compare(b[0].Group); {
-		case c < 0:
-			out, a = append(out, a[0]), a[1:]
-		case c > 0:
-			out, b = append(out, b[0]), b[1:]
-		default:
-			out, a, b = append(out, mld.Union(a[0], b[0])), a[1:], b[1:]
-		}
-	}
-	out = append(out, a...)
-	return slices.Concat(out, b)
+	d.lc0Groups.Store(&addrs)
 }
 
 // lansJSON returns the status of the gateway's LANs, and the forwarding

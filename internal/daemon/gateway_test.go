@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/librecast/lcast/mld"
 	"github.com/librecast/lcast/router"
 )
 
@@ -17,30 +16,6 @@ func TestRoutable(t *testing.T) {
 			if got := d.routable(netip.MustParseAddr(group)); got != want {
 				t.Errorf("forward_link_scope %v: routable(%s) = %v, want %v", linkScope, group, got, want)
 			}
-		}
-	}
-}
-
-// union merges two sorted lists of groups, the filters of a group in both
-// merged.
-func TestUnion(t *testing.T) {
-	g := func(a string, mode mld.FilterMode, srcs ...string) mld.GroupState {
-		s := mld.GroupState{Group: netip.MustParseAddr(a), Mode: mode}
-		for _, x := range srcs {
-			s.Sources = append(s.Sources, netip.MustParseAddr(x))
-		}
-		return s
-	}
-	a := []mld.GroupState{g("ff1e::1", mld.Include, "2001:db8::1"), g("ff1e::3", mld.Exclude)}
-	b := []mld.GroupState{g("ff1e::1", mld.Include, "2001:db8::2"), g("ff1e::2", mld.Exclude)}
-	got := union(a, b)
-	want := []mld.GroupState{g("ff1e::1", mld.Include, "2001:db8::1", "2001:db8::2"), g("ff1e::2", mld.Exclude), g("ff1e::3", mld.Exclude)}
-	if len(got) != len(want) {
-		t.Fatalf("union = %v, want %v", got, want)
-	}
-	for i := range want {
-		if !got[i].Equal(want[i]) {
-			t.Errorf("union[%d] = %v, want %v", i, got[i], want[i])
 		}
 	}
 }

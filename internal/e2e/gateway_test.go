@@ -116,6 +116,7 @@ func TestGatewayLANToLAN(t *testing.T) {
 	// on lan1; lan2's first host listens to neither.
 	recvL1 := startHelper(t, l1.Hosts[0], "recv", "ff1e::102", "eth0", "2s")
 	fromAfar := lanCounter(t, l2.Hosts[0], "eth0", "ip6 saddr != "+lan2Prefix.String())
+	// Complete delivery is measured once the sender's site knows the subscription.
 	m.waitSubscribed(t, 2, 0, "ff1e::102", true, 10*time.Second)
 	m.waitSubscribed(t, 1, 0, "ff1e::102", true, 10*time.Second)
 	stream(t, m.sites[2].Namespace, "ff1e::102", n, 500, netip.Addr{})
@@ -135,6 +136,7 @@ func TestGatewayLANToLAN(t *testing.T) {
 	// A datagram sent with hop limit 1 stays on its LAN, listeners
 	// elsewhere or not.
 	startHelper(t, l2.Hosts[0], "join", "ff1e::103", "eth0")
+	// Complete delivery is measured once the sender's site knows the subscription.
 	m.waitSubscribed(t, 0, 1, "ff1e::103", true, 10*time.Second)
 	waitExit(t, l1.Hosts[0].Start("env", helperEnv+"=send", lcastTestBinary(), "ff1e::103", "100", "500", "200", "", "1"), 10*time.Second, "sender with hop limit 1")
 	time.Sleep(500 * time.Millisecond) // what was carried has arrived
@@ -210,6 +212,7 @@ func TestGatewaySSM(t *testing.T) {
 	s := m.nodes[2].status(t).Address
 	recv := startHelper(t, l1.Hosts[0], "recv", "ff3e::301", "eth0", "2s", s)
 	other := lanCounter(t, l1.Hosts[1], "eth0", "ip6 saddr "+l2.HostAddrs[0].String())
+	// Complete delivery is measured once the sender's site knows the subscription.
 	m.waitSubscribed(t, 2, 0, "ff3e::301", true, 10*time.Second)
 	fromS := startStream(m.sites[2].Namespace, "ff3e::301", 500, 500, netip.Addr{})
 	fromOther := startStream(l2.Hosts[0], "ff3e::301", 500, 500, netip.Addr{})
@@ -240,12 +243,14 @@ func TestGatewayTwoLANs(t *testing.T) {
 	recvB := startHelper(t, b.Hosts[0], "recv", "ff1e::401", "eth0", "2s")
 	recv2 := startHelper(t, m.sites[1].Namespace, "recv", "ff1e::401", "lc0", "2s")
 	m.waitLANGroup(t, 0, "ff1e::401", true, 5*time.Second)
+	// Complete delivery is measured once the sender's site knows the subscription.
 	m.waitSubscribed(t, 0, 1, "ff1e::401", true, 10*time.Second)
 	stream(t, a.Hosts[0], "ff1e::401", 500, 500, netip.Addr{})
 	check(recvB, "the other LAN's host")
 	check(recv2, "the remote site")
 	recvA := startHelper(t, a.Hosts[0], "recv", "ff1e::402", "eth0", "2s")
 	recvB = startHelper(t, b.Hosts[0], "recv", "ff1e::402", "eth0", "2s")
+	// Complete delivery is measured once the sender's site knows the subscription.
 	m.waitSubscribed(t, 1, 0, "ff1e::402", true, 10*time.Second)
 	stream(t, m.sites[1].Namespace, "ff1e::402", 500, 500, netip.Addr{})
 	check(recvA, "the first LAN's host")
@@ -260,6 +265,7 @@ func TestGatewayRestart(t *testing.T) {
 	m.up()
 	l := m.lans[0][0]
 	recv := startHelper(t, l.Hosts[0], "recv", "ff1e::501", "eth0", "3s")
+	// Complete delivery is measured once the sender's site knows the subscription.
 	m.waitSubscribed(t, 1, 0, "ff1e::501", true, 10*time.Second)
 	sender := startStream(m.sites[1].Namespace, "ff1e::501", 8000, 1000, netip.Addr{})
 	time.Sleep(2 * time.Second) // mid-stream
@@ -392,6 +398,7 @@ func TestGatewayForgedSources(t *testing.T) {
 	defer recv3.Stop()
 	atLAN2 := lanCounter(t, l2.Hosts[1], "eth0", "ip6 saddr "+spoofed.String())
 	at3 := lanCounter(t, m.sites[2].Namespace, "lc0", "ip6 saddr "+spoofed.String())
+	// Complete delivery is measured once the sender's site knows the subscription.
 	m.waitSubscribed(t, 0, 1, "ff1e::701", true, 10*time.Second)
 	m.waitSubscribed(t, 0, 2, "ff1e::701", true, 10*time.Second)
 	stream(t, spoofer, "ff1e::701", 200, 500, spoofed)
@@ -455,6 +462,7 @@ func TestGatewayLibrecast(t *testing.T) {
 	if group == "" {
 		t.Fatal("the Librecast channel's group never showed on site 2's LAN")
 	}
+	// Complete delivery is measured once the sender's site knows the subscription.
 	m.waitSubscribed(t, 0, 1, group, true, 10*time.Second)
 	waitExit(t, l1.Hosts[0].Start(bin, "send", "lcast-test-channel", "20"), 10*time.Second, "lcchat send")
 	waitExit(t, r, 5*time.Second, "lcchat recv")
@@ -473,6 +481,7 @@ func TestGatewayCapabilities(t *testing.T) {
 	m.nodes[1].up()
 	l := m.lans[0][0]
 	recv := startHelper(t, l.Hosts[0], "recv", "ff1e::801", "eth0", "1s")
+	// Complete delivery is measured once the sender's site knows the subscription.
 	m.waitSubscribed(t, 1, 0, "ff1e::801", true, 10*time.Second)
 	stream(t, m.sites[1].Namespace, "ff1e::801", 500, 500, netip.Addr{})
 	waitExit(t, recv, 10*time.Second, "receiver")
