@@ -12,11 +12,14 @@ GO      ?= go
 FUZZTIME ?= 300000x
 NFPM    := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.44.0
 VERSION ?= $(shell deploy/version.sh)
+# The image make image builds (a tag may not hold the version's "+").
+IMAGE   ?= localhost/lcast:$(subst +,-,$(VERSION))
 
-.PHONY: all build deps test fuzz check-deploy bench demo install uninstall deb clean help
+.PHONY: all build deps test fuzz check-deploy bench demo install uninstall deb image clean help
 
 # What the demo and the tests run besides lcast, as Debian packages.
-DEB_DEPS = iproute2 iputils-ping procps util-linux socat iperf nftables tinc tcpdump gcc liblibrecast-dev libsodium-dev systemd groff-base
+DEB_DEPS = iproute2 iputils-ping procps util-linux socat iperf nftables tinc tcpdump gcc liblibrecast-dev libsodium-dev systemd groff-base \
+	mmdebstrap systemd-container podman runc
 
 all: build
 
@@ -24,7 +27,7 @@ help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 deps: ## as root on Debian: install what the demo and the tests need, if missing
-	@missing=; for c in ip ping sysctl unshare socat iperf nft tincd tcpdump gcc systemd-analyze groff; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=; for c in ip ping sysctl unshare socat iperf nft tincd tcpdump gcc systemd-analyze groff mmdebstrap systemd-nspawn podman runc; do command -v $$c >/dev/null || missing=1; done; \
 	[ -f /usr/include/librecast.h ] && [ -f /usr/include/sodium.h ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -45,7 +48,7 @@ test: deps ## run each fuzzer briefly, then every test (as root: namespace tests
 	$(GO) test -race -count=1 ./internal/e2e
 	$(MAKE) --no-print-directory check-deploy
 
-check-deploy: ## check what install and deb produce, verify the systemd unit, validate the Kubernetes manifest
+check-deploy: ## check install, deb and image; boot the .deb under systemd and run the image with podman (as root)
 	deploy/check.sh
 
 fuzz: ## run each fuzz test for FUZZTIME (default 300000x: executions, a few seconds each)
@@ -85,6 +88,14 @@ uninstall: ## remove what install installed (not /etc/lcast)
 deb: build ## build dist/lcast_VERSION_ARCH.deb with nfpm (the files install puts under /usr)
 	mkdir -p dist
 	GOARCH=$$($(GO) env GOARCH) LCAST_VERSION=$(VERSION) $(GO) run $(NFPM) package -f deploy/nfpm.yaml -p deb -t dist/
+
+image: ## build dist/lcast-image.tar, lcast's OCI image (offline, no base image), and dist/lcast.yaml, the DaemonSet naming it
+	mkdir -p dist
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o dist/lcast-static ./cmd/lcast
+	cd deploy/image && $(GO) run . -bin ../../dist/lcast-static -ref $(IMAGE) -version $(VERSION) -arch $$($(GO) env GOARCH) \
+	  -revision "$$(git rev-parse HEAD 2>/dev/null)" -created "$$(git log -1 --format=%cI 2>/dev/null || date -u +%FT%TZ)" -o ../../dist/lcast-image.tar
+	sed 's|localhost/lcast:VERSION|$(IMAGE)|' deploy/k8s/lcast.yaml >dist/lcast.yaml
+	@echo "image $(IMAGE): dist/lcast-image.tar (podman load -i dist/lcast-image.tar); its DaemonSet: dist/lcast.yaml"
 
 clean: ## remove build output
 	rm -rf lcast dist

@@ -1,8 +1,10 @@
 #!/bin/sh
-# Checks what `make install` and `make deb` produce: the same files, a
-# systemd unit that systemd-analyze verifies (with its man pages found),
-# a package whose control fields are set, and a valid Kubernetes manifest.
-# Run by `make check-deploy`.
+# Checks what `make install`, `make deb` and `make image` produce: the same
+# files, a systemd unit that systemd-analyze verifies (with its man pages
+# found), a package whose control fields are set, a valid Kubernetes
+# manifest naming the image built; then, as root, runs them for real: the
+# .deb booted under systemd in a container (TestSystemd) and the image
+# under podman (TestImage). Run by `make check-deploy`.
 set -eu
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -48,3 +50,21 @@ echo "check-deploy: $deb: $(echo "$packaged" | wc -l) files, as make install: ok
 # The Kubernetes manifest, offline: strict decoding into the API's types,
 # the API server's OpenAPI schema, and what lcast needs (deploy/k8s/check).
 (cd deploy/k8s/check && go vet . && go test -count=1 . >/dev/null && go run . ../lcast.yaml) || fail "deploy/k8s/lcast.yaml"
+
+# The image, and the DaemonSet make image writes naming it.
+(cd deploy/image && go vet . && go test -count=1 . >/dev/null) || fail "deploy/image"
+rm -f dist/lcast-image.tar dist/lcast.yaml
+make --no-print-directory image >/dev/null
+image=$(grep -m1 'image:' dist/lcast.yaml | awk '{print $2}')
+(cd deploy/k8s/check && go run . -image "$image" ../../../dist/lcast.yaml) || fail "dist/lcast.yaml"
+
+# The package under a real systemd and the image under podman, which
+# need root (namespaces, containers).
+if [ "$(id -u)" != 0 ]; then
+	echo "check-deploy: not root: the .deb under systemd and the image under podman are not tried" >&2
+	exit 0
+fi
+go test -count=1 -run '^(TestSystemd|TestImage)$' -v ./internal/e2e -args \
+	-deploy.deb="$PWD/$deb" -deploy.image="$PWD/dist/lcast-image.tar" -deploy.manifest="$PWD/dist/lcast.yaml" >"$tmp/run.log" 2>&1 ||
+	{ cat "$tmp/run.log" >&2; fail "the .deb under systemd or the image under podman"; }
+cat "$tmp/run.log"

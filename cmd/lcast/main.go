@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -53,10 +54,17 @@ func newApp() *cli.App {
 		},
 		Commands: []*cli.Command{
 			{
-				Name:        "genkey",
-				Usage:       "print a new private key (base64, WireGuard's format)",
-				Description: "Prints a new Curve25519 private key. Keep it secret: put it in the\nconfiguration's private_key or in the file named by private_key_file.",
-				Action:      genkey,
+				Name:  "genkey",
+				Usage: "print a new private key (base64, WireGuard's format)",
+				Description: "Prints a new Curve25519 private key. Keep it secret: put it in the\n" +
+					"configuration's private_key or in the file named by private_key_file.\n" +
+					"With --file, writes the key to FILE instead (mode 0600, never replacing a\n" +
+					"file already there) and prints its public key; a FILE that already holds a\n" +
+					"key is kept, and its public key printed. Containers without a shell make\n" +
+					"their node's key this way.",
+				Flags: []cli.Flag{&cli.StringFlag{Name: "file",
+					Usage: "write the key to `FILE` unless it already holds one; print the public key"}},
+				Action: genkey,
 			},
 			{
 				Name:        "pubkey",
@@ -100,12 +108,58 @@ func genkey(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return fmt.Errorf("genkey takes no arguments")
 	}
+	if path := c.String("file"); path != "" {
+		k, err := keyFile(path)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(c.App.Writer, k.PublicKey())
+		return nil
+	}
 	k, err := peer.GenerateKey()
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(c.App.Writer, k)
 	return nil
+}
+
+// keyFile returns the private key in the file at path, first writing a new
+// one there if no file is. The new key is written to a temporary file in
+// the same directory and linked into place, so path is never replaced,
+// never half written, and two racing callers end with the same key.
+func keyFile(path string) (peer.Key, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return config.ReadKeyFile(path)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return peer.Key{}, err
+	}
+	k, err := peer.GenerateKey()
+	if err != nil {
+		return peer.Key{}, err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".lcast-key-*")
+	if err != nil {
+		return peer.Key{}, fmt.Errorf("write private key: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	// CreateTemp makes the file 0600, whatever the umask.
+	_, err = fmt.Fprintln(tmp, k)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return peer.Key{}, fmt.Errorf("write private key: %w", err)
+	}
+	if err := os.Link(tmp.Name(), path); errors.Is(err, os.ErrExist) {
+		return config.ReadKeyFile(path)
+	} else if err != nil {
+		return peer.Key{}, fmt.Errorf("write private key: %w", err)
+	}
+	return k, nil
 }
 
 func pubkey(c *cli.Context) error {

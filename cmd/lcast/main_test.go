@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -93,5 +94,55 @@ echo "${COMPREPLY[*]}"`
 		if got := strings.TrimSpace(string(out)); err != nil || got != want {
 			t.Errorf("completing %q: got %q (%v), want %q", line, got, err, want)
 		}
+	}
+}
+
+// genkey --file makes a key once, 0600, and later calls print the same
+// public key; a file it cannot trust or parse is an error and stays as it was.
+func TestGenkeyFile(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/lc0.key"
+	first, err := keyFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("new key file has mode %04o, want 0600", fi.Mode().Perm())
+	}
+	again, err := keyFile(path)
+	if err != nil || again != first {
+		t.Errorf("second call: %v, %v; want the first key", again.PublicKey(), err)
+	}
+	if leftovers, _ := filepath.Glob(dir + "/.lcast-key-*"); len(leftovers) > 0 {
+		t.Errorf("temporary files left: %v", leftovers)
+	}
+
+	for name, c := range map[string]struct {
+		text string
+		mode os.FileMode
+		want string
+	}{
+		"readable by others": {first.String() + "\n", 0o644, "accessible by group or others"},
+		"not a key":          {"hello\n", 0o600, "not a base64-encoded 32-byte key"},
+		"empty":              {"", 0o600, "not a base64-encoded 32-byte key"},
+	} {
+		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
+		if err := os.WriteFile(p, []byte(c.text), c.mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p, c.mode)
+		if _, err := keyFile(p); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want %q", name, err, c.want)
+		}
+		if b, _ := os.ReadFile(p); string(b) != c.text {
+			t.Errorf("%s: file changed to %q", name, b)
+		}
+	}
+	if _, err := keyFile(filepath.Join(dir, "no-such-dir", "k")); err == nil {
+		t.Error("a key in a missing directory: no error")
 	}
 }

@@ -2,7 +2,7 @@
 # fit (urfave/cli's --generate-bash-completion); other words are files.
 _lcast() {
 	local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} words
-	if [[ $prev == -c || $prev == --config ]]; then
+	if [[ $prev == -c || $prev == --config || $prev == --file ]]; then
 		COMPREPLY=($(compgen -f -- "$cur"))
 		return
 	fi

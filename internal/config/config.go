@@ -248,7 +248,7 @@ func (c *Config) validate(file string, doc []byte) error {
 	case c.PrivateKey != nil:
 		c.Key = *c.PrivateKey
 	case c.PrivateKeyFile != "":
-		key, err := readKeyFile(c.PrivateKeyFile)
+		key, err := ReadKeyFile(c.PrivateKeyFile)
 		if err != nil {
 			return &Error{File: file, Line: lineOf(doc, "private_key_file", ""), Key: "private_key_file", Msg: err.Error(), Err: err}
 		}

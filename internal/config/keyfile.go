@@ -18,11 +18,11 @@ var (
 	ErrKeyFileOwner = errors.New("is owned by another user, who can read or replace it")
 )
 
-// readKeyFile reads the private key in the file at path, which must be a
+// ReadKeyFile reads the private key in the file at path, which must be a
 // regular file owned by root or this process's user with no access for
 // group or others. Its mode and owner are read from the open file, so a
 // rename between the check and the read changes nothing.
-func readKeyFile(path string) (peer.Key, error) {
+func ReadKeyFile(path string) (peer.Key, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return peer.Key{}, err

@@ -133,13 +133,20 @@ type Process struct {
 // if it still runs. Its combined output is kept for Output.
 func (ns *Namespace) Start(name string, args ...string) *Process {
 	ns.t.Helper()
-	p := &Process{Cmd: ns.Command(name, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	return StartCommand(ns.t, ns.Command(name, args...))
+}
+
+// StartCommand starts cmd as Start does, where cmd says (the host's
+// namespaces, for one).
+func StartCommand(t testing.TB, cmd *exec.Cmd) *Process {
+	t.Helper()
+	p := &Process{Cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	p.Cmd.Stdout, p.Cmd.Stderr = p.out, p.out
 	if err := p.Cmd.Start(); err != nil {
-		ns.t.Fatalf("start %s: %v", name, err)
+		t.Fatalf("start %s: %v", cmd.Path, err)
 	}
 	go func() { p.err = p.Cmd.Wait(); close(p.done) }()
-	ns.t.Cleanup(func() {
+	t.Cleanup(func() {
 		if p.Cmd.Process != nil {
 			p.Cmd.Process.Kill()
 		}

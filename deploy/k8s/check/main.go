@@ -19,6 +19,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -52,13 +53,19 @@ var kinds = map[string]struct {
 	"apps/v1/DaemonSet": {"apis/apps/v1", "io.k8s.api.apps.v1.DaemonSet", func() any { return new(appsv1.DaemonSet) }},
 }
 
+// wantImage is the image every container must name, from -image; empty
+// means they must all name the same one.
+var wantImage string
+
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: check FILE...")
+	flag.StringVar(&wantImage, "image", "", "require every container to run `REF`, the image make image built")
+	flag.Parse()
+	if flag.NArg() < 1 {
+		fmt.Fprintln(os.Stderr, "usage: check [-image REF] FILE...")
 		os.Exit(2)
 	}
 	failed := false
-	for _, file := range os.Args[1:] {
+	for _, file := range flag.Args() {
 		if err := checkFile(file); err != nil {
 			fmt.Fprintf(os.Stderr, "%s: %v\n", file, err)
 			failed = true
@@ -267,6 +274,24 @@ func openAPISchema(path, name string) (*spec.Schema, error) {
 	return &schema, nil
 }
 
+// checkImages checks that every container runs lcast from one image, the
+// one make image built if wantImage is set. That image holds lcast and no
+// shell, so each container's command must be /usr/bin/lcast.
+func checkImages(pod corev1.PodSpec, fail func(string, ...any)) {
+	image := wantImage
+	for _, c := range slices.Concat(pod.InitContainers, pod.Containers) {
+		if image == "" {
+			image = c.Image
+		}
+		if c.Image != image {
+			fail("container %s runs image %s, want %s", c.Name, c.Image, image)
+		}
+		if len(c.Command) == 0 || c.Command[0] != "/usr/bin/lcast" {
+			fail("container %s runs %q, not /usr/bin/lcast, the only program in lcast's image", c.Name, c.Command)
+		}
+	}
+}
+
 // checkLcast checks what lcast's DaemonSet needs.
 func checkLcast(objs []any) error {
 	configMaps := map[string]*corev1.ConfigMap{}
@@ -293,6 +318,7 @@ func checkLcast(objs []any) error {
 	if !pod.HostNetwork {
 		fail("hostNetwork is not true: lc0 would be the pod's, not the node's")
 	}
+	checkImages(pod, fail)
 	if len(pod.Containers) != 1 {
 		fail("want one container, found %d", len(pod.Containers))
 		return errors.New(strings.Join(problems, "; "))

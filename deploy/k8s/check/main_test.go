@@ -32,6 +32,8 @@ func TestCheck(t *testing.T) {
 		{"a key in the config map", "worker-1.toml: |\n    private_key_file = \"/var/lib/lcast/lc0.key\"", "worker-1.toml: |\n    private_key = \"REPLACE\"", "worker-1.toml holds a private key"},
 		{"the key not on the node", "            - name: key\n              mountPath: /var/lib/lcast\n              readOnly: true", "            - name: key\n              mountPath: /var/lib/other\n              readOnly: true", "worker-1.toml: private_key_file is not in a hostPath directory"},
 		{"selector", "      labels:\n        app.kubernetes.io/name: lcast\n    spec:", "      labels:\n        app.kubernetes.io/name: other\n    spec:", "does not match the pod template's labels"},
+		{"two images", "          image: localhost/lcast:VERSION\n          command: [\"/usr/bin/lcast\"]", "          image: localhost/other:1\n          command: [\"/usr/bin/lcast\"]", "container lcast runs image localhost/other:1, want localhost/lcast:VERSION"},
+		{"a shell the image does not have", `command: ["/usr/bin/lcast", "genkey"`, `command: ["/bin/sh", "-c", "lcast genkey"`, `container genkey runs ["/bin/sh" "-c" "lcast genkey"`},
 		{"unknown kind", "kind: Namespace", "kind: Namespce", "v1 Namespce: not a kind this check knows"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
