@@ -270,7 +270,7 @@ func TestFanOutAcrossReadsWithNewTable(t *testing.T) {
 
 // At most PeerQueueLimit packets wait in the transport for a peer: beyond,
 // its packets are dropped and counted while other peers' pass. Packets the
-// transport sends free their places, and so, after queuedExpiry, do those
+// transport sends free their places, and so, after heldExpiry, do those
 // it never reports.
 func TestPeerQueueBound(t *testing.T) {
 	tb := newTestBridge(t, router.Config{}, Config{})
@@ -296,10 +296,10 @@ func TestPeerQueueBound(t *testing.T) {
 	if out, _ := tb.readToMarker(t, burst(110)); len(out) != 100 || tb.r.Dropped(router.DropPeerQueue) != 20 {
 		t.Fatalf("after 100 sent: %d of 110 went to peer A, %d dropped in all", len(out), tb.r.Dropped(router.DropPeerQueue))
 	}
-	time.Sleep(queuedExpiry)
+	time.Sleep(heldExpiry)
 	tb.readToMarker(t, nil) // a Read forgets the expired packets
 	if out, _ := tb.readToMarker(t, burst(10)); len(out) != 10 {
-		t.Fatalf("after %v: %d of 10 went to peer A", queuedExpiry, len(out))
+		t.Fatalf("after %v: %d of 10 went to peer A", heldExpiry, len(out))
 	}
 }
 
@@ -314,7 +314,7 @@ func TestQueueBoundForAllPeers(t *testing.T) {
 	for _, p := range peers {
 		r.SetSubscriptions(p, []router.Subscription{sub(packettest.Group1, mld.Exclude)})
 	}
-	var q queued
+	var q held
 	q.init()
 	pkt, out, tab := packettest.UDP(packettest.Self, packettest.Group1, "x"), make([]byte, 2048), r.Table()
 	admitted := 0
@@ -366,5 +366,66 @@ func TestWrite(t *testing.T) {
 	out, _ := tb.read(t, 8)
 	if len(out) != 1 || dstOf(out[0]) != packettest.PeerB || string(out[0][router.WrapLen:]) != string(mcast) {
 		t.Fatalf("relayed %d packets: %x", len(out), out)
+	}
+}
+
+// At most ReceiveLimit datagrams the transport received wait in it, and
+// HandshakeLimit handshake messages: beyond, the port zeroes their sizes
+// (the transport skips them) and counts them. Datagrams the port gets
+// (Write) free their places; so does a buffer the transport reads into
+// again (it dropped what it held there), and, after heldExpiry, what it
+// never reports. Datagrams the transport does not keep are not counted.
+func TestReceiveBound(t *testing.T) {
+	tb := newTestBridge(t, router.Config{}, Config{})
+	port := tb.Port()
+	datagrams := func(n, msgType, size int) (bufs [][]byte, sizes []int) {
+		for range n {
+			b := make([]byte, 256)
+			b[0] = byte(msgType)
+			bufs, sizes = append(bufs, b), append(sizes, size)
+		}
+		return bufs, sizes
+	}
+	kept := func(sizes []int) (n int) {
+		for _, s := range sizes {
+			if s > 0 {
+				n++
+			}
+		}
+		return n
+	}
+	data, sizes := datagrams(ReceiveLimit+10, 4, 100)
+	port.Received(data, sizes)
+	if kept(sizes) != ReceiveLimit || tb.r.Dropped(router.DropTransportFull) != 10 {
+		t.Fatalf("kept %d of %d data datagrams, %d dropped; want %d and 10", kept(sizes), len(sizes), tb.r.Dropped(router.DropTransportFull), ReceiveLimit)
+	}
+	// Handshake messages have their own limit; other datagrams none.
+	hs, hsSizes := datagrams(HandshakeLimit+5, 1, 148)
+	other, otherSizes := datagrams(50, 9, 100)
+	keepalives, kaSizes := datagrams(1, 4, 20) // too short: not taken
+	port.Received(append(append(hs, other...), keepalives...), append(append(hsSizes, otherSizes...), kaSizes...))
+	if kept(hsSizes) != HandshakeLimit || kept(otherSizes) != 50 || kept(kaSizes) != 1 || tb.r.Dropped(router.DropTransportFull) != 15 {
+		t.Fatalf("kept %d handshakes, %d others, %d short; %d dropped in all", kept(hsSizes), kept(otherSizes), kept(kaSizes), tb.r.Dropped(router.DropTransportFull))
+	}
+	// 100 written to the port, 50 buffers read into again (25 of them
+	// holding new datagrams, not WireGuard's): 150 places.
+	if _, err := port.Write(data[:100], 16); err != nil {
+		t.Fatal(err)
+	}
+	_, reusedSizes := datagrams(25, 9, 100)
+	for _, b := range data[100:125] {
+		b[0] = 9
+	}
+	port.Received(data[100:150], reusedSizes)
+	more, moreSizes := datagrams(160, 4, 100)
+	port.Received(more, moreSizes)
+	if kept(moreSizes) != 150 || tb.r.Dropped(router.DropTransportFull) != 25 {
+		t.Fatalf("after 150 freed: kept %d of 160, %d dropped in all", kept(moreSizes), tb.r.Dropped(router.DropTransportFull))
+	}
+	time.Sleep(heldExpiry)
+	port.Received(nil, nil) // forgets what expired
+	last, lastSizes := datagrams(10, 4, 100)
+	if port.Received(last, lastSizes); kept(lastSizes) != 10 {
+		t.Fatalf("after %v: kept %d of 10", heldExpiry, kept(lastSizes))
 	}
 }

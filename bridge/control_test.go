@@ -42,11 +42,11 @@ func TestControlGoesFirst(t *testing.T) {
 	if dstOf(c) != packettest.PeerA || netip.AddrFrom16([16]byte(c[8:24])) != packettest.Self || c[7] != 255 || string(c[40:]) != "subscriptions" {
 		t.Fatalf("control packet %x", c)
 	}
-	if tb.port.queue.total.Load() != 2 { // the copies for A and B of the first
-		t.Fatalf("%d packets waiting in the transport, want the 2 data packets", tb.port.queue.total.Load())
+	if tb.port.held.sending.Load() != 2 { // the copies for A and B of the first
+		t.Fatalf("%d packets waiting in the transport, want the 2 data packets", tb.port.held.sending.Load())
 	}
 	tb.Port().Sent(bufs)
-	if n := tb.port.queue.total.Load(); n != 0 {
+	if n := tb.port.held.sending.Load(); n != 0 {
 		t.Fatalf("%d packets waiting after all were sent", n)
 	}
 }

@@ -46,9 +46,9 @@ type Port struct {
 	next int           // its next subscriber in tab
 	orig router.Origin // its origin
 
-	queue   queued
-	admit   func(*router.Peer) bool // queue.admit, made once
-	handed  []handed                // the packets of the current Read, for queue
+	held    held
+	admit   func(*router.Peer) bool // held.admit, made once
+	handed  []handed                // the packets of the current Read, for held
 	control controlQueue
 
 	writeMu sync.Mutex
@@ -92,7 +92,10 @@ const (
 	// defaultReadSize is the lc0 read size when the device reports no
 	// batch size: wireguard-go's largest.
 	defaultReadSize = 128
-	transportBatch  = 128 // packets one Read may return (wireguard-go's ideal batch)
+	// transportBatch is how many packets one Read may return. The
+	// transport reads (and receives) into that many buffers of 64 KiB at
+	// a time, per goroutine; 64 is as many as one UDP GSO send carries.
+	transportBatch = 64
 )
 
 func (p *Port) init(lc0 wgtun.Device, r *router.Router, cfg Config) {
@@ -117,8 +120,8 @@ func (p *Port) init(lc0 wgtun.Device, r *router.Router, cfg Config) {
 		p.relayed = newBatch(p.readSize, mtu)
 		p.relayed.relayed = true
 	}
-	p.queue.init()
-	p.admit = p.queue.admit
+	p.held.init()
+	p.admit = p.held.admit
 	p.handed = make([]handed, 0, transportBatch)
 	p.control.init()
 	p.events = make(chan wgtun.Event, 1)
@@ -138,7 +141,7 @@ func (p *Port) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	// two Reads sees one list of subscribers.
 	count := p.control.take(bufs, sizes, offset)
 	p.handed = p.handed[:0]
-	defer func() { p.queue.record(time.Now(), p.handed) }()
+	defer func() { p.held.record(time.Now(), p.handed) }()
 	for count < len(bufs) {
 		if p.cur == nil {
 			var b *batch
@@ -201,7 +204,19 @@ func (p *Port) originOf(b *batch, i int) router.Origin {
 // starting where the buffer Read filled starts), so they no longer wait.
 // Buffers Read did not fill with data (control packets among them) are
 // ignored.
-func (p *Port) Sent(bufs [][]byte) { p.queue.sent(bufs) }
+func (p *Port) Sent(bufs [][]byte) { p.held.forget(bufs) }
+
+// Received tells the port what the transport just received from the
+// underlay, sizes[i] bytes in bufs[i], before it takes them: beyond
+// ReceiveLimit (HandshakeLimit for handshake messages) held, the port sets
+// a datagram's size to 0, which the transport skips, and counts it dropped.
+// bufs may hold more buffers than there are datagrams: those the
+// transport read into last time, which it now reads into again.
+func (p *Port) Received(bufs [][]byte, sizes []int) {
+	for range p.held.received(time.Now(), bufs, sizes) {
+		p.r.Drop(router.DropTransportFull, nil)
+	}
+}
 
 // Write takes packets from peers, authenticated by the transport: it
 // writes into lc0 those a local program listens to, in batches, hands
@@ -212,6 +227,7 @@ func (p *Port) Write(bufs [][]byte, offset int) (int, error) {
 	t := r.Table()
 	p.writeMu.Lock()
 	defer p.writeMu.Unlock()
+	defer p.held.forget(bufs)
 	p.wrapped, p.unicast = p.wrapped[:0], p.unicast[:0]
 	var o router.Origin
 	for _, b := range bufs {

@@ -56,14 +56,19 @@ type Stats struct {
 // Port is what the transport carries: it reads from a Port the packets to
 // send to peers and writes into it what peers sent. Sent is called with
 // the buffers of packets as the transport sends them (each buffer the one
-// Read filled, encrypted in place), so that the Port can bound how many
-// wait in the transport.
+// Read filled, encrypted in place), and Received with the datagrams the
+// transport receives from the underlay, before it takes them (a size the
+// port sets to 0 is skipped; bufs may go on past the datagrams, with the
+// buffers of the last call's), so that the Port can bound how many the
+// transport holds.
 type Port interface {
 	wgtun.Device
 	Sent(bufs [][]byte)
+	Received(bufs [][]byte, sizes []int)
 }
 
-// reportingBind tells the port which of its packets are being sent. Being
+// reportingBind tells the port which of its packets are being sent, and
+// which datagrams were received. Being
 // a wrapper, it turns off wireguard-go's watch of route changes for its own
 // StdNetBind, which makes a peer's replies leave from a new source address
 // at once when the route to the peer changes; without it, the source
@@ -77,6 +82,22 @@ type reportingBind struct {
 func (b reportingBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	b.port.Sent(bufs)
 	return b.Bind.Send(bufs, ep)
+}
+
+func (b reportingBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fns, actual, err := b.Bind.Open(port)
+	for i, recv := range fns {
+		// The buffers of the last call's datagrams that the transport did
+		// not take are in their slots still: the port learns they are free.
+		last := 0
+		fns[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+			n, err := recv(bufs, sizes, eps)
+			b.port.Received(bufs[:max(n, min(last, len(bufs)))], sizes[:n])
+			last = n
+			return n, err
+		}
+	}
+	return fns, actual, err
 }
 
 // NewTransport starts the transport on UDP port listenPort with the node's

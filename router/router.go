@@ -77,12 +77,13 @@ const (
 	DropControlUnhandled               // a control message from a peer, with no control handler
 	DropRelayAhead                     // from a relay: a packet of a sender whose direct path is live, of another epoch or beyond the last packet that came directly
 	DropNotOwnSource                   // from lc0: multicast whose source is not this node's overlay or link-local address, nor on its LANs
+	DropTransportFull                  // from the underlay: the transport already holds as many received datagrams as it may
 	numReasons
 )
 
 var reasonNames = [numReasons]string{"scope", "no_subscriber", "no_listener", "forged_source", "no_route", "malformed",
 	"lc0_read_error", "lc0_write_error", "peer_queue_full", "duplicate", "loop", "hop_limit", "too_big", "not_for_node",
-	"link_local", "control_unhandled", "relay_ahead", "not_own_source"}
+	"link_local", "control_unhandled", "relay_ahead", "not_own_source", "transport_full"}
 
 // String returns the reason's name in counters and status.
 func (r Reason) String() string { return reasonNames[r] }

@@ -13,10 +13,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/librecast/lcast/bridge"
 	"github.com/librecast/lcast/internal/config"
 	"github.com/librecast/lcast/internal/control"
 	"github.com/librecast/lcast/internal/daemon"
@@ -199,11 +201,21 @@ func up(c *cli.Context) error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// The packets in flight take at most bridge.MemoryBound; a soft limit
+	// a little above it makes the collector run before the heap doubles
+	// what a burst left, rather than after. GOMEMLIMIT overrides it.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(bridge.MemoryBound + memoryHeadroom)
+	}
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	path := c.String("config")
 	return daemon.Run(ctx, cfg, log, reloads(ctx, path, log), func() (*config.Config, error) { return config.Load(path) })
 }
+
+// memoryHeadroom is what lcast's soft memory limit allows beyond the
+// packets in flight: tables, subscriptions, sessions, the runtime's own.
+const memoryHeadroom = 16 << 20
 
 // reloads reads the configuration file again on each SIGHUP, until ctx is
 // done, and passes it on if it is valid (else it logs why not).
