@@ -19,7 +19,7 @@ IMAGE   ?= localhost/lcast:$(subst +,-,$(VERSION))
 
 # What the demo and the tests run besides lcast, as Debian packages.
 DEB_DEPS = iproute2 iputils-ping procps util-linux socat iperf nftables tinc tcpdump gcc liblibrecast-dev libsodium-dev systemd groff-base \
-	mmdebstrap systemd-container podman runc
+	mmdebstrap systemd-container podman runc wireguard-go valgrind
 
 all: build
 
@@ -27,7 +27,7 @@ help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 deps: ## as root on Debian: install what the demo and the tests need, if missing
-	@missing=; for c in ip ping sysctl unshare socat iperf nft tincd tcpdump gcc systemd-analyze groff mmdebstrap systemd-nspawn podman runc; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=; for c in ip ping sysctl unshare socat iperf nft tincd tcpdump gcc systemd-analyze groff mmdebstrap systemd-nspawn podman runc wireguard-go valgrind; do command -v $$c >/dev/null || missing=1; done; \
 	[ -f /usr/include/librecast.h ] && [ -f /usr/include/sodium.h ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -62,7 +62,7 @@ fuzz: ## run each fuzz test for FUZZTIME (default 300000x: executions, a few sec
 demo: deps build ## as root: run lcast in network namespaces with real programs
 	LCAST=./lcast demo/demo.sh
 
-bench: deps ## as root: micro-benchmarks, then lcast side by side with unicast, VXLAN and tinc (results in bench-results/)
+bench: deps ## as root: micro-benchmarks, then lcast side by side with unicast, VXLAN, tinc and wireguard-go (results in bench-results/)
 	$(GO) test -run '^$$' -bench . -benchmem ./mld ./router
 	$(GO) test -run '^$$' -bench 'SideBySide|RelayFanOut|Gateway' -benchtime 1x -timeout 60m ./internal/e2e -args -bench.out=$(CURDIR)/bench-results
 

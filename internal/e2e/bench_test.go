@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -34,8 +35,10 @@ type benchSystem struct {
 	// sink helper's -group there ("" for unicast).
 	to, group func(k int) string
 	// daemons lists the processes that forward, whose CPU and memory
-	// are measured (none for the kernel's).
-	daemons []*netlab.Process
+	// are measured (none for the kernel's), and commands how each was
+	// started, its first three those of sites 1 to 3 (fan-out 1->2).
+	daemons  []*netlab.Process
+	commands []daemonCommand
 	// ready, if set, waits until the receivers' subscriptions for fan-out
 	// k reached the sender.
 	ready func(k int)
@@ -56,6 +59,26 @@ type loadRun struct {
 	// datagram delivered to a receiver, in microseconds.
 	HostCPU   float64 `json:"host_cpu_us_per_packet"`
 	DaemonCPU float64 `json:"daemon_cpu_us_per_packet"`
+	// How busy the sending program was (share of one core) and the whole
+	// machine (share of all its cores), and so what bound the run.
+	SenderCore float64 `json:"sender_core"`
+	HostLoad   float64 `json:"host_load"`
+	Bound      string  `json:"bound"`
+}
+
+// bound says what limited a run: the offered rate, if the receivers got
+// it; else the sending program, if it kept a core busy; else the machine's
+// CPU, if every core was busy; else the system carrying the datagrams.
+func (r loadRun) bound() string {
+	switch {
+	case r.Offered > 0 && r.WorstLoss < 1:
+		return "rate"
+	case r.SenderCore >= 0.9:
+		return "sender"
+	case r.HostLoad >= 0.9:
+		return "CPU"
+	}
+	return r.System
 }
 
 // sideBySide is the benchmark's lab: nine sites, each with every system.
@@ -196,7 +219,9 @@ func (s *sideBySide) addTinc() {
 			}
 		}
 		for i, site := range sites {
-			sys.daemons = append(sys.daemons, site.Start("tincd", "-c", dirs[i], "-D", "--pidfile", filepath.Join(dirs[i], "pid")))
+			argv := []string{"tincd", "-c", dirs[i], "-D", "--pidfile", filepath.Join(dirs[i], "pid")}
+			sys.daemons = append(sys.daemons, site.Start(argv[0], argv[1:]...))
+			sys.commands = append(sys.commands, daemonCommand{site, argv})
 		}
 		for i, site := range sites[1:] {
 			addr := fmt.Sprintf("fd00:43:%d::1", k)
@@ -221,8 +246,9 @@ func (s *sideBySide) addLcast() {
 			}
 		},
 	}
-	for _, n := range s.m.nodes {
+	for i, n := range s.m.nodes {
 		sys.daemons = append(sys.daemons, n.daemon)
+		sys.commands = append(sys.commands, daemonCommand{s.m.sites[i], []string{cmp.Or(n.bin, lcastBin), "up", "-c", n.cfg}})
 	}
 	s.systems = append(s.systems, sys)
 }
@@ -244,7 +270,7 @@ func (s *sideBySide) load(sys *benchSystem, k, rate int, dur time.Duration) load
 	if sys.ready != nil {
 		sys.ready(k)
 	}
-	hostBefore := hostBusy()
+	hostBefore, wallBefore := hostBusy(), time.Now()
 	daemonBefore := daemonsCPU(sys.daemons)
 	var profiling sync.WaitGroup
 	if sys.name == "lcast" && rate == 0 && k == 2 && s.profiles == nil {
@@ -273,11 +299,15 @@ func (s *sideBySide) load(sys *benchSystem, k, rate int, dur time.Duration) load
 		run.PPS += float64(r.Unique) / secs / float64(k)
 		run.WorstLoss = max(run.WorstLoss, 100*(1-float64(r.Unique)/float64(max(run.Sent.Sent, 1))))
 	}
-	run.HostCPU = perPacketUS(hostBusy()-hostBefore, delivered)
+	hostUsed, wall := hostBusy()-hostBefore, time.Since(wallBefore)
+	run.HostCPU = perPacketUS(hostUsed, delivered)
 	run.DaemonCPU = perPacketUS(daemonsCPU(sys.daemons)-daemonBefore, delivered)
+	run.SenderCore = float64(run.Sent.CPU) / float64(max(run.Sent.End-run.Sent.Start, 1))
+	run.HostLoad = float64(hostUsed) / float64(wall) / float64(runtime.NumCPU())
+	run.Bound = run.bound()
 	s.runs = append(s.runs, run)
-	fmt.Printf("  %-6s 1->%d offered %-7s delivered %8.0f/s per receiver, worst loss %6.3f%%, host CPU %5.2f us/pkt, daemons %5.2f us/pkt, latency p50 %.0f us\n",
-		sys.name, k, offered(rate), run.PPS, run.WorstLoss, run.HostCPU, run.DaemonCPU, run.Recv[0].P50)
+	fmt.Printf("  %-6s 1->%d offered %-7s delivered %8.0f/s per receiver, worst loss %6.3f%%, host CPU %5.2f us/pkt, daemons %5.2f us/pkt, latency p50 %.0f us; sender %3.0f%% of a core, host %3.0f%% busy: bound by %s\n",
+		sys.name, k, offered(rate), run.PPS, run.WorstLoss, run.HostCPU, run.DaemonCPU, run.Recv[0].P50, 100*run.SenderCore, 100*run.HostLoad, run.Bound)
 	return run
 }
 
@@ -428,18 +458,25 @@ func (s *sideBySide) run() *benchReport {
 	fmt.Printf("latency: %d datagrams/s, 1->2\n", latencyRate)
 	s.rounds(func(sys *benchSystem) { s.load(sys, 2, latencyRate, 2*time.Second) })
 	s.latencyStages(rep)
+	fmt.Println("TCP: site 1 to site 2 over lcast and over Debian's wireguard-go")
+	s.tcp(rep)
 	rep.Runs = s.runs
 	for _, sys := range s.systems {
 		for _, k := range fanOuts {
 			pps := func(r loadRun) float64 { return r.PPS }
 			rep.Rows = append(rep.Rows,
 				benchRow{sys.name, fmt.Sprintf("1->%d saturation: delivered/s per receiver", k), s.median(sys.name, k, 0, pps)},
+				benchRow{sys.name, fmt.Sprintf("1->%d saturation: host CPU us per delivered datagram", k), s.median(sys.name, k, 0, func(r loadRun) float64 { return r.HostCPU })},
+				benchRow{sys.name, fmt.Sprintf("1->%d saturation: sender's share of a core %%", k), s.median(sys.name, k, 0, func(r loadRun) float64 { return 100 * r.SenderCore })},
+				benchRow{sys.name, fmt.Sprintf("1->%d saturation: host busy %%", k), s.median(sys.name, k, 0, func(r loadRun) float64 { return 100 * r.HostLoad })},
 				benchRow{sys.name, fmt.Sprintf("1->%d at %d/s: delivered/s per receiver", k, fixed[k]), s.median(sys.name, k, fixed[k], pps)},
 				benchRow{sys.name, fmt.Sprintf("1->%d at %d/s: worst receiver's loss %%", k, fixed[k]), s.median(sys.name, k, fixed[k], func(r loadRun) float64 { return r.WorstLoss })},
 				benchRow{sys.name, fmt.Sprintf("1->%d at %d/s: host CPU us per delivered datagram", k, fixed[k]), s.median(sys.name, k, fixed[k], func(r loadRun) float64 { return r.HostCPU })},
 			)
 			if len(sys.daemons) > 0 {
-				rep.Rows = append(rep.Rows, benchRow{sys.name, fmt.Sprintf("1->%d at %d/s: daemons' CPU us per delivered datagram", k, fixed[k]), s.median(sys.name, k, fixed[k], func(r loadRun) float64 { return r.DaemonCPU })})
+				rep.Rows = append(rep.Rows,
+					benchRow{sys.name, fmt.Sprintf("1->%d saturation: daemons' CPU us per delivered datagram", k), s.median(sys.name, k, 0, func(r loadRun) float64 { return r.DaemonCPU })},
+					benchRow{sys.name, fmt.Sprintf("1->%d at %d/s: daemons' CPU us per delivered datagram", k, fixed[k]), s.median(sys.name, k, fixed[k], func(r loadRun) float64 { return r.DaemonCPU })})
 			}
 		}
 		rep.Rows = append(rep.Rows,
@@ -468,7 +505,10 @@ func (s *sideBySide) run() *benchReport {
 		benchRow{"lcast", name + ": a peer's stream delivered %", 100 * float64(f.During.unique) / floodStream},
 		benchRow{"lcast", name + ": then delivered %", 100 * float64(f.After.unique) / 2000},
 		benchRow{"lcast", name + ": its RSS MiB before", float64(f.RSSBefore) / 1024},
-		benchRow{"lcast", name + ": its RSS MiB after", float64(f.RSS) / 1024})
+		benchRow{"lcast", name + ": its RSS MiB after", float64(f.RSS) / 1024},
+		benchRow{"lcast", name + ": its peak RSS MiB", float64(f.Peak) / 1024})
+	fmt.Printf("instructions: the daemons of 1->2 under valgrind, idle and at %d datagrams/s\n", instrRate)
+	s.instructions(rep)
 	return rep
 }
 
@@ -481,9 +521,15 @@ func (s *sideBySide) median(system string, k, rate int, f func(loadRun) float64)
 			v = append(v, f(r))
 		}
 	}
+	return median(v)
+}
+
+// median returns the median of v (the upper one of an even count), or 0.
+func median(v []float64) float64 {
 	if len(v) == 0 {
 		return 0
 	}
+	v = slices.Clone(v)
 	slices.Sort(v)
 	return v[len(v)/2]
 }

@@ -60,7 +60,6 @@ func BenchmarkGateway(b *testing.B) {
 				sent[i] = append(sent[i], float64(s.Sent)/time.Duration(s.End-s.Start).Seconds())
 			}
 		}
-		median := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
 		fmt.Printf("\ngateway mode against host mode (median of 3 rounds, 1200-byte datagrams, sender as fast as it can):\n")
 		for i, p := range paths {
 			d, s := median(rates[i]), median(sent[i])

@@ -39,6 +39,7 @@ type blastResult struct {
 	Refused int   `json:"refused"` // sends the kernel refused
 	Start   int64 `json:"start_ns"`
 	End     int64 `json:"end_ns"`
+	CPU     int64 `json:"cpu_ns"` // the sender's own CPU time, user and system
 }
 
 // blastHelper: "blast -to A[,B...] [-port P] [-rate PPS] [-dur D] [-size
@@ -138,6 +139,10 @@ func blastHelper(args []string) int {
 	}
 	res.End = time.Now().UnixNano()
 	res.Sent = int(seq)
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		res.CPU = ru.Utime.Nano() + ru.Stime.Nano()
+	}
 	return helperJSON(res)
 }
 
