@@ -63,8 +63,9 @@ func (m *mesh) flood(t testing.TB) floodRun {
 }
 
 // A flood of random WireGuard-shaped datagrams at a daemon's listen port
-// neither crashes it nor grows its memory without bound; a peer's stream
-// through it still gets through, at least 90% of it during the flood and
+// neither crashes it nor grows its memory past what an edge box has (128
+// MiB: what the transport holds is bounded, bridge.MemoryBound); a peer's
+// stream through it still gets through, at least 90% of it during the flood and
 // all of it once the flood ends. The daemons are built for use: under the
 // race detector only a few percent got through during the flood.
 func TestRandomUDPFlood(t *testing.T) {
@@ -81,8 +82,8 @@ func TestRandomUDPFlood(t *testing.T) {
 	if r.After.unique != 2000 || r.After.dups != 0 {
 		t.Fatalf("after the flood the peer's stream is not whole: %+v", r.After)
 	}
-	if r.Peak > 256*1024 {
-		t.Fatalf("peak RSS %d MiB under the flood", r.Peak/1024)
+	if r.Peak > 128*1024 {
+		t.Fatalf("peak RSS %d MiB under the flood, more than 128 MiB", r.Peak/1024)
 	}
 }
 
