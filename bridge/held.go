@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/librecast/lcast/router"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
 )
 
 // The transport (wireguard-go) keeps every packet it holds in a buffer of
@@ -36,7 +38,7 @@ const (
 )
 
 // bufferSize is the size of each of the transport's packet buffers.
-const bufferSize = 64 << 10
+const bufferSize = device.MaxMessageSize
 
 // MemoryBound is the most memory the packets in flight take: the
 // transport's buffers for the packets the limits above admit, the buffers
@@ -44,11 +46,7 @@ const bufferSize = 64 << 10
 // goroutines and for the one reading from the port), and the bridge's own
 // batches from lc0. With lc0's MTU of 1364 it is 96 MiB; the rest of the
 // daemon (tables, subscriptions, sessions) takes a few MiB more.
-const MemoryBound = (QueueLimit+ReceiveLimit+HandshakeLimit+2*wireguardBatch+transportBatch)*bufferSize + maxBytesInFlight
-
-// wireguardBatch is how many datagrams the transport receives at a time
-// (wireguard-go's conn.IdealBatchSize).
-const wireguardBatch = 128
+const MemoryBound = (QueueLimit+ReceiveLimit+HandshakeLimit+2*conn.IdealBatchSize+transportBatch)*bufferSize + maxBytesInFlight
 
 // heldExpiry is how long a packet the transport never reported counts as
 // held. The transport drops some packets without sending or writing them
@@ -179,15 +177,6 @@ func (h *held) received(now time.Time, bufs [][]byte, sizes []int) (dropped int)
 	return dropped
 }
 
-// WireGuard's message types and the sizes the transport accepts.
-const (
-	msgInitiation  = 1
-	msgResponse    = 2
-	msgCookieReply = 3
-	msgTransport   = 4
-	transportMin   = 32 // header and tag: a keepalive
-)
-
 // takes reports whether the transport keeps datagram d beyond the read
 // (transport data, or a handshake message: handshake true).
 func takes(d []byte) (handshake, ok bool) {
@@ -195,14 +184,14 @@ func takes(d []byte) (handshake, ok bool) {
 		return false, false
 	}
 	switch binary.LittleEndian.Uint32(d) {
-	case msgTransport:
-		return false, len(d) >= transportMin
-	case msgInitiation:
-		return true, len(d) == 148
-	case msgResponse:
-		return true, len(d) == 92
-	case msgCookieReply:
-		return true, len(d) == 64
+	case device.MessageTransportType:
+		return false, len(d) >= device.MessageTransportSize
+	case device.MessageInitiationType:
+		return true, len(d) == device.MessageInitiationSize
+	case device.MessageResponseType:
+		return true, len(d) == device.MessageResponseSize
+	case device.MessageCookieReplyType:
+		return true, len(d) == device.MessageCookieReplySize
 	}
 	return false, false
 }
