@@ -88,19 +88,15 @@ func (s *sideBySide) tcp(rep *benchReport) {
 	for r := range benchRounds {
 		for i := range systems {
 			sys := systems[(r+i)%len(systems)]
-			sink := startHelperUntil(s.b, s.m.sites[1].Namespace, "ready", "tcpsink", sys.to)
 			before := daemonsCPU(sys.daemons)
-			send := startHelperUntil(s.b, s.m.sites[0].Namespace, "", "tcpsend", "-to", sys.to, "-dur", tcpDur.String())
-			waitExit(s.b, send, tcpDur+30*time.Second, sys.name+": TCP sender")
-			waitExit(s.b, sink, 10*time.Second, sys.name+": TCP receiver")
+			res := measureTCP(s.b, s.m.sites[0].Namespace, s.m.sites[1].Namespace, sys.to, tcpDur)
 			used := daemonsCPU(sys.daemons) - before
-			var res tcpResult
-			decodeHelperJSON(s.b, sink, &res)
 			secs := time.Duration(res.Last - res.First).Seconds()
 			mb := float64(res.Bytes) / 1e6
-			mbits[sys.name] = append(mbits[sys.name], mb*8/max(secs, 1e-9))
-			cpu[sys.name] = append(cpu[sys.name], float64(used.Microseconds())/max(mb, 1e-9))
-			fmt.Printf("  %-12s TCP site 1 -> site 2: %5.0f Mbit/s, daemons' CPU %4.0f us per MB\n", sys.name, mb*8/max(secs, 1e-9), float64(used.Microseconds())/max(mb, 1e-9))
+			rate, perMB := mb*8/max(secs, 1e-9), float64(used.Microseconds())/max(mb, 1e-9)
+			mbits[sys.name] = append(mbits[sys.name], rate)
+			cpu[sys.name] = append(cpu[sys.name], perMB)
+			fmt.Printf("  %-12s TCP site 1 -> site 2: %5.0f Mbit/s, daemons' CPU %4.0f us per MB\n", sys.name, rate, perMB)
 		}
 	}
 	for _, sys := range systems {

@@ -36,15 +36,9 @@ func relayHelper(args []string) int {
 		}
 		c, err := net.ListenUDP("udp6", net.UDPAddrFromAddrPort(ap))
 		if err == nil {
-			// A pause of this (race-built) program must delay what it
-			// carries, not drop it beyond the loss asked for: room for
-			// seconds of a 1000/s stream.
-			if rc, err := c.SyscallConn(); err == nil {
-				rc.Control(func(fd uintptr) {
-					syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, 8<<20)
-					syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUFFORCE, 8<<20)
-				})
-			}
+			// Room for seconds of a 1000/s stream: no loss beyond
+			// what was asked for.
+			forceBuffers(c, 8<<20, syscall.SO_RCVBUFFORCE, syscall.SO_SNDBUFFORCE)
 		}
 		return c, err
 	}

@@ -234,11 +234,7 @@ func listenLoad(group string) (*ipv6.PacketConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Root may exceed rmem_max: a pause of the machine must not drop
-	// datagrams at this program's socket.
-	if rc, err := c.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, 16<<20) })
-	}
+	forceBuffers(c, 16<<20, syscall.SO_RCVBUFFORCE)
 	p := ipv6.NewPacketConn(c)
 	if group == "" {
 		return p, nil

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/librecast/lcast/internal/control"
 	"github.com/librecast/lcast/internal/netlab"
 	"github.com/librecast/lcast/peer"
 )
@@ -213,23 +214,28 @@ func (m *mesh) waitConnected(t testing.TB) {
 func (m *mesh) waitSubscribed(t testing.TB, from, to int, group string, want bool, timeout time.Duration) time.Duration {
 	t.Helper()
 	toKey := m.nodes[to].key.PublicKey().String()
-	took, ok := netlab.Poll(timeout, func() bool {
-		for _, p := range m.nodes[from].status(t).Peers {
-			if p.PublicKey == toKey {
-				for _, g := range p.Groups {
-					if g.Group == group {
-						return want
-					}
-				}
-			}
-		}
-		return !want
-	})
+	took, ok := netlab.Poll(timeout, func() bool { return subscribed(m.nodes[from].status(t), toKey, group) == want })
 	if !ok {
 		t.Fatalf("site %d: subscription of site %d to %s = %v not reached in %v\nstatus of site %d: %+v\nlog of site %d:\n%s\nlog of site %d:\n%s",
 			from+1, to+1, group, want, timeout, from+1, m.nodes[from].status(t), from+1, m.nodes[from].daemon.Output(), to+1, m.nodes[to].daemon.Output())
 	}
 	return took
+}
+
+// subscribed reports whether a node's status says that the peer with
+// public key peer subscribed to group.
+func subscribed(st *control.Status, peer, group string) bool {
+	for _, p := range st.Peers {
+		if p.PublicKey != peer {
+			continue
+		}
+		for _, g := range p.Groups {
+			if g.Group == group {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // diagnose reports where packets may have been dropped: lcast's counters,

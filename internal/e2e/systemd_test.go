@@ -74,7 +74,7 @@ func TestSystemd(t *testing.T) {
 	// site 2's subscription: what it checks is the reload, not start-up.
 	const group, count = "ff1e::20", 4000
 	recv := startHelper(t, m.sites[1].Namespace, "recv", group, "lc0", "2s")
-	if took, ok := netlab.Poll(10*time.Second, func() bool { return c.subscribed(other.key.PublicKey().String(), group) }); !ok {
+	if took, ok := netlab.Poll(10*time.Second, func() bool { return subscribed(c.status(), other.key.PublicKey().String(), group) }); !ok {
 		t.Fatalf("site 1 did not learn site 2's subscription in %v\n%s", took, c.journal())
 	}
 	send := m.sites[0].Start("env", helperEnv+"=send", lcastTestBinary(), group, strconv.Itoa(count), "1000", "1200")
@@ -279,19 +279,6 @@ func (c *container) status() *control.Status {
 		c.t.Fatal(err)
 	}
 	return &st
-}
-
-// subscribed reports whether the container's lcast knows that peer has
-// subscribed to group.
-func (c *container) subscribed(peer, group string) bool {
-	for _, p := range c.status().Peers {
-		for _, g := range p.Groups {
-			if p.PublicKey == peer && g.Group == group {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // debianRootfs returns a tarball of a minimal Debian 12 with systemd, built

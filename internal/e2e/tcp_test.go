@@ -76,6 +76,20 @@ func tcpSendHelper(args []string) int {
 	return 0
 }
 
+// measureTCP sends TCP from a program in from to one listening at to
+// ([addr]:port) in the namespace at, as fast as it can for dur, and returns
+// what the receiver got.
+func measureTCP(t testing.TB, from, at *netlab.Namespace, to string, dur time.Duration) tcpResult {
+	t.Helper()
+	sink := startHelperUntil(t, at, "ready", "tcpsink", to)
+	send := startHelperUntil(t, from, "", "tcpsend", "-to", to, "-dur", dur.String())
+	waitExit(t, send, dur+30*time.Second, "TCP sender")
+	waitExit(t, sink, 10*time.Second, "TCP receiver")
+	var r tcpResult
+	decodeHelperJSON(t, sink, &r)
+	return r
+}
+
 // Unicast between overlay addresses, as programs use it: TCP from site 1
 // to site 2's overlay address for 5 s, which lc0's offloads hand to lcast
 // as super-packets of many segments, loses none of them to a short read of
@@ -94,12 +108,7 @@ func TestOverlayUnicast(t *testing.T) {
 	}
 	t.Run("TCP", func(t *testing.T) {
 		to := fmt.Sprintf("[%s]:5001", peer.OverlayAddr(m.nodes[1].key.PublicKey()))
-		sink := startHelperUntil(t, m.sites[1].Namespace, "ready", "tcpsink", to)
-		send := startHelperUntil(t, m.sites[0].Namespace, "", "tcpsend", "-to", to, "-dur", "5s")
-		waitExit(t, send, 30*time.Second, "TCP sender")
-		waitExit(t, sink, 10*time.Second, "TCP receiver")
-		var r tcpResult
-		decodeHelperJSON(t, sink, &r)
+		r := measureTCP(t, m.sites[0].Namespace, m.sites[1].Namespace, to, 5*time.Second)
 		secs := time.Duration(r.Last - r.First).Seconds()
 		if r.Bytes == 0 || secs <= 0 {
 			t.Fatalf("TCP over the overlay carried %d bytes\n%s", r.Bytes, m.diagnose(t))

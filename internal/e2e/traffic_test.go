@@ -34,11 +34,7 @@ func recvHelper(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	// A large receive buffer (root may exceed rmem_max), so that a test
-	// machine's pause does not drop datagrams at this program's socket.
-	if rc, err := c.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, 8<<20) })
-	}
+	forceBuffers(c, 8<<20, syscall.SO_RCVBUFFORCE)
 	idle := 2 * time.Second
 	if len(args) > 2 {
 		d, _ := time.ParseDuration(args[2])
@@ -90,6 +86,22 @@ func recvHelper(args []string) int {
 		fmt.Printf("missing %v\n", missing)
 	}
 	return 0
+}
+
+// forceBuffers sets the socket's buffers named by opts (SO_RCVBUFFORCE,
+// SO_SNDBUFFORCE: root may exceed rmem_max and wmem_max) to size bytes, so
+// that a pause of the test machine, or of a race-built helper, delays the
+// datagrams at the socket rather than drops them.
+func forceBuffers(c syscall.Conn, size int, opts ...int) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		for _, opt := range opts {
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt, size)
+		}
+	})
 }
 
 // listenGroup joins group on ifi at port 4242: from any source, or from
