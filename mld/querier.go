@@ -142,8 +142,12 @@ func (q *Querier) Run(ctx context.Context) {
 		if sendGeneral {
 			q.send(ctx, general)
 		}
+		// A report handled after now was taken may have asked for a
+		// query due now and set its timers from a later clock: split
+		// the sources at a time taken after due saw the request.
+		split := time.Now()
 		for _, sq := range specific {
-			for _, pkt := range q.specificQueries(now, sq) {
+			for _, pkt := range q.specificQueries(split, sq) {
 				q.send(ctx, pkt)
 			}
 		}
