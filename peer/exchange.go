@@ -73,7 +73,15 @@ type ExchangeConfig struct {
 	// LastRx returns when the last packet of any kind from a peer
 	// arrived (zero if never); nil counts only control messages.
 	LastRx func(peer netip.Addr) time.Time
-	Log    *slog.Logger
+	// Watched reports the peers whose direct path is watched closely
+	// (hellos every pathHello: a node that can fall back on a relay
+	// learns within about half a second that the path broke); nil
+	// watches none.
+	Watched func(peer netip.Addr) bool
+	// PathChanged is called, from Run's goroutine, when whether the path
+	// to some peer is direct (Exchange.Direct) changed; nil for none.
+	PathChanged func()
+	Log         *slog.Logger
 }
 
 // Exchange keeps this node's subscriptions known to its peers and learns
@@ -100,6 +108,8 @@ type Exchange struct {
 	out     func(peer netip.Addr, msg []byte) error
 	repair  func(addrs []netip.Addr, recent time.Duration)
 	lastRx  func(peer netip.Addr) time.Time
+	watched func(peer netip.Addr) bool
+	pathed  func()
 	inbox   chan inbound
 
 	changeMu sync.Mutex // serializes the computing of states
@@ -149,7 +159,8 @@ type remote struct {
 	// applied, valid while ackedOK (the peer knows this node's epoch).
 	acked   uint64
 	ackedOK bool
-	resend  // when the full state is owed again (sendstate.go)
+	resend       // when the full state is owed again (sendstate.go)
+	direct  bool // the path is direct, as tick last found (see isDirect)
 
 	health
 }
@@ -169,6 +180,8 @@ func NewExchange(cfg ExchangeConfig) *Exchange {
 		out:     cfg.Send,
 		repair:  cfg.Repair,
 		lastRx:  cfg.LastRx,
+		watched: cfg.Watched,
+		pathed:  cfg.PathChanged,
 		inbox:   make(chan inbound, inboxLen),
 		peers:   map[netip.Addr]*remote{},
 		owed:    map[netip.Addr]bool{},
@@ -284,13 +297,21 @@ func (x *Exchange) tick(ctx context.Context) {
 		now := time.Now()
 		x.mu.Lock()
 		var hellos, repair []netip.Addr
+		pathChanged := false
 		for a, r := range x.peers {
 			if (!r.ackedOK || r.acked != r.mineGen || r.requested) && r.mayResend(now) {
 				x.owed[a] = true
 			}
 			if !now.Before(r.nextHello) {
-				r.nextHello = now.Add(r.helloInterval(x.since(now)))
+				every := r.helloInterval(x.since(now))
+				if x.watched != nil && x.watched(a) {
+					every = min(every, pathHello)
+				}
+				r.nextHello = now.Add(every)
 				hellos = append(hellos, a)
+			}
+			if d := r.isDirect(now, x.since(now)); d != r.direct {
+				r.direct, pathChanged = d, true
 			}
 			if x.repairDue(a, r, now) {
 				repair = append(repair, a)
@@ -303,6 +324,9 @@ func (x *Exchange) tick(ctx context.Context) {
 			}
 		}
 		x.mu.Unlock()
+		if pathChanged && x.pathed != nil {
+			x.pathed()
+		}
 		x.wakeSender()
 		for _, a := range hellos {
 			x.send(a, 0, sendFlags{ping: true})
@@ -338,7 +362,7 @@ func (x *Exchange) receive(addr netip.Addr, b []byte) {
 	if m.Epoch != r.epoch {
 		// The peer (re)started: its state is to be learnt afresh. What it
 		// subscribed to before stays until the new state is complete.
-		r.epoch, r.applied, r.pending, r.received, r.heard = m.Epoch, false, 0, nil, 0
+		r.epoch, r.applied, r.pending, r.received, r.heard, r.ackedOK = m.Epoch, false, 0, nil, 0, false
 		r.resend.restart(now) // a new start is owed the state at once
 	}
 	r.heard = max(r.heard, m.Stamp)
@@ -431,6 +455,24 @@ func (r *remote) collect(m *Message) (all []mld.GroupState, complete bool, dropp
 	r.applied, r.gen, r.received, r.held, r.heldSrcs = true, m.Generation, nil, 0, 0
 	all, merged := sanitize(all)
 	return all, true, dropped, trimmed + merged
+}
+
+// isDirect reports whether, at now (since the exchange's start), the
+// path to the peer is direct: its session answers (no ping overdue, heard
+// from within ConnectedWithin) and the peer applied a state of this
+// node's, so that it sends this node's groups straight to it.
+func (r *remote) isDirect(now time.Time, since time.Duration) bool {
+	return r.epoch != 0 && r.ackedOK && r.acked != 0 && r.answered != 0 && !r.overdue(since, 0) &&
+		now.Sub(r.lastHeard) < ConnectedWithin
+}
+
+// Direct reports whether the path to the peer at addr is direct, as the
+// exchange last found (every tickInterval).
+func (x *Exchange) Direct(addr netip.Addr) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	r, ok := x.peers[addr]
+	return ok && r.direct
 }
 
 // Silence returns how long the peer at addr has sent nothing, counted from

@@ -33,6 +33,9 @@ const (
 	tickInterval = 50 * time.Millisecond
 	// fastHello is the hello interval toward a peer that has not answered.
 	fastHello = 100 * time.Millisecond
+	// pathHello is the hello interval toward a peer whose direct path is
+	// watched (ExchangeConfig.Watched).
+	pathHello = 200 * time.Millisecond
 	// minRTO is the least time a ping may go unanswered.
 	minRTO = 250 * time.Millisecond
 	// repairLag is how much longer the node with the higher overlay

@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -47,6 +48,9 @@ func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
 
 // IsZero reports whether k is all zeroes (an unset key).
 func (k Key) IsZero() bool { return k == Key{} }
+
+// Compare orders keys by their bytes, as bytes.Compare does.
+func (k Key) Compare(other Key) int { return bytes.Compare(k[:], other[:]) }
 
 // UnmarshalText implements encoding.TextUnmarshaler, so keys can be config values.
 func (k *Key) UnmarshalText(text []byte) error {

@@ -64,27 +64,11 @@ func (r *Router) Route(t *Table, pkt []byte, o *Origin, next *int, out []byte, a
 	}
 	dst := netip.AddrFrom16([16]byte(pkt[24:40]))
 	if !dst.IsMulticast() {
-		if *next > 0 || o.from != nil {
+		if *next > 0 {
 			return 0, nil
 		}
 		*next = 1
-		p := t.peerOf(dst)
-		switch {
-		case pkt[6] == protoLcast || pkt[6] == ProtoControl:
-			// Only the router wraps, and only the bridge sends control:
-			// a program's packet must pass for neither at the peer.
-			r.Drop(DropMalformed, p)
-			return 0, nil
-		case p == nil:
-			r.Drop(DropNoRoute, nil)
-			return 0, nil
-		case !admit(p):
-			r.Drop(DropPeerQueue, p)
-			return 0, nil
-		}
-		n := copy(out, pkt)
-		p.counters.Sent(n)
-		return n, p
+		return r.routeUnicast(t, pkt, dst, o, out, admit)
 	}
 	src := netip.AddrFrom16([16]byte(pkt[8:24]))
 	if o.from == nil && src != r.self && src != r.selfLL && !inPrefixes(t.ownLANs, src) {
@@ -125,6 +109,41 @@ func (r *Router) Route(t *Table, pkt []byte, o *Origin, next *int, out []byte, a
 		return n, s.peer
 	}
 	return 0, nil
+}
+
+// routeUnicast is Route for unicast to dst: from lc0, it goes unwrapped
+// to the peer dst is an address of or, while that peer's path is
+// relayed, wrapped to the relay (Path.Via); relayed (o.from is the peer
+// that sent it through this relay), it goes wrapped to that peer.
+func (r *Router) routeUnicast(t *Table, pkt []byte, dst netip.Addr, o *Origin, out []byte, admit func(*Peer) bool) (int, *Peer) {
+	p := t.peerOf(dst)
+	switch {
+	case o.from == nil && (pkt[6] == protoLcast || pkt[6] == ProtoControl):
+		// Only the router wraps, and only the bridge sends control:
+		// a program's packet must pass for neither at the peer.
+		r.Drop(DropMalformed, p)
+		return 0, nil
+	case p == nil:
+		r.Drop(DropNoRoute, nil)
+		return 0, nil
+	}
+	to := p
+	if via := t.peers[t.paths[p.addr].Via]; o.from == nil && via != nil {
+		to = via
+	}
+	if !admit(to) {
+		r.Drop(DropPeerQueue, to)
+		return 0, nil
+	}
+	n := 0
+	if to == p && o.from == nil {
+		n = copy(out, pkt)
+	} else {
+		wrap(out, r.self, to.addr, len(pkt), o)
+		n = WrapLen + copy(out[WrapLen:], pkt)
+	}
+	to.counters.Sent(n)
+	return n, to
 }
 
 // peerOf returns the peer whose overlay or link-local address a is, or nil.
@@ -259,14 +278,17 @@ func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin, now ti
 		}
 	}
 	group := netip.AddrFrom16([16]byte(inner[24:40]))
-	if !group.IsMulticast() || !r.scope.Forwards(group) {
+	if !group.IsMulticast() {
+		return r.deliverUnicast(t, pkt, p, direct, o)
+	}
+	if !r.scope.Forwards(group) {
 		r.Drop(DropScope, p)
 		return drop
 	}
 	o.from, o.hops = p, pkt[7]-1
 	o.epoch = binary.BigEndian.Uint32(pkt[ipv6HeaderLen+4:])
 	o.seq = binary.BigEndian.Uint64(pkt[ipv6HeaderLen+8:])
-	if why, ok := r.seen.admit(sender, direct, o.epoch, o.seq, now); !ok {
+	if why, ok := r.seen.admit(sender, direct, t.relayedPath(sender), o.epoch, o.seq, now); !ok {
 		r.Drop(why, p)
 		return drop
 	}
@@ -287,6 +309,38 @@ func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin, now ti
 		d.Lc0 = WrapLen
 	}
 	return d
+}
+
+// deliverUnicast is Deliver for wrapped unicast, from the peer p: a
+// packet a relay passes on from its sender (not direct), which reaches
+// lc0 if addressed to this node; or, on a relay, a peer's own packet
+// (direct) for another peer, to pass on to it once.
+func (r *Router) deliverUnicast(t *Table, pkt []byte, p *Peer, direct bool, o *Origin) Delivery {
+	dst := [16]byte(pkt[WrapLen+24 : WrapLen+40])
+	if !direct {
+		if dst != r.self.As16() && !isLinkLocalOf(dst, r.self) {
+			r.Drop(DropNotForNode, p)
+			return drop
+		}
+		return Delivery{Lc0: WrapLen}
+	}
+	to := t.peerOf(netip.AddrFrom16(dst))
+	switch {
+	case !r.relay || to == p:
+		r.Drop(DropNotForNode, p)
+		return drop
+	case to == nil:
+		r.Drop(DropNoRoute, p)
+		return drop
+	case pkt[7] <= 1:
+		r.Drop(DropHopLimit, p)
+		return drop
+	case len(pkt)-WrapLen > r.mtu:
+		r.Drop(DropTooBig, p)
+		return drop
+	}
+	o.from, o.hops, o.epoch, o.seq = p, pkt[7]-1, 0, 0
+	return Delivery{Lc0: -1, Relay: true}
 }
 
 // wantedBeyond reports whether a subscriber of group takes a packet from

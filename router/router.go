@@ -167,6 +167,7 @@ type Table struct {
 	lans      map[netip.Addr][]netip.Prefix // by peer: the sources on the LANs behind that gateway peer
 	ownLANs   []netip.Prefix                // the sources on this gateway's LANs
 	groups    map[netip.Addr][]subscriber   // group -> peers that subscribed
+	paths     map[netip.Addr]Path           // by peer: how this node reaches it (absent: not direct, no relay)
 	local     []Subscription                // groups local programs listen to, sorted by group
 	// forwarded are those of local whose traffic crosses between peers
 	// (local itself when that is all of them).
@@ -262,6 +263,7 @@ func newTable() *Table {
 		relays:    map[netip.Addr]bool{},
 		lans:      map[netip.Addr][]netip.Prefix{},
 		groups:    map[netip.Addr][]subscriber{},
+		paths:     map[netip.Addr]Path{},
 	}
 }
 
@@ -287,6 +289,9 @@ func (r *Router) SetPeers(addrs, relays []netip.Addr) {
 				t.subs[a] = old.subs[a]
 				if ps, ok := old.lans[a]; ok {
 					t.lans[a] = ps
+				}
+				if pa, ok := old.paths[a]; ok {
+					t.paths[a] = pa
 				}
 			} else {
 				t.peers[a] = &Peer{addr: a}
@@ -359,6 +364,54 @@ func (t *Table) keepPeers(old *Table) {
 	maps.Copy(t.subs, old.subs)
 	maps.Copy(t.relays, old.relays)
 	maps.Copy(t.lans, old.lans)
+	maps.Copy(t.paths, old.paths)
+}
+
+// Path is how this node reaches a peer.
+type Path struct {
+	// Direct tells that the session with the peer carries traffic both
+	// ways and the peer applied this node's subscriptions, so the peer's
+	// own multicast comes straight from it: a relay is told not to pass
+	// it on (see Advertised), and relayed copies count as such only while
+	// the direct path is down (see seen).
+	Direct bool
+	// Via is the relay that unicast to the peer goes through while the
+	// path is not direct; invalid (or no peer) to send it straight.
+	Via netip.Addr
+}
+
+// SetPaths sets how this node reaches each peer; peers not in paths
+// have no direct path and no relay. Paths of addresses that are no
+// peers are ignored.
+func (r *Router) SetPaths(paths map[netip.Addr]Path) {
+	r.update(func(old, t *Table) {
+		t.keepPeers(old)
+		t.paths = map[netip.Addr]Path{}
+		for a, pa := range paths {
+			if _, ok := t.peers[a]; ok {
+				t.paths[a] = pa
+			}
+		}
+	})
+}
+
+// Peers returns the overlay addresses of the peers, sorted.
+func (r *Router) Peers() []netip.Addr {
+	return slices.SortedFunc(maps.Keys(r.table.Load().peers), netip.Addr.Compare)
+}
+
+// Path returns how this node reaches the peer at addr.
+func (r *Router) Path(addr netip.Addr) Path { return r.table.Load().paths[addr] }
+
+// relayedPath reports whether the node that sent from address a is a
+// peer whose direct path is down while a relay carries its packets.
+func (t *Table) relayedPath(a netip.Addr) bool {
+	p := t.peerOf(a)
+	if p == nil {
+		return false
+	}
+	pa, ok := t.paths[p.addr]
+	return ok && !pa.Direct && pa.Via.IsValid()
 }
 
 // forwarded returns the groups whose traffic crosses between peers: groups

@@ -69,6 +69,9 @@ type seen struct {
 type origin struct {
 	direct, relayed *window // nil until the first packet of each kind
 	lastDirect      time.Time
+	// wasDown tells that a relayed packet came while the direct path was
+	// known to be down: the next direct packet starts the path afresh.
+	wasDown bool
 	// relayedUpTo is how far the relay window counts for direct packets
 	// too (see adopt); 0: not at all.
 	relayedUpTo uint64
@@ -86,8 +89,10 @@ func (s *seen) init() { s.from = map[netip.Addr]*origin{} }
 
 // admit reports whether the packet seq of epoch from sender arrives for
 // the first time, and remembers it, or else why it is dropped. direct
-// tells that it came from the sender's own node, now when.
-func (s *seen) admit(sender netip.Addr, direct bool, epoch uint32, seq uint64, now time.Time) (Reason, bool) {
+// tells that it came from the sender's own node, now when; down that the
+// sender's direct path is known to be down (Path), so that it does not
+// count as live however recent its last packet.
+func (s *seen) admit(sender netip.Addr, direct, down bool, epoch uint32, seq uint64, now time.Time) (Reason, bool) {
 	o, ok := s.from[sender]
 	if !ok {
 		if len(s.from) >= maxOrigins {
@@ -100,10 +105,10 @@ func (s *seen) admit(sender netip.Addr, direct bool, epoch uint32, seq uint64, n
 		s.from[sender] = o
 	}
 	if direct {
-		if o.direct == nil || now.Sub(o.lastDirect) >= directLive {
+		if o.direct == nil || now.Sub(o.lastDirect) >= directLive || o.wasDown {
 			o.adopt(epoch, seq)
 		}
-		o.lastDirect = now
+		o.lastDirect, o.wasDown = now, false
 		d := newWindow(&o.direct, epoch)
 		if r := o.relayed; seq <= o.relayedUpTo && r.epoch == epoch && r.has(seq) {
 			d.first(epoch, seq)
@@ -112,7 +117,8 @@ func (s *seen) admit(sender netip.Addr, direct bool, epoch uint32, seq uint64, n
 		return DropDuplicate, d.first(epoch, seq)
 	}
 	d := o.direct
-	if d != nil && now.Sub(o.lastDirect) < directLive {
+	o.wasDown = o.wasDown || down
+	if d != nil && now.Sub(o.lastDirect) < directLive && !o.wasDown {
 		if epoch != d.epoch || seq > d.highest {
 			return DropRelayAhead, false
 		}

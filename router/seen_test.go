@@ -108,7 +108,7 @@ func TestSeenDirectPathLapses(t *testing.T) {
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	check := func(what string, direct bool, epoch uint32, seq uint64, now time.Time, want bool, why Reason) {
 		t.Helper()
-		if got, ok := s.admit(b, direct, epoch, seq, now); ok != want || (!ok && got != why) {
+		if got, ok := s.admit(b, direct, false, epoch, seq, now); ok != want || (!ok && got != why) {
 			t.Fatalf("%s: admit = %v, %v; want %v, %v", what, got, ok, want, why)
 		}
 	}
@@ -159,20 +159,20 @@ func TestDirectPathStartsAfterRelay(t *testing.T) {
 	b, c := packettest.PeerB, packettest.PeerC
 	now := time.Now()
 	for seq := uint64(1); seq <= 10; seq++ {
-		if _, ok := s.admit(b, false, 1, seq, now); !ok {
+		if _, ok := s.admit(b, false, false, 1, seq, now); !ok {
 			t.Fatalf("relayed %d, no direct path: dropped", seq)
 		}
 	}
 	for seq := uint64(5); seq <= 15; seq++ {
-		if _, ok := s.admit(b, true, 1, seq, now); ok != (seq > 10) {
+		if _, ok := s.admit(b, true, false, 1, seq, now); ok != (seq > 10) {
 			t.Errorf("direct %d after relayed 1-10: delivered %v, want %v", seq, ok, seq > 10)
 		}
 	}
-	if _, ok := s.admit(c, false, 1, 1+adoptAhead+5, now); !ok {
+	if _, ok := s.admit(c, false, false, 1, 1+adoptAhead+5, now); !ok {
 		t.Fatal("relayed, no direct path: dropped")
 	}
 	for seq := uint64(1); seq <= 3; seq++ {
-		if _, ok := s.admit(c, true, 1, seq, now); !ok {
+		if _, ok := s.admit(c, true, false, 1, seq, now); !ok {
 			t.Errorf("direct %d after a relayed packet %d ahead: dropped", seq, adoptAhead+5)
 		}
 	}

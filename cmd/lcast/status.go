@@ -37,7 +37,7 @@ func printStatus(w io.Writer, st *control.Status, now time.Time) {
 	}
 	fmt.Fprintf(w, "\npeers: %d\n", len(st.Peers))
 	if len(st.Peers) > 0 {
-		fmt.Fprintln(tw, "  PUBLIC KEY\tENDPOINT\tCONNECTED\tLAST RX\tHANDSHAKE\tRX\tTX\tDROPPED\tGROUPS")
+		fmt.Fprintln(tw, "  PUBLIC KEY\tENDPOINT\tCONNECTED\tPATH\tLAST RX\tHANDSHAKE\tRX\tTX\tDROPPED\tGROUPS")
 		for _, p := range st.Peers {
 			key := p.PublicKey
 			switch {
@@ -45,8 +45,10 @@ func printStatus(w io.Writer, st *control.Status, now time.Time) {
 				key += " (relay)"
 			case p.SaysRelay:
 				key += " (says relay, not trusted)"
+			case p.Learnt == "introduced":
+				key += " (introduced)"
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", key, orDash(p.Endpoint), yesNo(p.Connected), ago(p.LastRx, now), ago(p.LastHandshake, now),
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", key, orDash(p.Endpoint), yesNo(p.Connected), orDash(p.Path), ago(p.LastRx, now), ago(p.LastHandshake, now),
 				traffic(p.RxPackets, p.RxBytes), traffic(p.TxPackets, p.TxBytes), total(p.Drops), groupList(p.Groups))
 		}
 		tw.Flush()

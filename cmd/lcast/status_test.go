@@ -26,11 +26,12 @@ func TestPrintStatus(t *testing.T) {
 		Interface: "lc0", Address: "fd6c:6361:7374:a6e9::1", PublicKey: "pubA=", ListenPort: 51840,
 		LocalGroups: append(groups("ff1e::1"), control.Group{Group: "ff3e::1234", Mode: "include", Sources: []string{"fd6c::1", "fd6c::2"}}),
 		Peers: []control.PeerStatus{
-			{PublicKey: "pubB=", Endpoint: "[2001:db8:2::2]:51840", Connected: true, LastHandshake: &recent, LastRx: &recent,
+			{PublicKey: "pubB=", Endpoint: "[2001:db8:2::2]:51840", Connected: true, Path: "direct", LastHandshake: &recent, LastRx: &recent,
 				RxPackets: 3, RxBytes: 271, TxPackets: 123456, TxBytes: 150 << 20, Groups: groups("ff1e::1", "ff1e::2", "ff1e::3", "ff1e::4", "ff1e::5"),
 				Drops: map[string]uint64{"no_listener": 2, "peer_queue_full": 5}},
-			{PublicKey: "pubC=", Endpoint: "[2001:db8:3::2]:51840", Relay: true, LastHandshake: &old, RxBytes: 1536, Drops: map[string]uint64{}},
-			{PublicKey: "pubD=", SaysRelay: true, Groups: []control.Group{}},
+			{PublicKey: "pubC=", Endpoint: "[2001:db8:3::2]:51840", Relay: true, Path: "direct", LastHandshake: &old, RxBytes: 1536, Drops: map[string]uint64{}},
+			{PublicKey: "pubD=", SaysRelay: true, Path: "direct", Groups: []control.Group{}},
+			{PublicKey: "pubE=", Endpoint: "[2001:db8:5::2]:51840", Path: "relayed", Learnt: "introduced", IntroducedBy: []string{"pubC="}},
 		},
 		Forwarding: []control.Forward{
 			{Group: "ff1e::1", To: []control.ForwardTo{
@@ -53,11 +54,12 @@ local groups: 2
   ff1e::1     exclude  -
   ff3e::1234  include  fd6c::1,fd6c::2
 
-peers: 3
-  PUBLIC KEY                       ENDPOINT               CONNECTED  LAST RX  HANDSHAKE  RX               TX                      DROPPED  GROUPS
-  pubB=                            [2001:db8:2::2]:51840  yes        2s ago   2s ago     3 pkts, 271 B    123456 pkts, 150.0 MiB  7        ff1e::1,ff1e::2,ff1e::3,+2 more
-  pubC= (relay)                    [2001:db8:3::2]:51840  no         never    3m20s ago  0 pkts, 1.5 KiB  0 pkts, 0 B             0        -
-  pubD= (says relay, not trusted)  -                      no         never    never      0 pkts, 0 B      0 pkts, 0 B             0        -
+peers: 4
+  PUBLIC KEY                       ENDPOINT               CONNECTED  PATH     LAST RX  HANDSHAKE  RX               TX                      DROPPED  GROUPS
+  pubB=                            [2001:db8:2::2]:51840  yes        direct   2s ago   2s ago     3 pkts, 271 B    123456 pkts, 150.0 MiB  7        ff1e::1,ff1e::2,ff1e::3,+2 more
+  pubC= (relay)                    [2001:db8:3::2]:51840  no         direct   never    3m20s ago  0 pkts, 1.5 KiB  0 pkts, 0 B             0        -
+  pubD= (says relay, not trusted)  -                      no         direct   never    never      0 pkts, 0 B      0 pkts, 0 B             0        -
+  pubE= (introduced)               [2001:db8:5::2]:51840  no         relayed  never    never      0 pkts, 0 B      0 pkts, 0 B             0        -
 
 forwarding: 2 groups
   GROUP    TO PEER  MODE     SOURCES  WHY
@@ -89,7 +91,7 @@ func TestPrintStatusGateway(t *testing.T) {
 		Interface: "lc0", Address: "fd6c:6361:7374:a6e9::1", PublicKey: "pubA=", ListenPort: 51840,
 		LocalGroups: []control.Group{},
 		Peers: []control.PeerStatus{
-			{PublicKey: "pubB=", Endpoint: "[2001:db8:2::2]:51840", Connected: true, LastHandshake: &recent, LastRx: &recent,
+			{PublicKey: "pubB=", Endpoint: "[2001:db8:2::2]:51840", Connected: true, Path: "direct", LastHandshake: &recent, LastRx: &recent,
 				RxPackets: 10, RxBytes: 1000, TxPackets: 4, TxBytes: 2048, Groups: []control.Group{anySource}, Drops: map[string]uint64{}},
 		},
 		LANs: []control.LANStatus{
@@ -118,8 +120,8 @@ relay:        no
 local groups: 0
 
 peers: 1
-  PUBLIC KEY  ENDPOINT               CONNECTED  LAST RX  HANDSHAKE  RX               TX               DROPPED  GROUPS
-  pubB=       [2001:db8:2::2]:51840  yes        2s ago   2s ago     10 pkts, 1000 B  4 pkts, 2.0 KiB  0        ff1e::1
+  PUBLIC KEY  ENDPOINT               CONNECTED  PATH    LAST RX  HANDSHAKE  RX               TX               DROPPED  GROUPS
+  pubB=       [2001:db8:2::2]:51840  yes        direct  2s ago   2s ago     10 pkts, 1000 B  4 pkts, 2.0 KiB  0        ff1e::1
 
 lan lan1: prefixes 2001:db8:1::/64,fd00:1::/64, querier fe80::1 (this node), 2 groups, 0 packets from foreign sources
   GROUP    MODE     SOURCES

@@ -78,6 +78,9 @@ type Peer struct {
 	// LANPrefixes are the prefixes of the LANs behind the peer, a gateway:
 	// its multicast may carry sources in them, as well as its own address.
 	LANPrefixes []netip.Prefix `toml:"lan_prefixes"`
+	// Introducer accepts, as peers, the nodes the peer introduces: those
+	// it lists as its own peers, at the endpoints it sees them at.
+	Introducer bool `toml:"introducer"`
 }
 
 // Endpoint is a peer's "[addr]:port" or "host:port". The zero value means

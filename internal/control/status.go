@@ -88,7 +88,17 @@ type PeerStatus struct {
 	// Connected tells whether traffic flows both ways: authenticated
 	// traffic from the peer arrived recently and the peer acknowledged
 	// this node's recently (not only that a handshake happened).
-	Connected     bool       `json:"connected"`
+	Connected bool `json:"connected"`
+	// Path is "direct" while traffic to the peer goes straight to it,
+	// "relayed" while its own session carries nothing and unicast to it
+	// goes through a relay this node trusts (multicast then comes
+	// through the relays too).
+	Path string `json:"path"`
+	// Learnt tells where this node learnt of the peer: "configured" (a
+	// [[peer]] table) or "introduced" (by the introducers in
+	// IntroducedBy, by public key).
+	Learnt        string     `json:"learnt"`
+	IntroducedBy  []string   `json:"introduced_by,omitempty"`
 	LastHandshake *time.Time `json:"last_handshake"` // null before the first
 	// LastRx is when the last packet from the peer arrived (null before
 	// the first).

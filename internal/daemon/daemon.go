@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -61,6 +60,17 @@ type Daemon struct {
 	peersMu   sync.Mutex
 	peers     []config.Peer
 	saysRelay map[netip.Addr]bool
+	// resolved are peers as the transport takes them (endpoint names
+	// looked up), relays the overlay addresses of those trusted as
+	// relays, introduced the peers the introducers introduce that peers
+	// does not list (see peers.go).
+	resolved   []peer.Config
+	relays     []netip.Addr
+	introduced map[peer.Key]peer.Introduced
+
+	intros       *peer.Introductions
+	introducedCh chan struct{} // the introduced peers changed
+	pathMu       sync.Mutex    // serializes pathsChanged
 
 	// provisional holds the groups the kernel announced joined on lc0
 	// whose MLD report has not come yet, with when they stop counting.
@@ -90,6 +100,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		changed: make(chan struct{}, 1),
 		relayed: make(chan struct{}, 1),
 
+		introducedCh: make(chan struct{}, 1),
+
 		saysRelay:   map[netip.Addr]bool{},
 		provisional: map[netip.Addr]time.Time{},
 	}
@@ -98,7 +110,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	if err != nil {
 		return err
 	}
-	d.peers = cfg.Peers
+	d.peers, d.resolved, d.relays = cfg.Peers, peers, trustedRelays(cfg.Peers)
+	d.intros = peer.NewIntroductions(peer.IntroductionsConfig{
+		Self:        cfg.Key.PublicKey(),
+		Send:        func(to netip.Addr, msg []byte) error { return d.bridge.SendControl(to, msg) },
+		Seen:        d.seen,
+		Introducers: d.introducers,
+		Changed:     d.introductionsChanged,
+		Log:         log,
+	})
 
 	// What start-up made is undone, last first, if a later step fails.
 	var undo []func()
@@ -148,12 +168,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	// sessions, both made below; it starts sending when it runs.
 	d.exchange = peer.NewExchange(peer.ExchangeConfig{
 		Self: d.addr, Peers: addrs, Relay: cfg.Relay, State: d.router.Advertised, Apply: d.peerSubscribed,
-		Send:   func(to netip.Addr, msg []byte) error { return d.bridge.SendControl(to, msg) },
-		Repair: func(addrs []netip.Addr, recent time.Duration) { d.transport.Repair(addrs, recent) },
-		LastRx: d.lastRx,
-		Log:    log,
+		Send:        func(to netip.Addr, msg []byte) error { return d.bridge.SendControl(to, msg) },
+		Repair:      func(addrs []netip.Addr, recent time.Duration) { d.transport.Repair(addrs, recent) },
+		LastRx:      d.lastRx,
+		Watched:     d.watched,
+		PathChanged: d.pathsChanged,
+		Log:         log,
 	})
-	d.bridge = bridge.New(d.ifc.Device, d.router, bridge.Config{Link: d.link, Control: d.exchange})
+	d.bridge = bridge.New(d.ifc.Device, d.router, bridge.Config{Link: d.link, Control: d})
 	// The bridge's lc0 reader ends when lc0 closes, so lc0 closes first.
 	undo = append(undo, func() { d.ifc.Close(); d.bridge.Close() })
 	if d.transport, err = peer.NewTransport(cfg.Key, cfg.Port, peers, d.bridge.Port(), log); err != nil {
@@ -186,6 +208,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		wg.Go(func() { d.gateway.Run(ctx) })
 	}
 	wg.Go(func() { d.exchange.Run(ctx) })
+	wg.Go(func() { d.intros.Run(ctx) })
 	wg.Go(func() { d.announce(ctx) })
 	wg.Go(func() { d.reresolve(ctx) })
 	srv := control.NewServer(d.Status, d.reloadRequest, log)
@@ -224,6 +247,13 @@ serve:
 			msg, err := d.reload(ctx, req.cfg)
 			notify(log, sdnotify.SdNotifyReady)
 			req.done <- reloadResult{msg, err}
+		case <-d.introducedCh:
+			d.peersMu.Lock()
+			configured, resolved := d.peers, d.resolved
+			d.peersMu.Unlock()
+			if _, _, err := d.setPeers(configured, resolved); err != nil {
+				d.log.Error("introduced peers not applied", "err", err)
+			}
 		}
 	}
 	close(d.served)
@@ -384,18 +414,11 @@ func (d *Daemon) reload(ctx context.Context, next *config.Config) (string, error
 		d.log.Error("reload: peers unchanged", "err", err)
 		return "", fmt.Errorf("peers unchanged: %w", err)
 	}
-	added, removed, err := d.transport.SetPeers(peers)
+	added, removed, err := d.setPeers(next.Peers, peers)
 	if err != nil {
 		d.log.Error("reload: peers unchanged", "err", err)
 		return "", fmt.Errorf("peers unchanged: %w", err)
 	}
-	d.router.SetPeers(addrs, trustedRelays(next.Peers))
-	d.router.SetLANPrefixes(lanPrefixes(next.Peers))
-	d.exchange.SetPeers(addrs)
-	d.peersMu.Lock()
-	d.peers = next.Peers
-	maps.DeleteFunc(d.saysRelay, func(a netip.Addr, _ bool) bool { return !slices.Contains(addrs, a) })
-	d.peersMu.Unlock()
 	d.log.Info("reloaded", "peers", len(addrs), "added", added, "removed", removed)
 	msg := fmt.Sprintf("reloaded: %d peers, %d added, %d removed", len(addrs), added, removed)
 	if len(restart) > 0 {

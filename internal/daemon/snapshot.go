@@ -22,17 +22,17 @@ func (d *Daemon) Snapshot() metrics.Snapshot {
 	if err != nil {
 		d.log.Warn("reading transport state", "err", err)
 	}
-	d.peersMu.Lock()
-	peers := d.peers
-	d.peersMu.Unlock()
+	peers := d.peerList()
 	now := time.Now()
 	st.Peers = make([]metrics.PeerSnapshot, 0, len(peers))
 	for _, p := range peers {
-		addr := peer.OverlayAddr(p.PublicKey)
+		addr := peer.OverlayAddr(p.key)
 		ps := metrics.PeerSnapshot{
-			PublicKey:     p.PublicKey.String(),
+			PublicKey:     p.key.String(),
 			Connected:     d.exchange.Health(addr).Connected(now),
-			LastHandshake: stats[p.PublicKey].LastHandshake,
+			Path:          d.pathName(addr),
+			Introduced:    p.by != nil,
+			LastHandshake: stats[p.key].LastHandshake,
 			Groups:        len(d.router.Subscriptions(addr)),
 		}
 		if c := d.router.Counters(addr); c != nil {
@@ -65,6 +65,8 @@ func (d *Daemon) drops() map[string]uint64 {
 	drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
 	drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
 	drops["peer_sources_over_cap"] = d.exchange.SourcesOverCap.Load()
-	drops["control_inbox_full"] = d.exchange.InboxFull.Load()
+	drops["control_inbox_full"] = d.exchange.InboxFull.Load() + d.intros.InboxFull.Load()
+	drops["untrusted_introduction"] = d.intros.Untrusted.Load()
+	drops["bad_introduction_message"] = d.intros.Malformed.Load()
 	return drops
 }

@@ -38,21 +38,31 @@ func (d *Daemon) Status() control.Status {
 	}
 	now := time.Now()
 	d.peersMu.Lock()
-	peers := d.peers
 	says := maps.Clone(d.saysRelay)
 	d.peersMu.Unlock()
+	peers := d.peerList()
 	keys := map[netip.Addr]string{}
 	for _, p := range peers {
-		addr := peer.OverlayAddr(p.PublicKey)
-		keys[addr] = p.PublicKey.String()
-		s := stats[p.PublicKey]
+		keys[peer.OverlayAddr(p.key)] = p.key.String()
+	}
+	for _, p := range peers {
+		addr := peer.OverlayAddr(p.key)
+		s := stats[p.key]
 		ps := control.PeerStatus{
-			PublicKey: p.PublicKey.String(),
+			PublicKey: p.key.String(),
 			Endpoint:  s.Endpoint,
 			Relay:     d.router.TrustsRelay(addr),
 			SaysRelay: says[addr],
 			Connected: d.exchange.Health(addr).Connected(now),
+			Path:      d.pathName(addr),
+			Learnt:    "configured",
 			Groups:    groupsJSON(d.router.Subscriptions(addr)),
+		}
+		if p.by != nil {
+			ps.Learnt = "introduced"
+			for _, by := range p.by {
+				ps.IntroducedBy = append(ps.IntroducedBy, keys[by])
+			}
 		}
 		if !s.LastHandshake.IsZero() {
 			hs := s.LastHandshake.UTC()

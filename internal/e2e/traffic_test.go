@@ -107,6 +107,9 @@ func forceBuffers(c syscall.Conn, size int, opts ...int) {
 // listenGroup joins group on ifi at port 4242: from any source, or from
 // source only if it is not empty.
 func listenGroup(ifi *net.Interface, group, source string) (*net.UDPConn, error) {
+	if ip := net.ParseIP(group); ip != nil && !ip.IsMulticast() { // a unicast stream to this address
+		return net.ListenUDP("udp6", &net.UDPAddr{IP: ip, Port: 4242})
+	}
 	if source == "" {
 		return net.ListenMulticastUDP("udp6", ifi, &net.UDPAddr{IP: net.ParseIP(group), Port: 4242})
 	}

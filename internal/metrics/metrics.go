@@ -28,7 +28,9 @@ var (
 	localGroups = prometheus.NewDesc("lcast_local_groups",
 		"Groups local programs listen to on the interface.", nil, nil)
 	peers = prometheus.NewDesc("lcast_peers",
-		"Peers configured.", nil, nil)
+		"Peers, configured and introduced.", nil, nil)
+	peerPath = prometheus.NewDesc("lcast_peer_path",
+		"1 for the peer's path now (direct, or relayed through a relay this node trusts), with how this node learnt of the peer (configured or introduced).", []string{"peer", "path", "learnt"}, nil)
 	drops = prometheus.NewDesc("lcast_drops_total",
 		"Packets dropped, by reason.", []string{"reason"}, nil)
 	peerConnected = prometheus.NewDesc("lcast_peer_connected",
@@ -86,8 +88,12 @@ type LANSnapshot struct {
 
 // PeerSnapshot is one peer's counts.
 type PeerSnapshot struct {
-	PublicKey     string
-	Connected     bool
+	PublicKey string
+	Connected bool
+	// Path is "direct" or "relayed"; Introduced tells that an introducer
+	// introduced the peer (else it is configured).
+	Path          string
+	Introduced    bool
 	LastHandshake time.Time // zero before the first
 	LastRx        time.Time // zero before the first
 	Groups        int
@@ -108,7 +114,7 @@ type collector struct {
 }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{info, localGroups, peers, drops, peerConnected, peerHandshakeAge,
+	for _, d := range []*prometheus.Desc{info, localGroups, peers, drops, peerConnected, peerPath, peerHandshakeAge,
 		peerLastRx, peerGroups, peerRxPackets, peerRxBytes, peerTxPackets, peerTxBytes, peerDrops,
 		lanGroups, lanQuerier, lanForeign} {
 		ch <- d
@@ -132,6 +138,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, p := range st.Peers {
 		gauge(peerConnected, one(p.Connected), p.PublicKey)
+		learnt := "configured"
+		if p.Introduced {
+			learnt = "introduced"
+		}
+		gauge(peerPath, 1, p.PublicKey, p.Path, learnt)
 		if !p.LastHandshake.IsZero() {
 			gauge(peerHandshakeAge, now.Sub(p.LastHandshake).Seconds(), p.PublicKey)
 		}

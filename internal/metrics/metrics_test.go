@@ -22,9 +22,9 @@ func testSnapshot() Snapshot {
 		LocalGroups: 2,
 		Drops:       map[string]uint64{"no_listener": 3, "scope": 0},
 		Peers: []PeerSnapshot{
-			{PublicKey: "pubB=", Connected: true, LastHandshake: now.Add(-42 * time.Second), LastRx: now.Add(-time.Second / 2),
+			{PublicKey: "pubB=", Connected: true, Path: "direct", LastHandshake: now.Add(-42 * time.Second), LastRx: now.Add(-time.Second / 2),
 				RxPackets: 10, RxBytes: 1000, TxPackets: 20, TxBytes: 2400, Groups: 1, Drops: map[string]uint64{"no_listener": 3}},
-			{PublicKey: "pubC=", Drops: map[string]uint64{"no_listener": 0}},
+			{PublicKey: "pubC=", Path: "relayed", Introduced: true, Drops: map[string]uint64{"no_listener": 0}},
 		},
 		LANs: []LANSnapshot{
 			{Interface: "lan1", Groups: 3, IsQuerier: true, ForeignSourcePackets: 7},
@@ -95,7 +95,11 @@ lcast_peer_tx_bytes_total{peer="pubC="} 0
 # TYPE lcast_peer_tx_packets_total counter
 lcast_peer_tx_packets_total{peer="pubB="} 20
 lcast_peer_tx_packets_total{peer="pubC="} 0
-# HELP lcast_peers Peers configured.
+# HELP lcast_peer_path 1 for the peer's path now (direct, or relayed through a relay this node trusts), with how this node learnt of the peer (configured or introduced).
+# TYPE lcast_peer_path gauge
+lcast_peer_path{learnt="configured",path="direct",peer="pubB="} 1
+lcast_peer_path{learnt="introduced",path="relayed",peer="pubC="} 1
+# HELP lcast_peers Peers, configured and introduced.
 # TYPE lcast_peers gauge
 lcast_peers 2
 `
@@ -118,7 +122,7 @@ func TestCollectHostMode(t *testing.T) {
 	}
 	c := collector{snapshot: host, now: func() time.Time { return now }}
 	want := `
-# HELP lcast_peers Peers configured.
+# HELP lcast_peers Peers, configured and introduced.
 # TYPE lcast_peers gauge
 lcast_peers 2
 `

@@ -65,8 +65,27 @@ func (in *Internet) AddSite(prefix string) *Site {
 // site itself, with eth0 at the unique local fd00:N::2/64, which the
 // Internet does not route. The router masquerades (nftables) what the
 // site sends out, so the site reaches the Internet but nothing there can
-// reach the site unless the site spoke first.
+// reach the site unless the site spoke first. Like a home router's
+// firewall, it drops the UDP datagrams from the Internet that answer
+// nothing sent: left to the router's stack, each would make a connection
+// entry whose ports the masquerade then avoids, and a peer that sent
+// first would close the mapping it is trying to open.
 func (in *Internet) AddNATSite(prefix string) (site, router *Site) {
+	in.t.Helper()
+	return in.addNATSite(prefix, "masquerade")
+}
+
+// AddSymmetricNATSite is AddNATSite with a symmetric NAT: the router
+// masquerades with a random source port for each destination (nftables
+// `masquerade random`), so no one but the node the site spoke to can
+// reach it at the address and port that node sees.
+func (in *Internet) AddSymmetricNATSite(prefix string) (site, router *Site) {
+	in.t.Helper()
+	return in.addNATSite(prefix, "masquerade random")
+}
+
+// addNATSite is AddNATSite with the nftables masquerade statement masq.
+func (in *Internet) addNATSite(prefix, masq string) (site, router *Site) {
 	in.t.Helper()
 	router = in.AddSite(prefix + "-nat")
 	n := in.sites
@@ -85,12 +104,16 @@ func (in *Internet) AddNATSite(prefix string) (site, router *Site) {
 	nat.Stdin = strings.NewReader(`table ip6 lcastnat {
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
-		oifname "eth0" masquerade
+		oifname "eth0" ` + masq + `
 	}
 	chain forward {
 		type filter hook forward priority filter; policy drop;
 		iifname "lan0" accept
 		ct state established,related accept
+	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname "eth0" meta l4proto udp ct state new drop
 	}
 }
 `)

@@ -1,0 +1,196 @@
+package daemon
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+
+	"github.com/librecast/lcast/internal/config"
+	"github.com/librecast/lcast/peer"
+	"github.com/librecast/lcast/router"
+)
+
+// A node's peers are the configured ones ([[peer]] tables) and the
+// introduced ones: the nodes its introducers introduce (peer.Introductions)
+// that it does not list itself. Introduced peers get no relay trust and no
+// LAN prefixes: only the configuration grants those.
+
+// peerEntry is one peer as status lists it.
+type peerEntry struct {
+	key peer.Key
+	// by are the introducers of an introduced peer; nil for a configured
+	// one.
+	by []netip.Addr
+}
+
+// peerList returns the peers, the configured ones in the configuration's
+// order, then the introduced ones by key.
+func (d *Daemon) peerList() []peerEntry {
+	d.peersMu.Lock()
+	defer d.peersMu.Unlock()
+	out := make([]peerEntry, 0, len(d.peers)+len(d.introduced))
+	for _, p := range d.peers {
+		out = append(out, peerEntry{key: p.PublicKey})
+	}
+	for _, k := range slices.SortedFunc(maps.Keys(d.introduced), peer.Key.Compare) {
+		out = append(out, peerEntry{key: k, by: d.introduced[k].By})
+	}
+	return out
+}
+
+// setPeers makes configured (resolved: the transport's form of each, in
+// the same order) and the members the introducers introduce now the
+// node's peers, in the transport, the router and the exchange, and
+// returns how many peers were added and removed.
+func (d *Daemon) setPeers(configured []config.Peer, resolved []peer.Config) (added, removed int, err error) {
+	introduced := d.intros.Introduced()
+	all := slices.Clone(resolved)
+	listed := map[peer.Key]bool{}
+	for _, p := range configured {
+		listed[p.PublicKey] = true
+	}
+	maps.DeleteFunc(introduced, func(k peer.Key, _ peer.Introduced) bool { return listed[k] })
+	for _, k := range slices.SortedFunc(maps.Keys(introduced), peer.Key.Compare) {
+		all = append(all, peer.Config{PublicKey: k, Endpoint: introduced[k].Endpoint})
+	}
+	if added, removed, err = d.transport.SetPeers(all); err != nil {
+		return 0, 0, err
+	}
+	addrs := make([]netip.Addr, len(all))
+	for i, p := range all {
+		addrs[i] = peer.OverlayAddr(p.PublicKey)
+	}
+	relays := trustedRelays(configured)
+	d.router.SetPeers(addrs, relays)
+	d.router.SetLANPrefixes(lanPrefixes(configured))
+	d.exchange.SetPeers(addrs)
+	d.peersMu.Lock()
+	for k, i := range introduced {
+		if _, known := d.introduced[k]; !known {
+			d.log.Info("peer introduced", "peer", k, "endpoint", i.Endpoint, "by", i.By)
+		}
+	}
+	for k := range d.introduced {
+		if _, still := introduced[k]; !still && !listed[k] {
+			d.log.Info("introduced peer dropped: no introducer lists it", "peer", k)
+		}
+	}
+	d.peers, d.resolved, d.introduced, d.relays = configured, resolved, introduced, relays
+	maps.DeleteFunc(d.saysRelay, func(a netip.Addr, _ bool) bool { return !slices.Contains(addrs, a) })
+	d.peersMu.Unlock()
+	d.pathsChanged()
+	return added, removed, nil
+}
+
+// introductionsChanged is the introductions' Changed callback: it has the
+// serving loop apply the introduced peers.
+func (d *Daemon) introductionsChanged() {
+	select {
+	case d.introducedCh <- struct{}{}:
+	default:
+	}
+}
+
+// introducers returns the overlay addresses of the configured peers
+// marked introducer.
+func (d *Daemon) introducers() []netip.Addr {
+	d.peersMu.Lock()
+	defer d.peersMu.Unlock()
+	var out []netip.Addr
+	for _, p := range d.peers {
+		if p.Introducer {
+			out = append(out, peer.OverlayAddr(p.PublicKey))
+		}
+	}
+	return out
+}
+
+// seen returns the configured peers, as this node may introduce them:
+// each at the endpoint its session has now, or the configured one.
+func (d *Daemon) seen() map[netip.Addr]peer.Member {
+	stats, err := d.transport.Stats()
+	if err != nil {
+		d.log.Warn("reading transport state", "err", err)
+	}
+	d.peersMu.Lock()
+	defer d.peersMu.Unlock()
+	out := make(map[netip.Addr]peer.Member, len(d.resolved))
+	for _, p := range d.resolved {
+		m := peer.Member{PublicKey: p.PublicKey, Endpoint: p.Endpoint}
+		if ep, err := netip.ParseAddrPort(stats[p.PublicKey].Endpoint); err == nil {
+			m.Endpoint = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+		}
+		out[peer.OverlayAddr(p.PublicKey)] = m
+	}
+	return out
+}
+
+// HandleControl takes the control messages peers send, for the bridge:
+// introduction messages go to the introductions, the others to the
+// subscription exchange.
+func (d *Daemon) HandleControl(from netip.Addr, msg []byte) {
+	if peer.IsIntroduction(msg) {
+		d.intros.HandleControl(from, msg)
+		return
+	}
+	d.exchange.HandleControl(from, msg)
+}
+
+// watched reports whether the direct path to the peer at addr is watched
+// closely: it is no relay this node trusts, and one is configured to fall
+// back on.
+func (d *Daemon) watched(addr netip.Addr) bool {
+	d.peersMu.Lock()
+	has := len(d.relays) > 0
+	d.peersMu.Unlock()
+	return has && !d.router.TrustsRelay(addr)
+}
+
+// pathsChanged finds how this node reaches each peer now: directly when
+// the exchange finds the path direct, else through the first configured
+// relay whose own path is direct (none without one). The router gets the
+// paths (where unicast goes, which sources a relay is told not to pass
+// on), and the peers' states change with them.
+func (d *Daemon) pathsChanged() {
+	d.pathMu.Lock()
+	defer d.pathMu.Unlock()
+	d.peersMu.Lock()
+	relays := d.relays
+	d.peersMu.Unlock()
+	addrs := d.router.Peers()
+	direct := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		direct[a] = d.exchange.Direct(a)
+	}
+	paths := make(map[netip.Addr]router.Path, len(addrs))
+	for _, a := range addrs {
+		pa := router.Path{Direct: direct[a]}
+		if !pa.Direct {
+			for _, r := range relays {
+				if r != a && direct[r] {
+					pa.Via = r
+					break
+				}
+			}
+		}
+		paths[a] = pa
+		if old := d.router.Path(a); old.Via.IsValid() != pa.Via.IsValid() {
+			if pa.Via.IsValid() {
+				d.log.Info("path relayed", "peer", a, "via", pa.Via)
+			} else if pa.Direct {
+				d.log.Info("path direct", "peer", a)
+			}
+		}
+	}
+	d.router.SetPaths(paths)
+	d.exchange.Changed()
+}
+
+// pathName names the path to the peer at addr in status and metrics:
+// "relayed" while unicast to it goes through a relay, else "direct".
+func (d *Daemon) pathName(addr netip.Addr) string {
+	if d.router.Path(addr).Via.IsValid() {
+		return "relayed"
+	}
+	return "direct"
+}

@@ -1,0 +1,181 @@
+package peer
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestIntroductionMessage(t *testing.T) {
+	k1, k2 := testKey(t).PublicKey(), testKey(t).PublicKey()
+	m := &introMessage{part: 1, parts: 2, list: 7, members: []Member{
+		{PublicKey: k1, Endpoint: netip.MustParseAddrPort("[2001:db8::1]:51820")},
+		{PublicKey: k2, Endpoint: netip.MustParseAddrPort("192.0.2.1:4000")},
+		{PublicKey: k1},
+	}}
+	b := appendIntro(nil, m)
+	if !IsIntroduction(b) {
+		t.Fatal("not taken for an introduction")
+	}
+	got, err := parseIntro(b)
+	if err != nil || got.part != 1 || got.parts != 2 || got.list != 7 || !slices.Equal(got.members, m.members) {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	for name, bad := range map[string][]byte{
+		"short":               b[:10],
+		"other magic":         append([]byte("LCS\x03"), b[4:]...),
+		"truncated member":    b[:len(b)-1],
+		"trailing byte":       append(slices.Clone(b), 0),
+		"part beyond parts":   appendIntro(nil, &introMessage{part: 2, parts: 2}),
+		"members in an ask":   appendIntro(nil, &introMessage{ask: true, members: m.members}),
+		"more parts than cap": appendIntro(nil, &introMessage{parts: MaxIntroduced}),
+	} {
+		if _, err := parseIntro(bad); err == nil {
+			t.Errorf("%s: parsed", name)
+		}
+	}
+}
+
+// net wires Introductions together in-process, as the transport would:
+// messages go from one node's Send to the other's HandleControl.
+type introNet struct {
+	mu    sync.Mutex
+	nodes map[netip.Addr]*Introductions
+}
+
+func (n *introNet) send(from netip.Addr) func(netip.Addr, []byte) error {
+	return func(to netip.Addr, msg []byte) error {
+		n.mu.Lock()
+		dst := n.nodes[to]
+		n.mu.Unlock()
+		if dst != nil {
+			dst.HandleControl(from, msg)
+		}
+		return nil
+	}
+}
+
+// introNode is one node of an introNet.
+type introNode struct {
+	key    Key
+	addr   netip.Addr
+	in     *Introductions
+	mu     sync.Mutex
+	listed map[netip.Addr]Member // its configured peers
+	intros []netip.Addr
+}
+
+func (n *introNode) seen() map[netip.Addr]Member {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return maps.Clone(n.listed)
+}
+
+func (n *introNode) introducers() []netip.Addr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.intros)
+}
+
+func (net *introNet) add(t *testing.T) *introNode {
+	k := testKey(t)
+	n := &introNode{key: k.PublicKey(), addr: OverlayAddr(k.PublicKey()), listed: map[netip.Addr]Member{}}
+	n.in = NewIntroductions(IntroductionsConfig{Self: n.key, Send: net.send(n.addr), Seen: n.seen, Introducers: n.introducers,
+		Changed: func() {}, Log: slog.New(slog.DiscardHandler)})
+	net.mu.Lock()
+	net.nodes[n.addr] = n.in
+	net.mu.Unlock()
+	return n
+}
+
+// keysOf returns the introduced members' keys, sorted.
+func keysOf(m map[Key]Introduced) []Key { return slices.SortedFunc(maps.Keys(m), Key.Compare) }
+
+// A hub introduces the members that ask it to each other, at the
+// endpoints it sees them at; a member it stops listing is dropped by the
+// others; a peer that is no member's introducer introduces no one, and a
+// node the hub does not list is introduced to no one.
+func TestIntroductions(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	net := &introNet{nodes: map[netip.Addr]*Introductions{}}
+	hub, a, b, outsider := net.add(t), net.add(t), net.add(t), net.add(t)
+	epA, epB := netip.MustParseAddrPort("[2001:db8:a::1]:51820"), netip.MustParseAddrPort("[2001:db8:b::1]:1024")
+	hub.listed[a.addr] = Member{PublicKey: a.key, Endpoint: epA}
+	hub.listed[b.addr] = Member{PublicKey: b.key, Endpoint: epB}
+	for _, m := range []*introNode{a, b, outsider} {
+		m.intros = []netip.Addr{hub.addr}
+	}
+	for _, n := range []*introNode{hub, a, b, outsider} {
+		wg.Go(func() { n.in.Run(ctx) })
+	}
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(3 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: a knows %v, b %v", what, keysOf(a.in.Introduced()), keysOf(b.in.Introduced()))
+			}
+		}
+	}
+	wait("a and b introduced", func() bool {
+		ia, ib := a.in.Introduced(), b.in.Introduced()
+		return len(ia) == 1 && ia[b.key].Endpoint == epB && len(ib) == 1 && ib[a.key].Endpoint == epA
+	})
+	if by := a.in.Introduced()[b.key].By; !slices.Equal(by, []netip.Addr{hub.addr}) {
+		t.Fatalf("b introduced by %v", by)
+	}
+	if n := hub.in.Untrusted.Load(); n == 0 {
+		t.Fatal("the outsider's asks were not counted")
+	}
+	if got := outsider.in.Introduced(); len(got) != 0 {
+		t.Fatalf("the outsider was introduced %v", keysOf(got))
+	}
+
+	// A member that is no introducer of a's sends a's introductions of the
+	// outsider: nothing changes, and it is counted.
+	forged := appendIntro(nil, &introMessage{parts: 1, list: 1, members: []Member{{PublicKey: outsider.key}}})
+	a.in.HandleControl(b.addr, forged)
+	a.in.HandleControl(b.addr, forged[:7])
+	wait("forgeries counted", func() bool { return a.in.Untrusted.Load() == 1 && a.in.Malformed.Load() == 1 })
+	if got := keysOf(a.in.Introduced()); !slices.Equal(got, []Key{b.key}) {
+		t.Fatalf("after a forged introduction a knows %v", got)
+	}
+
+	hub.mu.Lock()
+	delete(hub.listed, b.addr)
+	hub.mu.Unlock()
+	wait("b dropped", func() bool { return len(a.in.Introduced()) == 0 })
+
+	// An introducer that falls silent past IntroducedHold takes its
+	// introductions with it; one no longer marked introducer at once.
+	hub.mu.Lock()
+	hub.listed[b.addr] = Member{PublicKey: b.key, Endpoint: epB}
+	hub.mu.Unlock()
+	wait("b back", func() bool { return len(a.in.Introduced()) == 1 })
+	a.in.expire(time.Now().Add(IntroducedHold + time.Second))
+	if got := a.in.Introduced(); len(got) != 0 {
+		t.Fatalf("after the hold a knows %v", keysOf(got))
+	}
+	b.mu.Lock()
+	b.intros = nil
+	b.mu.Unlock()
+	if got := b.in.Introduced(); len(got) != 0 {
+		t.Fatalf("with no introducer b knows %v", keysOf(got))
+	}
+}
+
+func testKey(t *testing.T) Key {
+	t.Helper()
+	k, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
