@@ -179,3 +179,33 @@ func testKey(t *testing.T) Key {
 	}
 	return k
 }
+
+// BenchmarkIntroduce measures a hub's cost of introducing: each op
+// answers one ask of a hub with 100 members, an answer of 99 members in
+// five messages (to a Send that drops them; the transport's cost is
+// extra). members/s is how many members it introduces per second of CPU.
+func BenchmarkIntroduce(b *testing.B) {
+	const n = 100
+	seen := map[netip.Addr]Member{}
+	var addrs []netip.Addr
+	for i := range n {
+		var k Key
+		k[0], k[1] = byte(i), 1
+		a := OverlayAddr(k)
+		seen[a] = Member{PublicKey: k, Endpoint: netip.AddrPortFrom(netip.MustParseAddr("2001:db8::1"), uint16(1000+i))}
+		addrs = append(addrs, a)
+	}
+	sent := 0
+	in := NewIntroductions(IntroductionsConfig{Send: func(netip.Addr, []byte) error { sent++; return nil },
+		Seen: func() map[netip.Addr]Member { return seen }, Introducers: func() []netip.Addr { return nil },
+		Changed: func() {}, Log: slog.New(slog.DiscardHandler)})
+	for _, a := range addrs {
+		in.askers[a] = time.Now()
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		in.answer(addrs[i%n], in.members(seen))
+	}
+	b.ReportMetric(float64((n-1)*b.N)/b.Elapsed().Seconds(), "members/s")
+	b.ReportMetric(float64(sent)/float64(b.N), "msgs/op")
+}

@@ -174,12 +174,13 @@ func (d *Daemon) pathsChanged() {
 			}
 		}
 		paths[a] = pa
-		if old := d.router.Path(a); old.Via.IsValid() != pa.Via.IsValid() {
-			if pa.Via.IsValid() {
-				d.log.Info("path relayed", "peer", a, "via", pa.Via)
-			} else if pa.Direct {
-				d.log.Info("path direct", "peer", a)
-			}
+		switch old := d.router.Path(a); {
+		case pa.Direct && !old.Direct:
+			d.log.Info("path direct", "peer", a)
+		case old.Direct && !pa.Direct:
+			d.log.Info("direct path lost", "peer", a, "via", pa.Via)
+		case pa.Via != old.Via:
+			d.log.Debug("path", "peer", a, "via", pa.Via)
 		}
 	}
 	d.router.SetPaths(paths)
