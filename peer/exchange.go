@@ -199,10 +199,16 @@ func NewExchange(cfg ExchangeConfig) *Exchange {
 // the peer at from (authenticated); it copies msg. When inboxLen messages
 // wait, it drops msg and counts it (InboxFull).
 func (x *Exchange) HandleControl(from netip.Addr, msg []byte) {
+	enqueue(x.inbox, from, msg, &x.InboxFull)
+}
+
+// enqueue puts a copy of msg, from the peer at from, into inbox, or counts
+// it in full when inbox is full.
+func enqueue(inbox chan<- inbound, from netip.Addr, msg []byte, full *atomic.Uint64) {
 	select {
-	case x.inbox <- inbound{from, bytes.Clone(msg)}:
+	case inbox <- inbound{from, bytes.Clone(msg)}:
 	default:
-		x.InboxFull.Add(1)
+		full.Add(1)
 	}
 }
 
@@ -310,7 +316,11 @@ func (x *Exchange) tick(ctx context.Context) {
 				r.nextHello = now.Add(every)
 				hellos = append(hellos, a)
 			}
-			if d := r.isDirect(now, x.since(now)); d != r.direct {
+			var rx time.Time
+			if x.lastRx != nil {
+				rx = x.lastRx(a)
+			}
+			if d := r.isDirect(now, x.since(now), rx); d != r.direct {
 				r.direct, pathChanged = d, true
 			}
 			if x.repairDue(a, r, now) {
@@ -458,12 +468,20 @@ func (r *remote) collect(m *Message) (all []mld.GroupState, complete bool, dropp
 }
 
 // isDirect reports whether, at now (since the exchange's start), the
-// path to the peer is direct: its session answers (no ping overdue, heard
-// from within ConnectedWithin) and the peer applied a state of this
-// node's, so that it sends this node's groups straight to it.
-func (r *remote) isDirect(now time.Time, since time.Duration) bool {
-	return r.epoch != 0 && r.ackedOK && r.acked != 0 && r.answered != 0 && !r.overdue(since, 0) &&
-		now.Sub(r.lastHeard) < ConnectedWithin
+// path to the peer is direct: the peer applied a state of this node's, so
+// that it sends this node's groups straight to it, and its session
+// answers. A session stops answering when a ping is overdue and nothing
+// at all came from the peer (lastRx: data included) for a ping interval
+// beyond the ping's timeout: one lost ping or pong does not end a path.
+func (r *remote) isDirect(now time.Time, since time.Duration, lastRx time.Time) bool {
+	if r.epoch == 0 || !r.ackedOK || r.acked == 0 || r.answered == 0 || now.Sub(r.lastHeard) >= ConnectedWithin {
+		return false
+	}
+	last := r.lastHeard
+	if lastRx.After(last) {
+		last = lastRx
+	}
+	return !r.overdue(since, 0) || now.Sub(last) <= r.rto()+pathHello
 }
 
 // Direct reports whether the path to the peer at addr is direct, as the

@@ -1,11 +1,7 @@
 package peer
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/binary"
-	"errors"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -13,126 +9,50 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Introductions let a node join by knowing one hub. A node whose
 // configuration marks a peer `introducer` asks it, every AskInterval, to
 // introduce it; the introducer answers with the members it introduces:
 // the peers in its own configuration that asked (within IntroducedHold),
-// but the asker, each with the endpoint it sees the member at. The asker
-// takes them as its peers; the others take it in the same way, from their
-// answers. So trust goes one hop from what an operator wrote: an
-// introducer introduces only nodes its configuration lists, and a node
-// takes introductions only from the peers its configuration marks.
-// Introduced peers are dropped when the introducer stops listing them, or
-// when no complete answer came from it for IntroducedHold.
+// each with the endpoint it sees the member at, or, when the asker has
+// that list already, with the list's name alone. The asker takes them as
+// its peers; the others take it in the same way. So trust goes one hop
+// from what an operator wrote: an introducer introduces only nodes its
+// configuration lists, and a node takes introductions only from the peers
+// its configuration marks. Introduced peers are dropped when the
+// introducer stops listing them, or when no answer came from it for
+// IntroducedHold. An introducer tells every asker when its list changes,
+// at most every tellGap, and paces what it sends at introRate.
 //
-// Introduction messages travel inside the transport like the
-// subscription messages, with a magic of their own:
-//
-//	0  "LCI" 1     magic and version
-//	4  flags       bit 0: ask (introduce me, and tell me whom you introduce)
-//	5  0           reserved
-//	6  part, parts uint16 each; parts 0: an ask alone
-//	10 list        uint64: the answer's identity, random, the same in its parts
-//	18 count       uint16: members that follow
-//	20 per member: public key (32), endpoint address (16, IPv4-mapped for
-//	               IPv4; all zero: none seen), port (2)
+// The same messages tell each relay a node trusts which peers the node
+// reaches directly (SetDirect), so that the relay passes on to it none of
+// their packets (router.SetDirectOf): on every change, and again every
+// AskInterval.
 const (
 	// AskInterval is how often a node asks each introducer once it has
 	// an answer; before the first it asks every askFast.
 	AskInterval = 5 * time.Second
 	askFast     = 500 * time.Millisecond
-	// IntroducedHold is how long introductions stand without a complete
-	// answer from their introducer, and how long an introducer keeps
-	// introducing a member that stopped asking.
+	// IntroducedHold is how long introductions stand without an answer
+	// from their introducer, how long an introducer keeps introducing a
+	// member that stopped asking, and how long a relay keeps what a peer
+	// said it reaches directly.
 	IntroducedHold = time.Minute
 	// answerGap limits the answers to one asker.
 	answerGap = 200 * time.Millisecond
-	// MaxIntroduced caps the members one introducer's answer may hold.
-	MaxIntroduced = 4096
-
-	introHeaderLen  = 20
-	introMemberLen  = KeyLen + 16 + 2
-	introFlagAsk    = 1
-	introPerMessage = (maxMsgPayload - introHeaderLen) / introMemberLen
-	introInboxLen   = 1024
+	// tellGap is the least time between two looks at whether the list
+	// changed, and so between two tellings of every asker.
+	tellGap = 250 * time.Millisecond
+	// introRate and introBurst pace the introduction messages a node
+	// sends, across all peers.
+	introRate     = 2000 // messages per second
+	introBurst    = 64
+	introInboxLen = 1024
+	introTick     = 100 * time.Millisecond
 )
-
-var introMagic = [4]byte{'L', 'C', 'I', 1}
-
-// ErrBadIntroduction marks an introduction message that is malformed.
-var ErrBadIntroduction = errors.New("malformed introduction message")
-
-// IsIntroduction reports whether a control message is an introduction
-// message (by its magic), to hand to Introductions.HandleControl.
-func IsIntroduction(msg []byte) bool { return len(msg) >= 4 && [4]byte(msg[:4]) == introMagic }
-
-// Member is a node an introducer introduces: its public key and the
-// endpoint the introducer sees it at (invalid if none).
-type Member struct {
-	PublicKey Key
-	Endpoint  netip.AddrPort
-}
-
-// introMessage is a decoded introduction message.
-type introMessage struct {
-	ask         bool
-	part, parts uint16
-	list        uint64
-	members     []Member
-}
-
-func appendIntro(b []byte, m *introMessage) []byte {
-	b = append(b, introMagic[:]...)
-	var flags byte
-	if m.ask {
-		flags |= introFlagAsk
-	}
-	b = append(b, flags, 0)
-	b = binary.BigEndian.AppendUint16(b, m.part)
-	b = binary.BigEndian.AppendUint16(b, m.parts)
-	b = binary.BigEndian.AppendUint64(b, m.list)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(m.members)))
-	for _, mem := range m.members {
-		b = append(b, mem.PublicKey[:]...)
-		var a [16]byte
-		if mem.Endpoint.IsValid() {
-			a = mem.Endpoint.Addr().As16()
-		}
-		b = append(b, a[:]...)
-		b = binary.BigEndian.AppendUint16(b, mem.Endpoint.Port())
-	}
-	return b
-}
-
-func parseIntro(b []byte) (*introMessage, error) {
-	if len(b) < introHeaderLen || !IsIntroduction(b) {
-		return nil, ErrBadIntroduction
-	}
-	m := &introMessage{
-		ask:   b[4]&introFlagAsk != 0,
-		part:  binary.BigEndian.Uint16(b[6:8]),
-		parts: binary.BigEndian.Uint16(b[8:10]),
-		list:  binary.BigEndian.Uint64(b[10:18]),
-	}
-	n := int(binary.BigEndian.Uint16(b[18:20]))
-	rest := b[introHeaderLen:]
-	if (m.parts > 0 && m.part >= m.parts) || (m.parts == 0 && n > 0) || len(rest) != n*introMemberLen ||
-		int(m.parts) > (MaxIntroduced+introPerMessage-1)/introPerMessage {
-		return nil, ErrBadIntroduction
-	}
-	for i := range n {
-		e := rest[i*introMemberLen:]
-		mem := Member{PublicKey: Key(e[:KeyLen])}
-		a := netip.AddrFrom16([16]byte(e[KeyLen : KeyLen+16])).Unmap()
-		if port := binary.BigEndian.Uint16(e[KeyLen+16:]); !a.IsUnspecified() && port != 0 {
-			mem.Endpoint = netip.AddrPortFrom(a, port)
-		}
-		m.members = append(m.members, mem)
-	}
-	return m, nil
-}
 
 // IntroductionsConfig is what Introductions are made with.
 type IntroductionsConfig struct {
@@ -141,68 +61,73 @@ type IntroductionsConfig struct {
 	// Send sends a control message to the peer at an overlay address
 	// inside the transport; it must not keep msg.
 	Send func(peer netip.Addr, msg []byte) error
-	// Seen returns the peers this node's configuration lists, by overlay
-	// address, with the endpoints it sees them at now: those it may
-	// introduce.
-	Seen func() map[netip.Addr]Member
+	// Lists reports whether this node's configuration lists the peer at
+	// an overlay address (only those may be introduced), and Seen returns
+	// them, with the endpoints this node sees them at now.
+	Lists func(peer netip.Addr) bool
+	Seen  func() map[netip.Addr]Member
 	// Introducers returns the overlay addresses of the peers this node's
-	// configuration marks introducer.
-	Introducers func() []netip.Addr
-	// Changed is called when the introduced members change (from Run's
-	// or HandleControl's goroutine).
-	Changed func()
-	Log     *slog.Logger
+	// configuration marks introducer, Relays those it trusts as relays.
+	Introducers, Relays func() []netip.Addr
+	// Changed is called, from Run's goroutine, when the introduced
+	// members change, and DirectChanged when what peers said they reach
+	// directly changed.
+	Changed, DirectChanged func()
+	Log                    *slog.Logger
 }
 
 // Introductions asks this node's introducers to introduce it, keeps what
-// they answer, and answers the peers that ask this node. Run runs it.
+// they answer, answers the peers that ask this node, and tells relays
+// which peers this node reaches directly. Run runs it.
 type Introductions struct {
 	cfg   IntroductionsConfig
 	wake  chan struct{}
 	inbox chan inbound
+	pace  *rate.Limiter
 
 	mu      sync.Mutex
 	askers  map[netip.Addr]time.Time // configured peers that asked, when last
 	answers map[netip.Addr]time.Time // when each asker was last answered
-	listed  map[Key]Member           // what the last answers introduced
-	from    map[netip.Addr]*answer   // by introducer
+	listed  []Member                 // this node's list as last told
+	from    map[netip.Addr]*list     // introducers' lists
+	directs map[netip.Addr]*list     // what peers reach directly
+	direct  []Member                 // the peers this node reaches directly
+	told    bool                     // direct changed since it was last sent
 	// Untrusted counts introduction messages from peers that may not
-	// send them (answers from peers that are not this node's
-	// introducers, asks from peers its configuration does not list),
-	// Malformed those that do not parse, InboxFull those dropped because
-	// introInboxLen waited.
+	// send them (lists from peers that are not this node's introducers,
+	// asks from peers its configuration does not list), Malformed those
+	// that do not parse, InboxFull those dropped because introInboxLen
+	// waited.
 	Untrusted, Malformed, InboxFull atomic.Uint64
 }
 
-// answer is what one introducer answered.
-type answer struct {
-	members  []Member // the last complete answer
-	complete time.Time
-	pending  uint64 // the answer being assembled
-	parts    map[uint16][]Member
+// Introduced is a member as introduced to this node.
+type Introduced struct {
+	Endpoint netip.AddrPort
+	By       []netip.Addr // its introducers' overlay addresses
 }
 
 // NewIntroductions returns the introductions of cfg.
 func NewIntroductions(cfg IntroductionsConfig) *Introductions {
-	return &Introductions{cfg: cfg, wake: make(chan struct{}, 1), inbox: make(chan inbound, introInboxLen), askers: map[netip.Addr]time.Time{},
-		answers: map[netip.Addr]time.Time{}, from: map[netip.Addr]*answer{}}
+	return &Introductions{cfg: cfg, wake: make(chan struct{}, 1), inbox: make(chan inbound, introInboxLen),
+		pace: rate.NewLimiter(introRate, introBurst), askers: map[netip.Addr]time.Time{},
+		answers: map[netip.Addr]time.Time{}, from: map[netip.Addr]*list{}, directs: map[netip.Addr]*list{}}
 }
 
-// Introduced returns the members this node's introducers introduce now,
-// by public key, each with the introducers (overlay addresses, sorted)
-// that introduce it; the endpoint is the first introducer's.
-func (in *Introductions) Introduced() map[Key]Introduced {
-	intros := in.cfg.Introducers()
-	slices.SortFunc(intros, netip.Addr.Compare)
+// Introduced returns the members that the introducers intros (overlay
+// addresses) introduce now, by public key, each with the introducers
+// (sorted) that introduce it; the endpoint is the first introducer's.
+func (in *Introductions) Introduced(intros []netip.Addr) map[Key]Introduced {
+	intros = slices.SortedFunc(slices.Values(intros), netip.Addr.Compare)
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	out := map[Key]Introduced{}
 	for _, by := range intros {
-		a := in.from[by]
-		if a == nil || a.complete.IsZero() {
+		l := in.from[by]
+		if l == nil || l.complete.IsZero() {
 			continue
 		}
-		for _, m := range a.members {
+		for _, m := range l.members {
 			if m.PublicKey == in.cfg.Self {
 				continue
 			}
@@ -217,128 +142,38 @@ func (in *Introductions) Introduced() map[Key]Introduced {
 	return out
 }
 
-// Introduced is a member as introduced to this node.
-type Introduced struct {
-	Endpoint netip.AddrPort
-	By       []netip.Addr // its introducers' overlay addresses
-}
-
-// HandleControl takes an introduction message from the peer at from
-// (authenticated by the transport), for Run to handle; it copies msg.
-// When introInboxLen messages wait, it drops msg and counts it
-// (InboxFull).
-func (in *Introductions) HandleControl(from netip.Addr, msg []byte) {
-	select {
-	case in.inbox <- inbound{from, bytes.Clone(msg)}:
-	default:
-		in.InboxFull.Add(1)
-	}
-}
-
-// receive handles an introduction message from the peer at from.
-func (in *Introductions) receive(from netip.Addr, msg []byte) {
-	m, err := parseIntro(msg)
-	if err != nil {
-		in.Malformed.Add(1)
-		return
-	}
-	if m.ask {
-		in.asked(from)
-	}
-	if m.parts == 0 {
-		return
-	}
-	if !slices.Contains(in.cfg.Introducers(), from) {
-		in.Untrusted.Add(1)
-		return
-	}
-	in.mu.Lock()
-	a := in.from[from]
-	if a == nil {
-		a = &answer{}
-		in.from[from] = a
-	}
-	if a.parts == nil || a.pending != m.list {
-		a.pending, a.parts = m.list, map[uint16][]Member{}
-	}
-	a.parts[m.part] = m.members
-	if len(a.parts) < int(m.parts) {
-		in.mu.Unlock()
-		return
-	}
-	var members []Member
-	for i := range m.parts {
-		members = append(members, a.parts[i]...)
-	}
-	members = members[:min(len(members), MaxIntroduced)]
-	first := a.complete.IsZero()
-	changed := first || !slices.Equal(members, a.members)
-	a.members, a.complete, a.parts = members, time.Now(), nil
-	in.mu.Unlock()
-	if changed {
-		in.cfg.Log.Debug("introductions", "introducer", from, "members", len(members))
-		in.cfg.Changed()
-	}
-}
-
-// asked notes that the peer at from asked to be introduced: a peer this
-// node's configuration lists is answered at once (at most every
-// answerGap), and a new asker changes what the others are told.
-func (in *Introductions) asked(from netip.Addr) {
-	seen := in.cfg.Seen()
-	if _, ok := seen[from]; !ok {
-		in.Untrusted.Add(1)
-		return
-	}
-	now := time.Now()
-	in.mu.Lock()
-	_, known := in.askers[from]
-	in.askers[from] = now
-	answer := now.Sub(in.answers[from]) >= answerGap
-	if answer {
-		in.answers[from] = now
-	}
-	in.mu.Unlock()
-	if !known {
-		in.poke() // the other askers are told about it
-	}
-	if answer {
-		in.answer(from, in.members(seen))
-	}
-}
-
-// members returns the members this node introduces: the askers it lists,
-// at the endpoints seen gives.
-func (in *Introductions) members(seen map[netip.Addr]Member) map[Key]Member {
+// DirectOf returns, by peer, the overlay addresses of the peers it said
+// it reaches directly.
+func (in *Introductions) DirectOf() map[netip.Addr][]netip.Addr {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	out := map[Key]Member{}
-	for a := range in.askers {
-		if m, ok := seen[a]; ok {
-			out[m.PublicKey] = m
+	out := make(map[netip.Addr][]netip.Addr, len(in.directs))
+	for p, l := range in.directs {
+		for _, m := range l.members {
+			out[p] = append(out[p], OverlayAddr(m.PublicKey))
 		}
 	}
 	return out
 }
 
-// answer sends to the asker at to the members but itself, in parts.
-func (in *Introductions) answer(to netip.Addr, members map[Key]Member) {
-	list := make([]Member, 0, len(members))
-	for _, k := range slices.SortedFunc(maps.Keys(members), Key.Compare) {
-		if OverlayAddr(k) != to {
-			list = append(list, members[k])
-		}
+// SetDirect sets the peers this node reaches directly, to tell the relays
+// it trusts.
+func (in *Introductions) SetDirect(keys []Key) {
+	members := make([]Member, len(keys))
+	for i, k := range slices.SortedFunc(slices.Values(keys), Key.Compare) {
+		members[i] = Member{PublicKey: k}
 	}
-	var id [8]byte
-	rand.Read(id[:])
-	parts := max(1, (len(list)+introPerMessage-1)/introPerMessage)
-	for i := range parts {
-		chunk := list[min(i*introPerMessage, len(list)):min((i+1)*introPerMessage, len(list))]
-		msg := appendIntro(nil, &introMessage{part: uint16(i), parts: uint16(parts), list: binary.BigEndian.Uint64(id[:]), members: chunk})
-		if err := in.cfg.Send(to, msg); err != nil {
-			in.cfg.Log.Debug("sending introductions", "peer", to, "err", err)
-		}
-	}
+	in.mu.Lock()
+	in.told = in.told && slices.Equal(members, in.direct)
+	in.direct = members
+	in.mu.Unlock()
+	in.poke()
+}
+
+// HandleControl takes an introduction message from the peer at from
+// (authenticated by the transport), for Run to handle (see enqueue).
+func (in *Introductions) HandleControl(from netip.Addr, msg []byte) {
+	enqueue(in.inbox, from, msg, &in.InboxFull)
 }
 
 func (in *Introductions) poke() {
@@ -348,18 +183,24 @@ func (in *Introductions) poke() {
 	}
 }
 
-// Run asks the introducers, forgets askers and answers that are older
-// than IntroducedHold, and tells every asker when what this node
-// introduces changes, until ctx is done.
+// Run handles the messages received, asks the introducers, tells relays
+// what this node reaches directly, forgets what is older than
+// IntroducedHold, and tells every asker when what this node introduces
+// changes, until ctx is done.
 func (in *Introductions) Run(ctx context.Context) {
-	t := time.NewTicker(askFast / 5)
+	t := time.NewTicker(introTick)
 	defer t.Stop()
-	asked := map[netip.Addr]time.Time{}
+	asked, directSent := map[netip.Addr]time.Time{}, time.Time{}
+	var nextTell time.Time
 	for {
 		now := time.Now()
-		in.ask(now, asked)
+		in.ask(ctx, now, asked)
+		directSent = in.sendDirect(ctx, now, directSent)
 		in.expire(now)
-		in.tell()
+		if !now.Before(nextTell) {
+			in.tell(ctx)
+			nextTell = now.Add(tellGap)
+		}
 	wait:
 		for {
 			select {
@@ -370,15 +211,110 @@ func (in *Introductions) Run(ctx context.Context) {
 			case <-in.wake:
 				break wait
 			case m := <-in.inbox:
-				in.receive(m.from, m.msg)
+				in.receive(ctx, m.from, m.msg)
 			}
 		}
 	}
 }
 
+// send sends msgs to the peer at to, paced at introRate.
+func (in *Introductions) send(ctx context.Context, to netip.Addr, msgs ...[]byte) {
+	for _, msg := range msgs {
+		if in.pace.Wait(ctx) != nil {
+			return
+		}
+		if err := in.cfg.Send(to, msg); err != nil {
+			in.cfg.Log.Debug("sending introductions", "peer", to, "err", err)
+		}
+	}
+}
+
+// receive handles an introduction message from the peer at from.
+func (in *Introductions) receive(ctx context.Context, from netip.Addr, msg []byte) {
+	m, err := parseIntro(msg)
+	switch {
+	case err != nil:
+		in.Malformed.Add(1)
+		return
+	case m.ask:
+		in.asked(ctx, from, m.list)
+		return
+	case m.direct:
+		// What a peer says it reaches directly changes only what this
+		// node passes on to that peer.
+		if in.take(in.directs, from, m) {
+			in.cfg.DirectChanged()
+		}
+	case !slices.Contains(in.cfg.Introducers(), from):
+		in.Untrusted.Add(1)
+	case in.take(in.from, from, m):
+		in.cfg.Log.Debug("introductions changed", "introducer", from)
+		in.cfg.Changed()
+	}
+}
+
+// take adds m, from the peer at from, to its list in lists, and reports
+// whether the list changed.
+func (in *Introductions) take(lists map[netip.Addr]*list, from netip.Addr, m *introMessage) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	l := lists[from]
+	if l == nil {
+		l = &list{}
+		lists[from] = l
+	}
+	return l.take(m, time.Now())
+}
+
+// asked answers the ask of the peer at from, which has the list have of
+// this node's: a peer this node's configuration lists is answered (at
+// most every answerGap) with the list, or its name if it has it; a new
+// asker changes what the others are told.
+func (in *Introductions) asked(ctx context.Context, from netip.Addr, have uint64) {
+	if !in.cfg.Lists(from) {
+		in.Untrusted.Add(1)
+		return
+	}
+	now := time.Now()
+	in.mu.Lock()
+	_, known := in.askers[from]
+	in.askers[from] = now
+	if now.Sub(in.answers[from]) < answerGap {
+		in.mu.Unlock()
+		return
+	}
+	in.answers[from] = now
+	listed := in.listed
+	in.mu.Unlock()
+	if !known {
+		in.poke() // the others are told about it, the asker at once
+		listed = in.members(in.cfg.Seen())
+	}
+	if id := listID(listed); id == have {
+		in.send(ctx, from, appendIntro(nil, &introMessage{same: true, list: id}))
+		return
+	}
+	in.send(ctx, from, listParts(listed, false)...)
+}
+
+// members returns the list this node introduces: the askers it lists, at
+// the endpoints seen gives, by key.
+func (in *Introductions) members(seen map[netip.Addr]Member) []Member {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	out := []Member{}
+	for a := range in.askers {
+		if m, ok := seen[a]; ok {
+			out = append(out, m)
+		}
+	}
+	slices.SortFunc(out, func(a, b Member) int { return a.PublicKey.Compare(b.PublicKey) })
+	return out
+}
+
 // ask sends an ask to each introducer that is due one: every askFast
 // until it answered, then every AskInterval.
-func (in *Introductions) ask(now time.Time, asked map[netip.Addr]time.Time) {
+func (in *Introductions) ask(ctx context.Context, now time.Time, asked map[netip.Addr]time.Time) {
 	intros := in.cfg.Introducers()
 	for a := range asked {
 		if !slices.Contains(intros, a) {
@@ -387,26 +323,46 @@ func (in *Introductions) ask(now time.Time, asked map[netip.Addr]time.Time) {
 	}
 	for _, a := range intros {
 		in.mu.Lock()
-		every := askFast
-		if ans := in.from[a]; ans != nil && now.Sub(ans.complete) < AskInterval {
-			every = AskInterval
+		every, have := askFast, uint64(0)
+		if l := in.from[a]; l != nil && !l.complete.IsZero() {
+			have = l.id
+			if now.Sub(l.complete) < AskInterval {
+				every = AskInterval
+			}
 		}
 		in.mu.Unlock()
 		if now.Sub(asked[a]) < every {
 			continue
 		}
 		asked[a] = now
-		if err := in.cfg.Send(a, appendIntro(nil, &introMessage{ask: true})); err != nil {
-			in.cfg.Log.Debug("asking for introductions", "introducer", a, "err", err)
-		}
+		in.send(ctx, a, appendIntro(nil, &introMessage{ask: true, list: have}))
 	}
 }
 
-// expire forgets askers silent for IntroducedHold and answers not renewed
-// within it, and the answers of peers that are no longer introducers.
+// sendDirect tells the relays which peers this node reaches directly, when
+// that changed and every AskInterval after sent, and returns when it last
+// sent it.
+func (in *Introductions) sendDirect(ctx context.Context, now, sent time.Time) time.Time {
+	in.mu.Lock()
+	due := !in.told || now.Sub(sent) >= AskInterval
+	in.told = true
+	direct := in.direct
+	in.mu.Unlock()
+	if !due {
+		return sent
+	}
+	msgs := listParts(direct, true)
+	for _, r := range in.cfg.Relays() {
+		in.send(ctx, r, msgs...)
+	}
+	return now
+}
+
+// expire forgets askers silent for IntroducedHold, lists not renewed
+// within it, and the lists of peers that are no longer introducers.
 func (in *Introductions) expire(now time.Time) {
 	intros := in.cfg.Introducers()
-	changed := false
+	changed, directChanged := false, false
 	in.mu.Lock()
 	for a, at := range in.askers {
 		if now.Sub(at) > IntroducedHold {
@@ -414,21 +370,30 @@ func (in *Introductions) expire(now time.Time) {
 			delete(in.answers, a)
 		}
 	}
-	for a, ans := range in.from {
-		if !slices.Contains(intros, a) || (!ans.complete.IsZero() && now.Sub(ans.complete) > IntroducedHold) {
+	for a, l := range in.from {
+		if !slices.Contains(intros, a) || (!l.complete.IsZero() && now.Sub(l.complete) > IntroducedHold) {
 			delete(in.from, a)
-			changed = changed || !ans.complete.IsZero()
+			changed = changed || !l.complete.IsZero()
+		}
+	}
+	for a, l := range in.directs {
+		if !l.complete.IsZero() && now.Sub(l.complete) > IntroducedHold {
+			delete(in.directs, a)
+			directChanged = true
 		}
 	}
 	in.mu.Unlock()
 	if changed {
 		in.cfg.Changed()
 	}
+	if directChanged {
+		in.cfg.DirectChanged()
+	}
 }
 
-// tell answers every asker again when the members this node introduces
-// (or where it sees them) changed since it last did.
-func (in *Introductions) tell() {
+// tell sends every asker the list when it changed (a member came, went or
+// moved) since it last did.
+func (in *Introductions) tell(ctx context.Context) {
 	in.mu.Lock()
 	none := len(in.askers) == 0 && len(in.listed) == 0
 	in.mu.Unlock()
@@ -437,7 +402,7 @@ func (in *Introductions) tell() {
 	}
 	members := in.members(in.cfg.Seen())
 	in.mu.Lock()
-	if maps.Equal(members, in.listed) {
+	if slices.Equal(members, in.listed) {
 		in.mu.Unlock()
 		return
 	}
@@ -448,7 +413,8 @@ func (in *Introductions) tell() {
 		in.answers[a] = now
 	}
 	in.mu.Unlock()
+	msgs := listParts(members, false)
 	for _, a := range askers {
-		in.answer(a, members)
+		in.send(ctx, a, msgs...)
 	}
 }

@@ -10,43 +10,58 @@ import (
 	"github.com/librecast/lcast/mld"
 )
 
-// Toward a relay it trusts, a node excludes the peers it reaches directly
-// from every group it subscribes to (their link-local addresses too for
-// link-scope groups), and leaves Include groups without them; toward
-// other peers, and before any path is direct, its state is unchanged.
-func TestAdvertisedExcludesDirectPeers(t *testing.T) {
-	r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay, Scope: ScopePolicy{LinkLocal: true}})
-	hub, a, b := packettest.PeerA, packettest.PeerB, packettest.PeerC
-	r.SetPeers([]netip.Addr{hub, a, b}, []netip.Addr{hub})
-	mdns := netip.MustParseAddr("ff02::fb")
-	local := []Subscription{
-		sub(packettest.Group1, mld.Exclude),
-		sub(packettest.Group2, mld.Include, a),
-		sub(mdns, mld.Exclude),
-		sub(netip.MustParseAddr("ff3e::1"), mld.Include, a, srcS),
+// A relay neither passes on to a peer the packets of the peers it
+// reports reaching directly nor subscribes for it at them; what one peer
+// reports changes nothing for the others.
+func TestDirectOf(t *testing.T) {
+	a, b, c := packettest.PeerA, packettest.PeerB, packettest.PeerC
+	r := New(Config{Self: packettest.Self, Overlay: packettest.Overlay, Relay: true})
+	r.SetPeers([]netip.Addr{a, b, c}, nil)
+	for _, p := range []netip.Addr{a, b, c} {
+		r.SetSubscriptions(p, []Subscription{sub(packettest.Group1, mld.Exclude)})
 	}
-	r.SetLocal(local)
-	if got := r.Advertised(hub); !slices.EqualFunc(got, local, mld.GroupState.Equal) {
-		t.Fatalf("with no direct path: %v", got)
-	}
-	r.SetPaths(map[netip.Addr]Path{hub: {Direct: true}, a: {Direct: true}, b: {Via: hub}})
-	sorted := func(as ...netip.Addr) []netip.Addr { return slices.SortedFunc(slices.Values(as), netip.Addr.Compare) }
-	want := []Subscription{
-		sub(packettest.Group1, mld.Exclude, a),
-		sub(mdns, mld.Exclude, sorted(a, linkLocalOf(a))...),
-		sub(netip.MustParseAddr("ff3e::1"), mld.Include, srcS),
-	}
-	slices.SortFunc(want, func(x, y Subscription) int { return x.Group.Compare(y.Group) })
-	if got := r.Advertised(hub); !slices.EqualFunc(got, want, mld.GroupState.Equal) {
-		t.Fatalf("toward the relay:\n got %v\nwant %v", got, want)
-	}
-	for _, to := range []netip.Addr{a, b} {
-		if got := r.Advertised(to); !slices.EqualFunc(got, local, mld.GroupState.Equal) {
-			t.Fatalf("toward %v, no relay: %v", to, got)
+	fromA := func() []netip.Addr {
+		var to []netip.Addr
+		for _, w := range relayed(r, wrapped(packettest.UDP(a, packettest.Group1, "from A"), a)) {
+			to = append(to, dstOf(w))
 		}
+		slices.SortFunc(to, netip.Addr.Compare)
+		return to
 	}
-	if r.Path(b) != (Path{Via: hub}) || r.Path(a) != (Path{Direct: true}) {
-		t.Fatalf("paths: a %+v, b %+v", r.Path(a), r.Path(b))
+	both := slices.SortedFunc(slices.Values([]netip.Addr{b, c}), netip.Addr.Compare)
+	if got := fromA(); !slices.Equal(got, both) {
+		t.Fatalf("before: A's packet went to %v", got)
+	}
+	if got := r.Advertised(a); len(got) != 1 {
+		t.Fatalf("before: toward A %v", got)
+	}
+	r.SetDirectOf(map[netip.Addr][]netip.Addr{b: {a}, nodeX: {a}})
+	if got := fromA(); !slices.Equal(got, []netip.Addr{c}) {
+		t.Fatalf("B reaches A directly: A's packet went to %v, want C alone", got)
+	}
+	// C's subscription still goes to A; B's does not, so A sends for C.
+	r.SetSubscriptions(c, nil)
+	if got := r.Advertised(a); len(got) != 0 {
+		t.Fatalf("toward A with only B subscribed, B reaching A: %v", got)
+	}
+	if got := r.Advertised(c); len(got) != 1 {
+		t.Fatalf("toward C: %v", got)
+	}
+	// B's link-local source counts as B's.
+	r.SetDirectOf(map[netip.Addr][]netip.Addr{c: {b}})
+	r.SetSubscriptions(c, []Subscription{sub(packettest.Group1, mld.Exclude)})
+	if out := relayed(r, wrapped(packettest.UDP(linkLocalOf(b), packettest.Group1, "from B"), b)); len(out) != 1 || dstOf(out[0]) != a {
+		t.Fatalf("B's link-local packet went to %d peers", len(out))
+	}
+	// This node's own packets go to every subscriber, whoever reaches
+	// this node directly.
+	r.SetDirectOf(map[netip.Addr][]netip.Addr{a: {packettest.Self}, b: {packettest.Self}})
+	if out := fromLc0(r, packettest.UDP(packettest.Self, packettest.Group1, "own")); len(out) != 3 {
+		t.Fatalf("this node's packet went to %d peers, want 3", len(out))
+	}
+	r.SetDirectOf(nil)
+	if got := fromA(); !slices.Equal(got, both) {
+		t.Fatalf("after: A's packet went to %v", got)
 	}
 }
 
@@ -123,10 +138,20 @@ func TestUnicastThroughRelayHostile(t *testing.T) {
 	if d := plain.Deliver(plain.Table(), wrapUni(packettest.UDP(packettest.PeerB, packettest.Self, "x"), packettest.PeerA, packettest.Self), &o); d.Lc0 != -1 || plain.Dropped(DropForgedSource) != 1 {
 		t.Errorf("relayed unicast from an untrusted peer: %+v, drops %v", d, plain.Drops())
 	}
-	// A trusted relay's unicast for another node does not enter lc0.
+	// A trusted relay's unicast for another node does not enter lc0, nor
+	// does its unicast from a node that is none of this node's peers.
 	plain.SetPeers([]netip.Addr{packettest.PeerA, packettest.PeerB}, []netip.Addr{packettest.PeerA})
 	if d := plain.Deliver(plain.Table(), wrapUni(packettest.UDP(packettest.PeerB, nodeX, "x"), packettest.PeerA, packettest.Self), &o); d.Lc0 != -1 || plain.Dropped(DropNotForNode) != 2 {
 		t.Errorf("relayed unicast for another node: %+v, drops %v", d, plain.Drops())
+	}
+	if d := plain.Deliver(plain.Table(), wrapUni(packettest.UDP(nodeX, packettest.Self, "x"), packettest.PeerA, packettest.Self), &o); d.Lc0 != -1 || plain.Dropped(DropForgedSource) != 2 {
+		t.Errorf("relayed unicast from a node that is no peer: %+v, drops %v", d, plain.Drops())
+	}
+	// A relay does not pass on what only the router may make.
+	ctl := packettest.UDP(packettest.PeerA, packettest.PeerB, "x")
+	ctl[6] = ProtoControl
+	if d := hub.Deliver(hub.Table(), wrapUni(ctl, packettest.PeerA, packettest.Self), &o); d.Relay || hub.Dropped(DropMalformed) != 1 {
+		t.Errorf("a control packet to pass on: %+v, drops %v", d, hub.Drops())
 	}
 }
 
@@ -155,6 +180,25 @@ func TestSeenPathDown(t *testing.T) {
 	for seq := uint64(15); seq <= 25; seq++ {
 		if _, ok := s.admit(b, true, false, 1, seq, now); ok != (seq > 20) {
 			t.Fatalf("direct %d after the path came back: admitted %v", seq, ok)
+		}
+	}
+	// The path goes down again for long: the relays deliver 26-1000. When
+	// it comes back, the packets the transport held since it went down
+	// (26-60) arrive first: duplicates; then the stream's own.
+	for seq := uint64(26); seq <= 1000; seq++ {
+		if _, ok := s.admit(b, false, true, 1, seq, now); !ok {
+			t.Fatalf("relayed %d with the direct path down", seq)
+		}
+	}
+	later := now.Add(2 * time.Second)
+	for seq := uint64(26); seq <= 60; seq++ {
+		if _, ok := s.admit(b, true, false, 1, seq, later); ok {
+			t.Fatalf("held direct %d, which the relays delivered: admitted", seq)
+		}
+	}
+	for seq := uint64(995); seq <= 1010; seq++ {
+		if _, ok := s.admit(b, true, false, 1, seq, later); ok != (seq > 1000) {
+			t.Fatalf("direct %d once the path is back: admitted %v", seq, ok)
 		}
 	}
 }

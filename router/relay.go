@@ -22,64 +22,17 @@ import (
 // in turn adds its next group (in group order) until the room is full, so
 // that one peer's many groups cannot push the others' out.
 //
-// Toward a peer this node trusts as a relay, the sources of the peers it
-// has a direct path to (Path.Direct) are excluded from every group: their
-// packets come straight, and the relay passes none of them on to this
-// node.
+// A peer's subscriptions are not passed on to the peers it reaches
+// directly (SetDirectOf): it gets their packets from them.
 func (r *Router) Advertised(to netip.Addr) []Subscription {
 	t := r.table.Load()
-	subs := t.forwarded
-	if r.relay {
-		subs = r.relayedAdvert(t, to)
+	if !r.relay {
+		return t.forwarded
 	}
-	if t.relays[to] {
-		subs = t.withoutDirect(subs, to)
-	}
-	return subs
+	return r.relayedAdvert(t, to)
 }
 
-// withoutDirect returns subs without the sources of the peers other than
-// to that this node has a direct path to: excluded in Exclude mode,
-// removed in Include mode (a group left with none is left out). A
-// link-scope group excludes their link-local addresses too.
-func (t *Table) withoutDirect(subs []Subscription, to netip.Addr) []Subscription {
-	var direct, directLL []netip.Addr
-	for a, pa := range t.paths {
-		if pa.Direct && a != to {
-			direct = append(direct, a)
-		}
-	}
-	if len(direct) == 0 {
-		return subs
-	}
-	slices.SortFunc(direct, netip.Addr.Compare)
-	for _, a := range direct {
-		directLL = append(directLL, linkLocalOf(a))
-	}
-	directLL = slices.SortedFunc(slices.Values(slices.Concat(direct, directLL)), netip.Addr.Compare)
-	out := make([]Subscription, 0, len(subs))
-	for _, s := range subs {
-		skip := direct
-		if s.Group.As16()[1]&0x0f <= ScopeLinkLocal {
-			skip = directLL
-		}
-		if s.Mode == mld.Include {
-			s.Sources = slices.DeleteFunc(slices.Clone(s.Sources), func(a netip.Addr) bool {
-				_, found := slices.BinarySearchFunc(skip, a, netip.Addr.Compare)
-				return found
-			})
-			if len(s.Sources) == 0 {
-				continue
-			}
-		} else {
-			s.Sources = slices.Compact(slices.SortedFunc(slices.Values(slices.Concat(s.Sources, skip)), netip.Addr.Compare))
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
-// relayedAdvert is Advertised on a relay, before withoutDirect.
+// relayedAdvert is Advertised on a relay.
 func (r *Router) relayedAdvert(t *Table, to netip.Addr) []Subscription {
 	byGroup := map[netip.Addr]Subscription{}
 	add := func(s Subscription) {
@@ -93,7 +46,7 @@ func (r *Router) relayedAdvert(t *Table, to netip.Addr) []Subscription {
 	}
 	var from [][]Subscription // each other peer's relayed groups, in group order
 	for _, a := range slices.SortedFunc(maps.Keys(t.subs), netip.Addr.Compare) {
-		if a == to {
+		if a == to || t.directOf[a][to] {
 			continue
 		}
 		var relayed []Subscription

@@ -96,7 +96,7 @@ func (r *Router) Route(t *Table, pkt []byte, o *Origin, next *int, out []byte, a
 	for *next < len(subs) {
 		s := subs[*next]
 		*next++
-		if !s.takes(src, o.from) {
+		if !t.takes(s, src, o.from) {
 			continue
 		}
 		if !admit(s.peer) {
@@ -318,14 +318,23 @@ func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin, now ti
 func (r *Router) deliverUnicast(t *Table, pkt []byte, p *Peer, direct bool, o *Origin) Delivery {
 	dst := [16]byte(pkt[WrapLen+24 : WrapLen+40])
 	if !direct {
-		if dst != r.self.As16() && !isLinkLocalOf(dst, r.self) {
+		switch {
+		case dst != r.self.As16() && !isLinkLocalOf(dst, r.self):
 			r.Drop(DropNotForNode, p)
+			return drop
+		case t.peerOf(netip.AddrFrom16([16]byte(pkt[WrapLen+8:WrapLen+24]))) == nil:
+			// Unicast enters lc0 only from this node's peers, whichever
+			// relay it came through.
+			r.Drop(DropForgedSource, p)
 			return drop
 		}
 		return Delivery{Lc0: WrapLen}
 	}
 	to := t.peerOf(netip.AddrFrom16(dst))
 	switch {
+	case pkt[WrapLen+6] == protoLcast || pkt[WrapLen+6] == ProtoControl:
+		r.Drop(DropMalformed, p)
+		return drop
 	case !r.relay || to == p:
 		r.Drop(DropNotForNode, p)
 		return drop
@@ -346,14 +355,18 @@ func (r *Router) deliverUnicast(t *Table, pkt []byte, p *Peer, direct bool, o *O
 // wantedBeyond reports whether a subscriber of group takes a packet from
 // sender that came from the peer from.
 func (t *Table) wantedBeyond(group, sender netip.Addr, from *Peer) bool {
-	return slices.ContainsFunc(t.groups[group], func(s subscriber) bool { return s.takes(sender, from) })
+	return slices.ContainsFunc(t.groups[group], func(s subscriber) bool { return t.takes(s, sender, from) })
 }
 
-// takes reports whether the subscriber gets a packet from src that came from
-// the peer from (nil: from lc0): it wants src, and is neither the peer the
-// packet came from nor src's own node.
-func (s subscriber) takes(src netip.Addr, from *Peer) bool {
-	return s.sub.Wants(src) && s.peer != from && s.peer.addr != src
+// takes reports whether the subscriber s gets a packet from src that came
+// from the peer from (nil: from lc0): it wants src, and is neither the
+// peer the packet came from nor src's own node, and a packet to pass on
+// does not come to it straight from src (SetDirectOf).
+func (t *Table) takes(s subscriber, src netip.Addr, from *Peer) bool {
+	if !s.sub.Wants(src) || s.peer == from || s.peer.addr == src {
+		return false
+	}
+	return from == nil || len(t.directOf) == 0 || !t.directOf[s.peer.addr][src]
 }
 
 // isNodeAddr reports whether a is an address a node sends multicast from:

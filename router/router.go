@@ -168,7 +168,11 @@ type Table struct {
 	ownLANs   []netip.Prefix                // the sources on this gateway's LANs
 	groups    map[netip.Addr][]subscriber   // group -> peers that subscribed
 	paths     map[netip.Addr]Path           // by peer: how this node reaches it (absent: not direct, no relay)
-	local     []Subscription                // groups local programs listen to, sorted by group
+	// directOf holds, by peer, the addresses (overlay and link-local) of
+	// the peers it reports reaching directly: a relay passes none of
+	// their packets on to it (SetDirectOf).
+	directOf map[netip.Addr]map[netip.Addr]bool
+	local    []Subscription // groups local programs listen to, sorted by group
 	// forwarded are those of local whose traffic crosses between peers
 	// (local itself when that is all of them).
 	forwarded []Subscription
@@ -264,6 +268,7 @@ func newTable() *Table {
 		lans:      map[netip.Addr][]netip.Prefix{},
 		groups:    map[netip.Addr][]subscriber{},
 		paths:     map[netip.Addr]Path{},
+		directOf:  map[netip.Addr]map[netip.Addr]bool{},
 	}
 }
 
@@ -292,6 +297,9 @@ func (r *Router) SetPeers(addrs, relays []netip.Addr) {
 				}
 				if pa, ok := old.paths[a]; ok {
 					t.paths[a] = pa
+				}
+				if d, ok := old.directOf[a]; ok {
+					t.directOf[a] = d
 				}
 			} else {
 				t.peers[a] = &Peer{addr: a}
@@ -365,6 +373,29 @@ func (t *Table) keepPeers(old *Table) {
 	maps.Copy(t.relays, old.relays)
 	maps.Copy(t.lans, old.lans)
 	maps.Copy(t.paths, old.paths)
+	maps.Copy(t.directOf, old.directOf)
+}
+
+// SetDirectOf sets, by peer, the peers (overlay addresses) each reports
+// reaching directly. On a relay, the packets those peers send are not
+// passed on to it, and its subscriptions are not passed on to them: it
+// gets their packets straight from them. What a peer reports affects
+// only what it gets itself. Peers not in byPeer reach none directly.
+func (r *Router) SetDirectOf(byPeer map[netip.Addr][]netip.Addr) {
+	r.update(func(old, t *Table) {
+		t.keepPeers(old)
+		t.directOf = map[netip.Addr]map[netip.Addr]bool{}
+		for p, addrs := range byPeer {
+			if _, ok := t.peers[p]; !ok || len(addrs) == 0 {
+				continue
+			}
+			set := make(map[netip.Addr]bool, 2*len(addrs))
+			for _, a := range addrs {
+				set[a], set[linkLocalOf(a)] = true, true
+			}
+			t.directOf[p] = set
+		}
+	})
 }
 
 // Path is how this node reaches a peer.

@@ -72,6 +72,11 @@ type origin struct {
 	// wasDown tells that a relayed packet came while the direct path was
 	// known to be down: the next direct packet starts the path afresh.
 	wasDown bool
+	// adoptPending tells that the last adopt found the relay window too
+	// far on: the next direct packet tries again. backSince is when the
+	// first direct packet came after the path was down.
+	adoptPending bool
+	backSince    time.Time
 	// relayedUpTo is how far the relay window counts for direct packets
 	// too (see adopt); 0: not at all.
 	relayedUpTo uint64
@@ -105,12 +110,25 @@ func (s *seen) admit(sender netip.Addr, direct, down bool, epoch uint32, seq uin
 		s.from[sender] = o
 	}
 	if direct {
-		if o.direct == nil || now.Sub(o.lastDirect) >= directLive || o.wasDown {
-			o.adopt(epoch, seq)
+		if o.direct == nil || now.Sub(o.lastDirect) >= directLive || o.wasDown || o.adoptPending {
+			// Until a direct packet recent enough to adopt the relay
+			// window comes (the first may be one the transport held
+			// since the path went down), the next direct packets try
+			// again.
+			if !o.adoptPending {
+				o.backSince = now
+			}
+			o.adoptPending = !o.adopt(epoch, seq)
 		}
 		o.lastDirect, o.wasDown = now, false
 		d := newWindow(&o.direct, epoch)
-		if r := o.relayed; seq <= o.relayedUpTo && r.epoch == epoch && r.has(seq) {
+		r := o.relayed
+		// A packet the relays delivered is a duplicate: up to how far the
+		// direct path adopted their window, and, for directLive after the
+		// path came back without adopting it yet, any packet the transport
+		// held meanwhile that the relays had delivered.
+		if r != nil && r.epoch == epoch && ((seq <= o.relayedUpTo && r.has(seq)) ||
+			(o.adoptPending && now.Sub(o.backSince) < directLive && r.marked(seq))) {
 			d.first(epoch, seq)
 			return DropDuplicate, false
 		}
@@ -140,11 +158,20 @@ func (s *seen) admit(sender netip.Addr, direct, down bool, epoch uint32, seq uin
 // adoptAhead beyond seq is not adopted, so a relay that forges can make
 // at most adoptAhead of the sender's packets look delivered, and only
 // when the sender's direct path starts or comes back.
-func (o *origin) adopt(epoch uint32, seq uint64) {
+//
+// It reports false when the relay window is further on than that: a
+// later direct packet may adopt it.
+func (o *origin) adopt(epoch uint32, seq uint64) bool {
 	o.relayedUpTo = 0
-	if r := o.relayed; r != nil && r.epoch == epoch && r.highest <= seq+adoptAhead {
-		o.relayedUpTo = r.highest
+	r := o.relayed
+	if r == nil || r.epoch != epoch {
+		return true
 	}
+	if r.highest <= seq+adoptAhead {
+		o.relayedUpTo = r.highest
+		return true
+	}
+	return false
 }
 
 // newWindow returns *w, made for epoch if there is none.
@@ -188,6 +215,12 @@ func (w *window) has(seq uint64) bool {
 		return true
 	}
 	return w.ring[seq/blockBits%windowBlocks]&(1<<(seq%blockBits)) != 0
+}
+
+// marked reports whether seq of w's epoch is marked: unlike has, a
+// sequence number too old to tell is not.
+func (w *window) marked(seq uint64) bool {
+	return seq <= w.highest && w.highest-seq <= windowSize && w.ring[seq/blockBits%windowBlocks]&(1<<(seq%blockBits)) != 0
 }
 
 // restart empties w for epoch, the one it held becoming the one before

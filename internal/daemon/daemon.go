@@ -67,6 +67,9 @@ type Daemon struct {
 	resolved   []peer.Config
 	relays     []netip.Addr
 	introduced map[peer.Key]peer.Introduced
+	// introducedBy are the introduced peers' introducers, by the peers'
+	// overlay addresses.
+	introducedBy map[netip.Addr][]netip.Addr
 
 	intros       *peer.Introductions
 	introducedCh chan struct{} // the introduced peers changed
@@ -112,12 +115,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	}
 	d.peers, d.resolved, d.relays = cfg.Peers, peers, trustedRelays(cfg.Peers)
 	d.intros = peer.NewIntroductions(peer.IntroductionsConfig{
-		Self:        cfg.Key.PublicKey(),
-		Send:        func(to netip.Addr, msg []byte) error { return d.bridge.SendControl(to, msg) },
-		Seen:        d.seen,
-		Introducers: d.introducers,
-		Changed:     d.introductionsChanged,
-		Log:         log,
+		Self:          cfg.Key.PublicKey(),
+		Send:          func(to netip.Addr, msg []byte) error { return d.bridge.SendControl(to, msg) },
+		Lists:         d.lists,
+		Seen:          d.seen,
+		Introducers:   d.introducers,
+		Relays:        d.trustedRelays,
+		Changed:       d.introductionsChanged,
+		DirectChanged: d.directChanged,
+		Log:           log,
 	})
 
 	// What start-up made is undone, last first, if a later step fails.
@@ -304,13 +310,7 @@ func resolvePeers(ctx context.Context, peers []config.Peer) ([]peer.Config, []ne
 // mark relay = true: the peers whose packets may carry other nodes'
 // sources.
 func trustedRelays(peers []config.Peer) []netip.Addr {
-	var out []netip.Addr
-	for _, p := range peers {
-		if p.Relay {
-			out = append(out, peer.OverlayAddr(p.PublicKey))
-		}
-	}
-	return out
+	return addrsOf(peers, func(p config.Peer) bool { return p.Relay })
 }
 
 // lanPrefixes returns, by overlay address, the LAN prefixes of the peers

@@ -43,7 +43,7 @@ func (d *Daemon) peerList() []peerEntry {
 // node's peers, in the transport, the router and the exchange, and
 // returns how many peers were added and removed.
 func (d *Daemon) setPeers(configured []config.Peer, resolved []peer.Config) (added, removed int, err error) {
-	introduced := d.intros.Introduced()
+	introduced := d.intros.Introduced(introducers(configured))
 	all := slices.Clone(resolved)
 	listed := map[peer.Key]bool{}
 	for _, p := range configured {
@@ -76,6 +76,10 @@ func (d *Daemon) setPeers(configured []config.Peer, resolved []peer.Config) (add
 		}
 	}
 	d.peers, d.resolved, d.introduced, d.relays = configured, resolved, introduced, relays
+	d.introducedBy = make(map[netip.Addr][]netip.Addr, len(introduced))
+	for k, i := range introduced {
+		d.introducedBy[peer.OverlayAddr(k)] = i.By
+	}
 	maps.DeleteFunc(d.saysRelay, func(a netip.Addr, _ bool) bool { return !slices.Contains(addrs, a) })
 	d.peersMu.Unlock()
 	d.pathsChanged()
@@ -91,18 +95,58 @@ func (d *Daemon) introductionsChanged() {
 	}
 }
 
+// introducers returns the overlay addresses of the peers in configured
+// marked introducer.
+func introducers(configured []config.Peer) []netip.Addr {
+	return addrsOf(configured, func(p config.Peer) bool { return p.Introducer })
+}
+
+// addrsOf returns the overlay addresses of the peers for which marked
+// holds.
+func addrsOf(peers []config.Peer, marked func(config.Peer) bool) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range peers {
+		if marked(p) {
+			out = append(out, peer.OverlayAddr(p.PublicKey))
+		}
+	}
+	return out
+}
+
 // introducers returns the overlay addresses of the configured peers
 // marked introducer.
 func (d *Daemon) introducers() []netip.Addr {
 	d.peersMu.Lock()
 	defer d.peersMu.Unlock()
-	var out []netip.Addr
-	for _, p := range d.peers {
-		if p.Introducer {
-			out = append(out, peer.OverlayAddr(p.PublicKey))
+	return introducers(d.peers)
+}
+
+// trustedRelays returns the overlay addresses of the configured peers
+// trusted as relays.
+func (d *Daemon) trustedRelays() []netip.Addr {
+	d.peersMu.Lock()
+	defer d.peersMu.Unlock()
+	return d.relays
+}
+
+// lists reports whether the configuration lists the peer at addr.
+func (d *Daemon) lists(addr netip.Addr) bool {
+	d.peersMu.Lock()
+	defer d.peersMu.Unlock()
+	return slices.ContainsFunc(d.resolved, func(p peer.Config) bool { return peer.OverlayAddr(p.PublicKey) == addr })
+}
+
+// directChanged is the introductions' DirectChanged callback: the router
+// learns which peers each peer reaches directly, and on a relay the
+// states toward its peers follow.
+func (d *Daemon) directChanged() {
+	d.router.SetDirectOf(d.intros.DirectOf())
+	if d.cfg.Relay {
+		select {
+		case d.relayed <- struct{}{}:
+		default:
 		}
 	}
-	return out
 }
 
 // seen returns the configured peers, as this node may introduce them:
@@ -137,44 +181,53 @@ func (d *Daemon) HandleControl(from netip.Addr, msg []byte) {
 }
 
 // watched reports whether the direct path to the peer at addr is watched
-// closely: it is no relay this node trusts, and one is configured to fall
-// back on.
+// closely: an introduced peer, when this node trusts a relay to fall back
+// on.
 func (d *Daemon) watched(addr netip.Addr) bool {
 	d.peersMu.Lock()
-	has := len(d.relays) > 0
-	d.peersMu.Unlock()
-	return has && !d.router.TrustsRelay(addr)
+	defer d.peersMu.Unlock()
+	return len(d.relays) > 0 && d.introducedBy[addr] != nil
 }
 
 // pathsChanged finds how this node reaches each peer now: directly when
-// the exchange finds the path direct, else through the first configured
-// relay whose own path is direct (none without one). The router gets the
-// paths (where unicast goes, which sources a relay is told not to pass
-// on), and the peers' states change with them.
+// the exchange finds the path direct; else an introduced peer through the
+// first of its introducers that this node trusts as a relay and reaches
+// directly (the introducer lists the peer, so it can pass unicast on to
+// it); other peers without a relay. The router gets the paths (where
+// unicast goes, whether relayed copies count at once), and the relays
+// this node trusts learn which peers it reaches directly.
 func (d *Daemon) pathsChanged() {
 	d.pathMu.Lock()
 	defer d.pathMu.Unlock()
 	d.peersMu.Lock()
-	relays := d.relays
+	relays, byAddr := d.relays, d.introducedBy
 	d.peersMu.Unlock()
+	keyOf := map[netip.Addr]peer.Key{}
+	for _, p := range d.peerList() {
+		keyOf[peer.OverlayAddr(p.key)] = p.key
+	}
 	addrs := d.router.Peers()
 	direct := make(map[netip.Addr]bool, len(addrs))
 	for _, a := range addrs {
 		direct[a] = d.exchange.Direct(a)
 	}
 	paths := make(map[netip.Addr]router.Path, len(addrs))
+	var keys []peer.Key
+	changed := false
 	for _, a := range addrs {
 		pa := router.Path{Direct: direct[a]}
 		if !pa.Direct {
-			for _, r := range relays {
-				if r != a && direct[r] {
+			for _, r := range byAddr[a] {
+				if direct[r] && slices.Contains(relays, r) {
 					pa.Via = r
 					break
 				}
 			}
 		}
 		paths[a] = pa
-		switch old := d.router.Path(a); {
+		old := d.router.Path(a)
+		changed = changed || old != pa
+		switch {
 		case pa.Direct && !old.Direct:
 			d.log.Info("path direct", "peer", a)
 		case old.Direct && !pa.Direct:
@@ -182,9 +235,14 @@ func (d *Daemon) pathsChanged() {
 		case pa.Via != old.Via:
 			d.log.Debug("path", "peer", a, "via", pa.Via)
 		}
+		if pa.Direct {
+			keys = append(keys, keyOf[a])
+		}
 	}
-	d.router.SetPaths(paths)
-	d.exchange.Changed()
+	d.intros.SetDirect(keys)
+	if changed {
+		d.router.SetPaths(paths)
+	}
 }
 
 // pathName names the path to the peer at addr in status and metrics:

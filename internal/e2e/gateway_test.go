@@ -6,12 +6,14 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/librecast/lcast/internal/control"
 	"github.com/librecast/lcast/internal/netlab"
 	"github.com/librecast/lcast/mld"
 )
@@ -250,7 +252,20 @@ func TestGatewayTwoLANs(t *testing.T) {
 	check(recv2, "the remote site")
 	recvA := startHelper(t, a.Hosts[0], "recv", "ff1e::402", "eth0", "2s")
 	recvB = startHelper(t, b.Hosts[0], "recv", "ff1e::402", "eth0", "2s")
-	// Complete delivery is measured once the sender's site knows the subscription.
+	// Complete delivery is measured once the gateway knows both LANs'
+	// listeners (either one makes it subscribe) and the sender's site knows
+	// the subscription.
+	if _, ok := netlab.Poll(5*time.Second, func() bool {
+		n := 0
+		for _, l := range m.nodes[0].status(t).LANs {
+			if slices.ContainsFunc(l.Groups, func(g control.Group) bool { return g.Group == "ff1e::402" }) {
+				n++
+			}
+		}
+		return n == 2
+	}); !ok {
+		t.Fatalf("the gateway does not know both LANs' listeners of ff1e::402: %+v", m.nodes[0].status(t).LANs)
+	}
 	m.waitSubscribed(t, 1, 0, "ff1e::402", true, 10*time.Second)
 	stream(t, m.sites[1].Namespace, "ff1e::402", 500, 500, netip.Addr{})
 	check(recvA, "the first LAN's host")

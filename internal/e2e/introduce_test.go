@@ -135,17 +135,29 @@ func (m *mesh) unicastStream(t testing.TB, from, to, n, rate int) recvResult {
 	return m.expectOnce(t, []*netlab.Process{recv}, []int{to}, n)[0]
 }
 
+// hubAndHomes starts a hub on the Internet and two homes behind NATs (the
+// second one symmetric if asked) that know only the hub: node 0 is the
+// hub. It returns the homes' NAT routers too.
+func hubAndHomes(t *testing.T, symmetric bool) (m *mesh, nat1, nat2 *netlab.Site) {
+	t.Helper()
+	netlab.Require(t, "nft")
+	inet := netlab.NewInternet(t)
+	hub := inet.AddSite("lcast-hub")
+	home1, nat1 := inet.AddNATSite("lcast-home1")
+	addHome2 := inet.AddNATSite
+	if symmetric {
+		addHome2 = inet.AddSymmetricNATSite
+	}
+	home2, nat2 := addHome2("lcast-home2")
+	return newHub(t, inet, []*netlab.Site{hub, home1, home2}), nat1, nat2
+}
+
 // Two homes behind masquerading NATs, each listing only a hub (its
 // introducer and relay), find each other through it, take a direct path
 // through their NATs within 5 s of their start, and exchange multicast and
 // unicast both ways with the hub passing none of it on.
 func TestIntroducedHomesGoDirect(t *testing.T) {
-	netlab.Require(t, "nft")
-	inet := netlab.NewInternet(t)
-	hub := inet.AddSite("lcast-hub")
-	home1, nat1 := inet.AddNATSite("lcast-home1")
-	home2, nat2 := inet.AddNATSite("lcast-home2")
-	m := newHub(t, inet, []*netlab.Site{hub, home1, home2})
+	m, nat1, nat2 := hubAndHomes(t, false)
 	took := m.waitPaths(t, [][2]int{{1, 2}}, "direct", 5*time.Second)
 	t.Logf("direct path between the homes %v after their start", took.Round(time.Millisecond))
 	hubKey := m.nodes[0].key.PublicKey().String()
@@ -181,12 +193,7 @@ func TestIntroducedHomesGoDirect(t *testing.T) {
 // open, so the path stays relayed, and multicast and unicast go through
 // the hub both ways, completely and once.
 func TestIntroducedSymmetricNATRelayed(t *testing.T) {
-	netlab.Require(t, "nft")
-	inet := netlab.NewInternet(t)
-	hub := inet.AddSite("lcast-hub")
-	home1, _ := inet.AddNATSite("lcast-home1")
-	home2, _ := inet.AddSymmetricNATSite("lcast-home2")
-	m := newHub(t, inet, []*netlab.Site{hub, home1, home2})
+	m, _, _ := hubAndHomes(t, true)
 	// Both homes learn of each other at once, and find that their direct
 	// attempts fail: the path is relayed, and stays so.
 	for _, pair := range [][2]int{{1, 2}, {2, 1}} {
@@ -295,9 +302,6 @@ func TestIntroducerStopsListing(t *testing.T) {
 			t.Errorf("the outsider has a session with %s: %+v", p.PublicKey, p)
 		}
 	}
-	if rx := m.nodes[1].status(t).Drops; rx["forged_source"] != 0 {
-		t.Logf("member a drops: %v", rx)
-	}
 	if log := m.nodes[1].daemon.Output(); !strings.Contains(log, "introduced peer dropped") {
 		t.Errorf("member a did not log dropping c:\n%s", log)
 	}
@@ -308,12 +312,8 @@ func TestIntroducerStopsListing(t *testing.T) {
 // within 1 s, and returns to the direct path when it heals, with no
 // duplicate and no loss but the break's.
 func TestDirectPathBreaksAndHeals(t *testing.T) {
-	netlab.Require(t, "nft")
-	inet := netlab.NewInternet(t)
-	hub := inet.AddSite("lcast-hub")
-	home1, nat1 := inet.AddNATSite("lcast-home1")
-	home2, nat2 := inet.AddNATSite("lcast-home2")
-	m := newHub(t, inet, []*netlab.Site{hub, home1, home2})
+	m, nat1, nat2 := hubAndHomes(t, false)
+	inet := m.inet
 	m.waitPaths(t, [][2]int{{1, 2}}, "direct", 5*time.Second)
 	const n, rate = 9000, 1000
 	recvs, send := m.relayStream(t, 1, []int{2}, "ff1e::193", n, rate)

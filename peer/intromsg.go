@@ -1,0 +1,182 @@
+package peer
+
+import (
+	"encoding/binary"
+	"errors"
+	"hash/fnv"
+	"net/netip"
+	"time"
+)
+
+// Introduction messages travel inside the transport like the subscription
+// messages, with a magic of their own. A list (an introducer's members, or
+// the peers a node reaches directly) goes in parts; its identity is a hash
+// of its content, so a node that has a list need not get it again:
+//
+//	0  "LCI" 1     magic and version
+//	4  flags       bit 0: ask (introduce me; list: the last list I have
+//	               from you, 0 for none); bit 1: direct (the list is of the
+//	               peers the sender reaches directly, for a relay); bit 2:
+//	               same (no parts: the list is still the one named)
+//	5  0           reserved
+//	6  part, parts uint16 each; parts 0: an ask, or a list named unchanged
+//	10 list        uint64: the list's identity
+//	18 count       uint16: members that follow
+//	20 per member: public key (32), endpoint address (16, IPv4-mapped for
+//	               IPv4; all zero: none), port (2)
+const (
+	introHeaderLen  = 20
+	introMemberLen  = KeyLen + 16 + 2
+	introFlagAsk    = 1
+	introFlagDirect = 2
+	introFlagSame   = 4
+	introPerMessage = (maxMsgPayload - introHeaderLen) / introMemberLen
+	// MaxIntroduced caps the members of one list.
+	MaxIntroduced = 4096
+	maxListParts  = (MaxIntroduced + introPerMessage - 1) / introPerMessage
+)
+
+var introMagic = [4]byte{'L', 'C', 'I', 1}
+
+// ErrBadIntroduction marks an introduction message that is malformed.
+var ErrBadIntroduction = errors.New("malformed introduction message")
+
+// IsIntroduction reports whether a control message is an introduction
+// message (by its magic), to hand to Introductions.HandleControl.
+func IsIntroduction(msg []byte) bool { return len(msg) >= 4 && [4]byte(msg[:4]) == introMagic }
+
+// Member is a node in a list: its public key and, in an introducer's
+// list, the endpoint the introducer sees it at (invalid if none).
+type Member struct {
+	PublicKey Key
+	Endpoint  netip.AddrPort
+}
+
+// introMessage is a decoded introduction message.
+type introMessage struct {
+	ask, direct, same bool
+	part, parts       uint16
+	list              uint64
+	members           []Member
+}
+
+func appendIntro(b []byte, m *introMessage) []byte {
+	b = append(b, introMagic[:]...)
+	var flags byte
+	for _, f := range []struct {
+		on  bool
+		bit byte
+	}{{m.ask, introFlagAsk}, {m.direct, introFlagDirect}, {m.same, introFlagSame}} {
+		if f.on {
+			flags |= f.bit
+		}
+	}
+	b = append(b, flags, 0)
+	b = binary.BigEndian.AppendUint16(b, m.part)
+	b = binary.BigEndian.AppendUint16(b, m.parts)
+	b = binary.BigEndian.AppendUint64(b, m.list)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(m.members)))
+	for _, mem := range m.members {
+		b = append(b, mem.PublicKey[:]...)
+		var a [16]byte
+		if mem.Endpoint.IsValid() {
+			a = mem.Endpoint.Addr().As16()
+		}
+		b = append(b, a[:]...)
+		b = binary.BigEndian.AppendUint16(b, mem.Endpoint.Port())
+	}
+	return b
+}
+
+// parseIntro decodes b. An endpoint that is no global unicast address
+// (loopback, multicast, link-local...) is taken as none.
+func parseIntro(b []byte) (*introMessage, error) {
+	if len(b) < introHeaderLen || !IsIntroduction(b) {
+		return nil, ErrBadIntroduction
+	}
+	m := &introMessage{
+		ask:    b[4]&introFlagAsk != 0,
+		direct: b[4]&introFlagDirect != 0,
+		same:   b[4]&introFlagSame != 0,
+		part:   binary.BigEndian.Uint16(b[6:8]),
+		parts:  binary.BigEndian.Uint16(b[8:10]),
+		list:   binary.BigEndian.Uint64(b[10:18]),
+	}
+	n := int(binary.BigEndian.Uint16(b[18:20]))
+	rest := b[introHeaderLen:]
+	if (m.parts > 0 && (m.part >= m.parts || m.ask || m.same)) || (m.parts == 0 && n > 0) || len(rest) != n*introMemberLen ||
+		m.parts > maxListParts {
+		return nil, ErrBadIntroduction
+	}
+	for i := range n {
+		e := rest[i*introMemberLen:]
+		mem := Member{PublicKey: Key(e[:KeyLen])}
+		a := netip.AddrFrom16([16]byte(e[KeyLen : KeyLen+16])).Unmap()
+		if port := binary.BigEndian.Uint16(e[KeyLen+16:]); a.IsGlobalUnicast() && port != 0 {
+			mem.Endpoint = netip.AddrPortFrom(a, port)
+		}
+		m.members = append(m.members, mem)
+	}
+	return m, nil
+}
+
+// listID returns the identity of a list: a hash of its members, never 0.
+func listID(members []Member) uint64 {
+	h := fnv.New64a()
+	for _, m := range members {
+		h.Write(m.PublicKey[:])
+		a := m.Endpoint.Addr().As16()
+		h.Write(a[:])
+		h.Write(binary.BigEndian.AppendUint16(nil, m.Endpoint.Port()))
+	}
+	return h.Sum64() | 1
+}
+
+// listParts cuts a list into the messages that carry it, flagged direct
+// or not.
+func listParts(members []Member, direct bool) [][]byte {
+	id := listID(members)
+	parts := max(1, (len(members)+introPerMessage-1)/introPerMessage)
+	out := make([][]byte, parts)
+	for i := range parts {
+		chunk := members[min(i*introPerMessage, len(members)):min((i+1)*introPerMessage, len(members))]
+		out[i] = appendIntro(nil, &introMessage{direct: direct, part: uint16(i), parts: uint16(parts), list: id, members: chunk})
+	}
+	return out
+}
+
+// list is a list received from one peer, and the one being assembled.
+type list struct {
+	members  []Member
+	id       uint64    // members' identity, 0 before the first
+	complete time.Time // when members came whole, or were named unchanged
+	pending  uint64
+	parts    map[uint16][]Member
+	nparts   uint16
+}
+
+// take adds m, a part of a list or a list named unchanged, received at
+// now, and reports whether the list changed.
+func (l *list) take(m *introMessage, now time.Time) bool {
+	if m.same {
+		if m.list == l.id {
+			l.complete = now
+		}
+		return false
+	}
+	if l.parts == nil || l.pending != m.list || l.nparts != m.parts {
+		l.pending, l.nparts, l.parts = m.list, m.parts, map[uint16][]Member{}
+	}
+	l.parts[m.part] = m.members
+	if len(l.parts) < int(m.parts) {
+		return false
+	}
+	var members []Member
+	for i := range m.parts {
+		members = append(members, l.parts[i]...)
+	}
+	members = members[:min(len(members), MaxIntroduced)]
+	changed := l.id != m.list
+	l.members, l.id, l.complete, l.parts = members, m.list, now, nil
+	return changed
+}
