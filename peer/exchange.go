@@ -34,10 +34,12 @@ const (
 	MaxGroupsPerPeer   = 1 << 18
 	MaxSourcesPerGroup = 1024
 	MaxSourcesPerPeer  = 1 << 18
-	// quietStart is how long after start a node with the higher overlay
-	// address waits for a peer to speak first. Two WireGuard handshakes
-	// that cross on the wire both fail; at a simultaneous start only one
-	// side initiates (and health.go repairs what crossing remains).
+	// quietStart is how long after start, or after a peer is added, a
+	// node with the higher overlay address waits for the peer to speak
+	// first. Two WireGuard handshakes that cross on the wire both fail;
+	// at a simultaneous start, or when an introducer introduces two nodes
+	// to each other at once, only one side initiates (and health.go
+	// repairs what crossing remains).
 	quietStart = 500 * time.Millisecond
 	// StateRate and stateBurst pace the datagrams of full states, across
 	// all peers: a state of 100,000 groups is 1,640 datagrams per peer,
@@ -161,6 +163,9 @@ type remote struct {
 	ackedOK bool
 	resend       // when the full state is owed again (sendstate.go)
 	direct  bool // the path is direct, as tick last found (see isDirect)
+	// quietUntil is when the quiet toward the peer ends (see quietStart);
+	// zero once tick has seen it end.
+	quietUntil time.Time
 
 	health
 }
@@ -189,7 +194,7 @@ func NewExchange(cfg ExchangeConfig) *Exchange {
 		pace:    rate.NewLimiter(StateRate, stateBurst),
 	}
 	for _, p := range cfg.Peers {
-		x.peers[p] = &remote{}
+		x.peers[p] = &remote{quietUntil: x.started.Add(quietStart)}
 	}
 	x.Changed()
 	return x
@@ -250,7 +255,7 @@ func (x *Exchange) SetPeers(peers []netip.Addr) {
 	for _, a := range peers {
 		listed[a] = true
 		if _, ok := x.peers[a]; !ok {
-			x.peers[a] = &remote{}
+			x.peers[a] = &remote{quietUntil: time.Now().Add(quietStart)}
 		}
 	}
 	for a := range x.peers {
@@ -266,20 +271,6 @@ func (x *Exchange) SetPeers(peers []netip.Addr) {
 // Run handles received messages, sends hellos and states and repairs
 // sessions until ctx is done, and waits for its goroutines.
 func (x *Exchange) Run(ctx context.Context) {
-	// Toward peers it kept quiet with at start (see quietStart) and has
-	// still not heard from, the state goes as soon as the quiet ends, not
-	// at the next hello.
-	quietEnd := time.AfterFunc(quietStart, func() {
-		x.mu.Lock()
-		for a, r := range x.peers {
-			if x.quietToward(a, r, x.started) {
-				x.owed[a] = true
-			}
-		}
-		x.mu.Unlock()
-		x.wakeSender()
-	})
-	defer quietEnd.Stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { x.tick(ctx) })
@@ -322,6 +313,15 @@ func (x *Exchange) tick(ctx context.Context) {
 			}
 			if d := r.isDirect(now, x.since(now), rx); d != r.direct {
 				r.direct, pathChanged = d, true
+			}
+			if !r.quietUntil.IsZero() && !now.Before(r.quietUntil) {
+				// Toward a peer it kept quiet with (see quietStart) and
+				// has still not heard from, the state goes as soon as
+				// the quiet ends, not at the next resend.
+				if r.epoch == 0 && x.self.Compare(a) > 0 {
+					x.owed[a] = true
+				}
+				r.quietUntil = time.Time{}
 			}
 			if x.repairDue(a, r, now) {
 				repair = append(repair, a)
@@ -518,9 +518,10 @@ func (x *Exchange) wakeSender() {
 
 // quietToward reports whether, at time now, this node keeps quiet toward
 // the peer at addr (see quietStart): it has the higher overlay address and
-// has not heard from the peer since it started.
+// has not heard from the peer since it started or added it, within
+// quietStart.
 func (x *Exchange) quietToward(addr netip.Addr, r *remote, now time.Time) bool {
-	return r.epoch == 0 && x.self.Compare(addr) > 0 && now.Sub(x.started) < quietStart
+	return r.epoch == 0 && x.self.Compare(addr) > 0 && now.Before(r.quietUntil)
 }
 
 // sendFlags are the flags of a message to send.

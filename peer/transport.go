@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,12 +38,18 @@ type Config struct {
 // what to send from, and writes what it receives into, a tun.Device: the
 // router's port. A peer may send only from its overlay address.
 type Transport struct {
-	dev       *device.Device
-	keepalive *time.Timer // enables the delayed keepalives (see NewTransport)
+	dev  *device.Device
+	self netip.Addr
+	log  *slog.Logger
 
 	mu     sync.Mutex
 	peers  map[Key]Config     // as last configured
 	byAddr map[netip.Addr]Key // their overlay addresses
+	// later enable the keepalives delayed toward peers with a lower
+	// overlay address (see NewTransport), one timer per start or change
+	// (those that fired are pruned).
+	later  []delayed
+	closed bool
 }
 
 // Stats is a peer's link as the transport sees it.
@@ -115,15 +122,11 @@ func NewTransport(private Key, listenPort int, peers []Config, port Port, log *s
 		dev.Close()
 		return nil, fmt.Errorf("listen_port %d: %w", listenPort, err)
 	}
+	t := &Transport{dev: dev, self: self, log: log}
 	var b, later strings.Builder
 	fmt.Fprintf(&b, "private_key=%s\nreplace_peers=true\n", hex.EncodeToString(private[:]))
 	for _, p := range peers {
-		if self.Compare(OverlayAddr(p.PublicKey)) > 0 {
-			writePeer(&b, p, false)
-			fmt.Fprintf(&later, "public_key=%s\nupdate_only=true\n%s", hex.EncodeToString(p.PublicKey[:]), keepaliveLine)
-		} else {
-			writePeer(&b, p, true)
-		}
+		t.writeNewPeer(&b, &later, p)
 	}
 	if err := dev.IpcSet(b.String()); err != nil {
 		dev.Close()
@@ -133,14 +136,50 @@ func NewTransport(private Key, listenPort int, peers []Config, port Port, log *s
 		dev.Close()
 		return nil, fmt.Errorf("listen_port %d: %w", listenPort, err)
 	}
-	t := &Transport{dev: dev}
 	t.setPeers(peers)
-	t.keepalive = time.AfterFunc(quietStart, func() {
-		if err := dev.IpcSet(later.String()); err != nil {
-			log.Warn("enabling keepalives", "err", err)
-		}
-	})
+	t.enableLater(later.String())
 	return t, nil
+}
+
+// writeNewPeer writes a new peer's configuration into b: with its
+// persistent keepalive if its overlay address is higher than this node's,
+// else without, and the keepalive into later, to enable after quietStart.
+func (t *Transport) writeNewPeer(b, later *strings.Builder, p Config) {
+	if t.self.Compare(OverlayAddr(p.PublicKey)) > 0 {
+		writePeer(b, p, false)
+		fmt.Fprintf(later, "public_key=%s\nupdate_only=true\n%s", hex.EncodeToString(p.PublicKey[:]), keepaliveLine)
+		return
+	}
+	writePeer(b, p, true)
+}
+
+// enableLater applies the configuration later after quietStart, unless
+// it is empty or the transport is closed by then.
+func (t *Transport) enableLater(later string) {
+	if later == "" {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Now()
+	t.later = slices.DeleteFunc(t.later, func(d delayed) bool { return now.After(d.due) })
+	t.later = append(t.later, delayed{due: now.Add(quietStart), timer: time.AfterFunc(quietStart, func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if t.closed {
+			return
+		}
+		// A peer removed meanwhile is skipped: update_only.
+		if err := t.dev.IpcSet(later); err != nil {
+			t.log.Warn("enabling keepalives", "err", err)
+		}
+	})})
+}
+
+// delayed is a configuration to apply at due.
+type delayed struct {
+	due   time.Time
+	timer *time.Timer
 }
 
 var keepaliveLine = fmt.Sprintf("persistent_keepalive_interval=%d\n", int(KeepaliveInterval/time.Second))
@@ -164,6 +203,8 @@ func writePeer(b *strings.Builder, p Config, keepalive bool) {
 // did, so that a peer that roamed (behind NAT, say) stays reachable where
 // it is.
 func (t *Transport) SetPeers(peers []Config) (added, removed int, err error) {
+	var later strings.Builder
+	defer func() { t.enableLater(later.String()) }()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var b strings.Builder
@@ -173,7 +214,7 @@ func (t *Transport) SetPeers(peers []Config) (added, removed int, err error) {
 		old, known := t.peers[p.PublicKey]
 		switch {
 		case !known:
-			writePeer(&b, p, true)
+			t.writeNewPeer(&b, &later, p)
 			added++
 		case p.Endpoint.IsValid() && p.Endpoint != old.Endpoint:
 			fmt.Fprintf(&b, "public_key=%s\nupdate_only=true\nendpoint=%s\n", hex.EncodeToString(p.PublicKey[:]), p.Endpoint)
@@ -187,6 +228,7 @@ func (t *Transport) SetPeers(peers []Config) (added, removed int, err error) {
 	}
 	if b.Len() > 0 {
 		if err := t.dev.IpcSet(b.String()); err != nil {
+			later.Reset()
 			return 0, 0, fmt.Errorf("configure transport: %w", err)
 		}
 	}
@@ -258,7 +300,12 @@ func (t *Transport) SetEndpoint(k Key, ep netip.AddrPort) (bool, error) {
 
 // Close stops the transport.
 func (t *Transport) Close() {
-	t.keepalive.Stop()
+	t.mu.Lock()
+	t.closed = true
+	for _, l := range t.later {
+		l.timer.Stop()
+	}
+	t.mu.Unlock()
 	t.dev.Close()
 }
 
