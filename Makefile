@@ -45,7 +45,7 @@ test: deps ## run each fuzzer briefly, then every test (as root: namespace tests
 	@# The end-to-end tests time what users see (starts within 1 s, a
 	@# stream under a flood): alone, not beside the other packages' tests
 	@# on a 2-core machine.
-	$(GO) test -race -count=1 ./internal/e2e
+	$(GO) test -race -count=1 -timeout 30m ./internal/e2e
 	$(MAKE) --no-print-directory check-deploy
 
 check-deploy: ## check install, deb and image; boot the .deb under systemd and run the image with podman (as root)

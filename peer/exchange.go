@@ -307,11 +307,7 @@ func (x *Exchange) tick(ctx context.Context) {
 				r.nextHello = now.Add(every)
 				hellos = append(hellos, a)
 			}
-			var rx time.Time
-			if x.lastRx != nil {
-				rx = x.lastRx(a)
-			}
-			if d := r.isDirect(now, x.since(now), rx); d != r.direct {
+			if d := r.isDirect(now, x.since(now)); d != r.direct {
 				r.direct, pathChanged = d, true
 			}
 			if !r.quietUntil.IsZero() && !now.Before(r.quietUntil) {
@@ -470,18 +466,11 @@ func (r *remote) collect(m *Message) (all []mld.GroupState, complete bool, dropp
 // isDirect reports whether, at now (since the exchange's start), the
 // path to the peer is direct: the peer applied a state of this node's, so
 // that it sends this node's groups straight to it, and its session
-// answers. A session stops answering when a ping is overdue and nothing
-// at all came from the peer (lastRx: data included) for a ping interval
-// beyond the ping's timeout: one lost ping or pong does not end a path.
-func (r *remote) isDirect(now time.Time, since time.Duration, lastRx time.Time) bool {
-	if r.epoch == 0 || !r.ackedOK || r.acked == 0 || r.answered == 0 || now.Sub(r.lastHeard) >= ConnectedWithin {
-		return false
-	}
-	last := r.lastHeard
-	if lastRx.After(last) {
-		last = lastRx
-	}
-	return !r.overdue(since, 0) || now.Sub(last) <= r.rto()+pathHello
+// answers both ways: no ping is overdue by half a ping interval (one lost
+// ping or pong does not end a path, when the next is answered).
+func (r *remote) isDirect(now time.Time, since time.Duration) bool {
+	return r.epoch != 0 && r.ackedOK && r.acked != 0 && r.answered != 0 && now.Sub(r.lastHeard) < ConnectedWithin &&
+		!r.overdue(since, pathHello/2)
 }
 
 // Direct reports whether the path to the peer at addr is direct, as the

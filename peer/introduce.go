@@ -88,6 +88,7 @@ type Introductions struct {
 	mu      sync.Mutex
 	askers  map[netip.Addr]time.Time // configured peers that asked, when last
 	answers map[netip.Addr]time.Time // when each asker was last answered
+	full    map[netip.Addr]sentList  // the list each asker was last sent whole
 	listed  []Member                 // this node's list as last told
 	from    map[netip.Addr]*list     // introducers' lists
 	directs map[netip.Addr]*list     // what peers reach directly
@@ -111,7 +112,7 @@ type Introduced struct {
 func NewIntroductions(cfg IntroductionsConfig) *Introductions {
 	return &Introductions{cfg: cfg, wake: make(chan struct{}, 1), inbox: make(chan inbound, introInboxLen),
 		pace: rate.NewLimiter(introRate, introBurst), askers: map[netip.Addr]time.Time{},
-		answers: map[netip.Addr]time.Time{}, from: map[netip.Addr]*list{}, directs: map[netip.Addr]*list{}}
+		answers: map[netip.Addr]time.Time{}, full: map[netip.Addr]sentList{}, from: map[netip.Addr]*list{}, directs: map[netip.Addr]*list{}}
 }
 
 // Introduced returns the members that the introducers intros (overlay
@@ -236,21 +237,39 @@ func (in *Introductions) receive(ctx context.Context, from netip.Addr, msg []byt
 	case err != nil:
 		in.Malformed.Add(1)
 		return
-	case m.ask:
-		in.asked(ctx, from, m.list)
-		return
+	case m.direct && m.ask:
+		// A relay that lacks this node's list asks for it.
+		if slices.Contains(in.cfg.Relays(), from) {
+			in.mu.Lock()
+			direct := in.direct
+			in.mu.Unlock()
+			in.send(ctx, from, listParts(direct, true)...)
+		}
+	case m.direct && m.same && !in.has(in.directs, from, m.list):
+		in.send(ctx, from, appendIntro(nil, &introMessage{direct: true, ask: true}))
 	case m.direct:
 		// What a peer says it reaches directly changes only what this
 		// node passes on to that peer.
 		if in.take(in.directs, from, m) {
 			in.cfg.DirectChanged()
 		}
+	case m.ask:
+		in.asked(ctx, from, m.list)
 	case !slices.Contains(in.cfg.Introducers(), from):
 		in.Untrusted.Add(1)
 	case in.take(in.from, from, m):
 		in.cfg.Log.Debug("introductions changed", "introducer", from)
 		in.cfg.Changed()
 	}
+}
+
+// has reports whether the list in lists from the peer at from is the
+// list named id.
+func (in *Introductions) has(lists map[netip.Addr]*list, from netip.Addr, id uint64) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	l := lists[from]
+	return l != nil && l.id == id
 }
 
 // take adds m, from the peer at from, to its list in lists, and reports
@@ -285,16 +304,31 @@ func (in *Introductions) asked(ctx context.Context, from netip.Addr, have uint64
 	}
 	in.answers[from] = now
 	listed := in.listed
+	lastFull := in.full[from]
 	in.mu.Unlock()
 	if !known {
 		in.poke() // the others are told about it, the asker at once
 		listed = in.members(in.cfg.Seen())
 	}
-	if id := listID(listed); id == have {
+	id := listID(listed)
+	switch {
+	case id == have:
 		in.send(ctx, from, appendIntro(nil, &introMessage{same: true, list: id}))
-		return
+	case lastFull.id != id || now.Sub(lastFull.at) >= askFast:
+		// The whole list again goes at most every askFast to one asker
+		// (which lost a part, say), so that one cannot take the pace of
+		// all by asking with another name.
+		in.mu.Lock()
+		in.full[from] = sentList{id, now}
+		in.mu.Unlock()
+		in.send(ctx, from, listParts(listed, false)...)
 	}
-	in.send(ctx, from, listParts(listed, false)...)
+}
+
+// sentList is a list sent whole, and when.
+type sentList struct {
+	id uint64
+	at time.Time
 }
 
 // members returns the list this node introduces: the askers it lists, at
@@ -342,16 +376,22 @@ func (in *Introductions) ask(ctx context.Context, now time.Time, asked map[netip
 // sendDirect tells the relays which peers this node reaches directly, when
 // that changed and every AskInterval after sent, and returns when it last
 // sent it.
+//
+// A change goes whole; every AskInterval after, only the list's name goes,
+// and a relay that lacks the list asks for it.
 func (in *Introductions) sendDirect(ctx context.Context, now, sent time.Time) time.Time {
 	in.mu.Lock()
-	due := !in.told || now.Sub(sent) >= AskInterval
+	changed := !in.told
 	in.told = true
 	direct := in.direct
 	in.mu.Unlock()
-	if !due {
+	msgs := [][]byte{appendIntro(nil, &introMessage{direct: true, same: true, list: listID(direct)})}
+	switch {
+	case changed:
+		msgs = listParts(direct, true)
+	case now.Sub(sent) < AskInterval:
 		return sent
 	}
-	msgs := listParts(direct, true)
 	for _, r := range in.cfg.Relays() {
 		in.send(ctx, r, msgs...)
 	}
@@ -368,6 +408,7 @@ func (in *Introductions) expire(now time.Time) {
 		if now.Sub(at) > IntroducedHold {
 			delete(in.askers, a)
 			delete(in.answers, a)
+			delete(in.full, a)
 		}
 	}
 	for a, l := range in.from {
@@ -409,8 +450,9 @@ func (in *Introductions) tell(ctx context.Context) {
 	in.listed = members
 	askers := slices.Collect(maps.Keys(in.askers))
 	now := time.Now()
+	id := listID(members)
 	for _, a := range askers {
-		in.answers[a] = now
+		in.answers[a], in.full[a] = now, sentList{id, now}
 	}
 	in.mu.Unlock()
 	msgs := listParts(members, false)

@@ -152,6 +152,13 @@ func TestIntroductions(t *testing.T) {
 	// a tells its relay, the hub, that it reaches b directly.
 	a.in.SetDirect([]Key{b.key})
 	wait("a's direct peers at the hub", func() bool { return slices.Equal(hub.in.DirectOf()[a.addr], []netip.Addr{b.addr}) })
+	// A relay that lost the list (restarted, say) and hears only its
+	// name asks for it again.
+	hub.in.mu.Lock()
+	delete(hub.in.directs, a.addr)
+	hub.in.mu.Unlock()
+	hub.in.HandleControl(a.addr, appendIntro(nil, &introMessage{direct: true, same: true, list: listID([]Member{{PublicKey: b.key}})}))
+	wait("a's direct peers at the hub again", func() bool { return slices.Equal(hub.in.DirectOf()[a.addr], []netip.Addr{b.addr}) })
 	a.in.SetDirect(nil)
 	wait("a reaches no one directly", func() bool { return len(hub.in.DirectOf()[a.addr]) == 0 })
 

@@ -3,9 +3,10 @@ package peer
 import (
 	"encoding/binary"
 	"errors"
-	"hash/fnv"
 	"net/netip"
 	"time"
+
+	"golang.org/x/crypto/blake2s"
 )
 
 // Introduction messages travel inside the transport like the subscription
@@ -120,16 +121,18 @@ func parseIntro(b []byte) (*introMessage, error) {
 	return m, nil
 }
 
-// listID returns the identity of a list: a hash of its members, never 0.
+// listID returns the identity of a list: 64 bits of a BLAKE2s-256 hash of
+// its members (members choose part of what is hashed, so the hash must
+// resist collisions), never 0.
 func listID(members []Member) uint64 {
-	h := fnv.New64a()
+	h, _ := blake2s.New256(nil)
 	for _, m := range members {
 		h.Write(m.PublicKey[:])
 		a := m.Endpoint.Addr().As16()
 		h.Write(a[:])
 		h.Write(binary.BigEndian.AppendUint16(nil, m.Endpoint.Port()))
 	}
-	return h.Sum64() | 1
+	return binary.BigEndian.Uint64(h.Sum(nil)) | 1
 }
 
 // listParts cuts a list into the messages that carry it, flagged direct

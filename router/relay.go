@@ -46,12 +46,20 @@ func (r *Router) relayedAdvert(t *Table, to netip.Addr) []Subscription {
 	}
 	var from [][]Subscription // each other peer's relayed groups, in group order
 	for _, a := range slices.SortedFunc(maps.Keys(t.subs), netip.Addr.Compare) {
-		if a == to || t.directOf[a][to] {
+		if a == to {
 			continue
 		}
+		// A peer that reaches to directly gets to's own packets from it:
+		// its subscriptions go to to without to's addresses.
+		skip := t.directOf[a][to]
 		var relayed []Subscription
 		for _, s := range t.subs[a] {
 			if s.Hops < MaxHops-1 && r.scope.Forwards(s.Group) {
+				if skip {
+					if s = withoutSources(s, to, linkLocalOf(to)); s.Mode == mld.Include && len(s.Sources) == 0 {
+						continue
+					}
+				}
 				s.Hops++
 				relayed = append(relayed, s)
 			}
@@ -68,6 +76,17 @@ func (r *Router) relayedAdvert(t *Table, to netip.Addr) []Subscription {
 		}
 	}
 	return slices.SortedFunc(maps.Values(byGroup), func(a, b Subscription) int { return a.Group.Compare(b.Group) })
+}
+
+// withoutSources returns s without the sources in drop: excluded in
+// Exclude mode, removed in Include mode.
+func withoutSources(s Subscription, drop ...netip.Addr) Subscription {
+	if s.Mode == mld.Include {
+		s.Sources = slices.DeleteFunc(slices.Clone(s.Sources), func(a netip.Addr) bool { return slices.Contains(drop, a) })
+		return s
+	}
+	s.Sources = slices.Compact(slices.SortedFunc(slices.Values(slices.Concat(s.Sources, drop)), netip.Addr.Compare))
+	return s
 }
 
 // Route is where this node sends a group's packets: to the peers that

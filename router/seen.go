@@ -58,9 +58,14 @@ const (
 // The price: while the direct path is live, a relayed copy that arrives
 // before its direct copy is dropped (it is coming directly anyway), and
 // when the direct path fails, relayed packets beyond its last are dropped
-// until directLive has passed; a relay that forges while the direct path
-// is not live can make up to adoptAhead of the sender's next packets look
-// delivered.
+// until directLive has passed, unless the path is known to be down
+// (Path), when they are taken at once; a relay that forges while the
+// direct path is not live can make up to adoptAhead of the sender's next
+// packets look delivered. When a path known to be down comes back, the
+// packets the sender's transport held for it arrive first, behind what
+// the relays delivered meanwhile: for directLive, up to adoptAhead of
+// them that the relay window has are duplicates (a forging relay can make
+// that many look delivered).
 type seen struct {
 	from map[netip.Addr]*origin
 }
@@ -74,9 +79,13 @@ type origin struct {
 	wasDown bool
 	// adoptPending tells that the last adopt found the relay window too
 	// far on: the next direct packet tries again. backSince is when the
-	// first direct packet came after the path was down.
+	// first direct packet came after that, backFromDown whether the path
+	// was known to be down then, and heldDrops how many direct packets
+	// the relay window made duplicates since, beyond what it adopted.
 	adoptPending bool
+	backFromDown bool
 	backSince    time.Time
+	heldDrops    int
 	// relayedUpTo is how far the relay window counts for direct packets
 	// too (see adopt); 0: not at all.
 	relayedUpTo uint64
@@ -115,8 +124,8 @@ func (s *seen) admit(sender netip.Addr, direct, down bool, epoch uint32, seq uin
 			// window comes (the first may be one the transport held
 			// since the path went down), the next direct packets try
 			// again.
-			if !o.adoptPending {
-				o.backSince = now
+			if !o.adoptPending || o.wasDown {
+				o.backSince, o.heldDrops, o.backFromDown = now, 0, o.wasDown
 			}
 			o.adoptPending = !o.adopt(epoch, seq)
 		}
@@ -124,11 +133,14 @@ func (s *seen) admit(sender netip.Addr, direct, down bool, epoch uint32, seq uin
 		d := newWindow(&o.direct, epoch)
 		r := o.relayed
 		// A packet the relays delivered is a duplicate: up to how far the
-		// direct path adopted their window, and, for directLive after the
-		// path came back without adopting it yet, any packet the transport
-		// held meanwhile that the relays had delivered.
-		if r != nil && r.epoch == epoch && ((seq <= o.relayedUpTo && r.has(seq)) ||
-			(o.adoptPending && now.Sub(o.backSince) < directLive && r.marked(seq))) {
+		// direct path adopted their window, and, after a path known to be
+		// down came back without adopting it yet, for directLive and at
+		// most adoptAhead packets, one the transport held meanwhile.
+		held := o.adoptPending && o.backFromDown && now.Sub(o.backSince) < directLive && o.heldDrops < adoptAhead
+		if r != nil && r.epoch == epoch && ((seq <= o.relayedUpTo && r.has(seq)) || (held && r.marked(seq))) {
+			if seq > o.relayedUpTo {
+				o.heldDrops++
+			}
 			d.first(epoch, seq)
 			return DropDuplicate, false
 		}

@@ -62,6 +62,9 @@ func (d *Daemon) setPeers(configured []config.Peer, resolved []peer.Config) (add
 	}
 	relays := trustedRelays(configured)
 	d.router.SetPeers(addrs, relays)
+	// A peer added again keeps sending the list it sent before: the
+	// router takes it again.
+	d.router.SetDirectOf(d.intros.DirectOf())
 	d.router.SetLANPrefixes(lanPrefixes(configured))
 	d.exchange.SetPeers(addrs)
 	d.peersMu.Lock()
@@ -181,12 +184,14 @@ func (d *Daemon) HandleControl(from netip.Addr, msg []byte) {
 }
 
 // watched reports whether the direct path to the peer at addr is watched
-// closely: an introduced peer, when this node trusts a relay to fall back
-// on.
+// closely: a peer that is no relay this node trusts, when it trusts one
+// (the relay then passes on what this node gets from the peer once the
+// path ends).
 func (d *Daemon) watched(addr netip.Addr) bool {
 	d.peersMu.Lock()
-	defer d.peersMu.Unlock()
-	return len(d.relays) > 0 && d.introducedBy[addr] != nil
+	has := len(d.relays) > 0
+	d.peersMu.Unlock()
+	return has && !d.router.TrustsRelay(addr)
 }
 
 // pathsChanged finds how this node reaches each peer now: directly when
@@ -235,8 +240,8 @@ func (d *Daemon) pathsChanged() {
 		case pa.Via != old.Via:
 			d.log.Debug("path", "peer", a, "via", pa.Via)
 		}
-		if pa.Direct {
-			keys = append(keys, keyOf[a])
+		if k, ok := keyOf[a]; ok && pa.Direct {
+			keys = append(keys, k)
 		}
 	}
 	d.intros.SetDirect(keys)

@@ -173,7 +173,7 @@ func TestIntroducedHomesGoDirect(t *testing.T) {
 			t.Errorf("home %d reaches home %d at %s, not through its NAT %s", c.i, c.j, p.Endpoint, c.nat.Addr)
 		}
 	}
-	const n = 2000
+	const n = 1000
 	for _, dir := range []struct{ from, to int }{{1, 2}, {2, 1}} {
 		before := m.hubTx(t, dir.to)
 		recvs, send := m.relayStream(t, dir.from, []int{dir.to}, "ff1e::191", n, 1000)
@@ -205,7 +205,7 @@ func TestIntroducedSymmetricNATRelayed(t *testing.T) {
 			t.Fatalf("home %d's path to home %d: %+v", pair[0], pair[1], p)
 		}
 	}
-	const n = 2000
+	const n = 1000
 	for _, dir := range []struct{ from, to int }{{1, 2}, {2, 1}} {
 		before := m.hubTx(t, dir.to)
 		recvs, send := m.relayStream(t, dir.from, []int{dir.to}, "ff1e::192", n, 1000)
