@@ -197,11 +197,13 @@ func bootContainer(t *testing.T, site *netlab.Namespace, deb string) *container 
 		t.Fatalf("systemd-nspawn started no init:\n%s", c.nspawn.Output())
 	}
 	// Wait for the boot to finish: the operator's commands come after it.
-	// Until systemd listens on its socket, systemctl cannot ask it.
+	// Until systemd listens on its socket, systemctl cannot ask it, and
+	// says so (the state it prints then is "offline").
 	var state string
 	netlab.Poll(20*time.Second, func() bool {
 		state, _ = c.run("systemctl", "is-system-running", "--wait")
-		return !strings.Contains(state, "Failed to connect to bus")
+		state = strings.TrimSpace(state)
+		return state != "" && !strings.Contains(state, "offline") && !strings.Contains(state, "Failed to connect to bus")
 	})
 	if state != "running" {
 		failed, _ := c.run("systemctl", "--failed", "--no-legend")
