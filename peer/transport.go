@@ -136,9 +136,31 @@ func NewTransport(private Key, listenPort int, peers []Config, port Port, log *s
 		dev.Close()
 		return nil, fmt.Errorf("listen_port %d: %w", listenPort, err)
 	}
+	// The port's tun.Device brings wireguard-go's device up on its own
+	// too; when that happens between the two calls above and the port is
+	// taken, wireguard-go forgets the port and dev.Up binds any.
+	if err := boundTo(dev, listenPort); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("listen_port %d: %w", listenPort, err)
+	}
 	t.setPeers(peers)
 	t.enableLater(later.String())
 	return t, nil
+}
+
+// boundTo returns nil if dev listens on port (or port is 0), else why
+// port cannot be bound.
+func boundTo(dev *device.Device, port int) error {
+	text, err := dev.IpcGet()
+	if err != nil || port == 0 || strings.Contains(text, fmt.Sprintf("listen_port=%d\n", port)) {
+		return err
+	}
+	c, err := net.ListenUDP("udp", &net.UDPAddr{Port: port})
+	if err != nil {
+		return err
+	}
+	c.Close()
+	return errors.New("the transport did not bind it")
 }
 
 // writeNewPeer writes a new peer's configuration into b: with its
