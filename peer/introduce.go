@@ -385,12 +385,14 @@ func (in *Introductions) sendDirect(ctx context.Context, now, sent time.Time) ti
 	in.told = true
 	direct := in.direct
 	in.mu.Unlock()
-	msgs := [][]byte{appendIntro(nil, &introMessage{direct: true, same: true, list: listID(direct)})}
+	var msgs [][]byte
 	switch {
 	case changed:
 		msgs = listParts(direct, true)
 	case now.Sub(sent) < AskInterval:
 		return sent
+	default:
+		msgs = [][]byte{appendIntro(nil, &introMessage{direct: true, same: true, list: listID(direct)})}
 	}
 	for _, r := range in.cfg.Relays() {
 		in.send(ctx, r, msgs...)

@@ -67,9 +67,6 @@ type Daemon struct {
 	resolved   []peer.Config
 	relays     []netip.Addr
 	introduced map[peer.Key]peer.Introduced
-	// introducedBy are the introduced peers' introducers, by the peers'
-	// overlay addresses.
-	introducedBy map[netip.Addr][]netip.Addr
 
 	intros       *peer.Introductions
 	introducedCh chan struct{} // the introduced peers changed

@@ -79,10 +79,6 @@ func (d *Daemon) setPeers(configured []config.Peer, resolved []peer.Config) (add
 		}
 	}
 	d.peers, d.resolved, d.introduced, d.relays = configured, resolved, introduced, relays
-	d.introducedBy = make(map[netip.Addr][]netip.Addr, len(introduced))
-	for k, i := range introduced {
-		d.introducedBy[peer.OverlayAddr(k)] = i.By
-	}
 	maps.DeleteFunc(d.saysRelay, func(a netip.Addr, _ bool) bool { return !slices.Contains(addrs, a) })
 	d.peersMu.Unlock()
 	d.pathsChanged()
@@ -205,11 +201,13 @@ func (d *Daemon) pathsChanged() {
 	d.pathMu.Lock()
 	defer d.pathMu.Unlock()
 	d.peersMu.Lock()
-	relays, byAddr := d.relays, d.introducedBy
+	relays := d.relays
 	d.peersMu.Unlock()
 	keyOf := map[netip.Addr]peer.Key{}
+	byAddr := map[netip.Addr][]netip.Addr{} // introduced peers' introducers
 	for _, p := range d.peerList() {
-		keyOf[peer.OverlayAddr(p.key)] = p.key
+		a := peer.OverlayAddr(p.key)
+		keyOf[a], byAddr[a] = p.key, p.by
 	}
 	addrs := d.router.Peers()
 	direct := make(map[netip.Addr]bool, len(addrs))

@@ -267,6 +267,8 @@ func TestIntroducerStopsListing(t *testing.T) {
 	inet := netlab.NewInternet(t)
 	sites := []*netlab.Site{inet.AddSite("lcast-hub"), inet.AddSite("lcast-a"), inet.AddSite("lcast-b"), inet.AddSite("lcast-c")}
 	m := newHub(t, inet, sites)
+	// What is measured is how soon members drop one the hub stops
+	// listing: it starts from members that all know each other.
 	m.waitPaths(t, [][2]int{{1, 2}, {1, 3}, {2, 3}}, "direct", 10*time.Second)
 	// An outsider knows the hub and member a, key and endpoint, and takes
 	// the hub as its introducer; the hub does not list it.
