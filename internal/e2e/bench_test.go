@@ -457,6 +457,7 @@ func (s *sideBySide) run() *benchReport {
 	})
 	fmt.Printf("latency: %d datagrams/s, 1->2\n", latencyRate)
 	s.rounds(func(sys *benchSystem) { s.load(sys, 2, latencyRate, 2*time.Second) })
+	s.relayFloor()
 	s.latencyStages(rep)
 	fmt.Println("TCP: site 1 to site 2 over lcast and over Debian's wireguard-go")
 	s.tcp(rep)
@@ -492,10 +493,16 @@ func (s *sideBySide) run() *benchReport {
 			rep.Rows = append(rep.Rows, benchRow{sys.name, "largest daemon's peak RSS MiB", float64(peak) / 1024})
 		}
 	}
-	for _, sys := range s.systems {
+	rep.Rows = append(rep.Rows,
+		benchRow{"relays", "one-way latency p50 us", s.median("relays", 2, latencyRate, func(r loadRun) float64 { return r.Recv[0].P50 })},
+		benchRow{"relays", "one-way latency p99 us", s.median("relays", 2, latencyRate, func(r loadRun) float64 { return r.Recv[0].P99 })})
+	for _, sys := range benchSystems {
+		if !rep.has(sys, "one-way latency p50 us") {
+			continue
+		}
 		rep.Rows = append(rep.Rows,
-			benchRow{sys.name, "added latency p50 us", rep.value(sys.name, "one-way latency p50 us") - rep.value("direct", "one-way latency p50 us")},
-			benchRow{sys.name, "added latency p99 us", rep.value(sys.name, "one-way latency p99 us") - rep.value("direct", "one-way latency p99 us")})
+			benchRow{sys, "added latency p50 us", rep.value(sys, "one-way latency p50 us") - rep.value("direct", "one-way latency p50 us")},
+			benchRow{sys, "added latency p99 us", rep.value(sys, "one-way latency p99 us") - rep.value("direct", "one-way latency p99 us")})
 	}
 	// Last, as it leaves the flooded daemon's memory grown.
 	fmt.Println("flood: random WireGuard-shaped datagrams at site 2's listen port, while site 1 streams to site 2 at 1000/s")

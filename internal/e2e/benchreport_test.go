@@ -35,8 +35,9 @@ type benchReport struct {
 	LeaveUS []float64  `json:"leave_to_stop_us"`
 }
 
-// benchSystems are the report's columns, in order.
-var benchSystems = []string{"direct", "vxlan", "tinc", "wireguard-go", "lcast"}
+// benchSystems are the report's columns, in order. "relays" is the floor
+// under lcast's added latency (relayFloor): it has latency figures only.
+var benchSystems = []string{"direct", "vxlan", "tinc", "wireguard-go", "relays", "lcast"}
 
 // benchBaselines are the systems lcast's figures are divided by, each a
 // column of ratios.
