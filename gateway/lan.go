@@ -103,8 +103,9 @@ func (l *LAN) Groups() []mld.GroupState { return l.link.Groups() }
 // gateway.
 func (l *LAN) Querier() (netip.Addr, bool) { return l.querier.Querier() }
 
-// Malformed counts the malformed MLD messages read from the LAN.
-func (l *LAN) Malformed() uint64 { return l.link.Malformed() }
+// Link returns the LAN's listener state, which the gateway keeps: for its
+// counters (malformed messages, reports beyond its caps).
+func (l *LAN) Link() *mld.Link { return l.link }
 
 // String returns the LAN's name and prefixes.
 func (l *LAN) String() string { return fmt.Sprintf("%s %v", l.name, l.prefixes) }

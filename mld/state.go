@@ -109,6 +109,19 @@ type group struct {
 	v1Until time.Time // Older Version Host Present timer
 }
 
+// A Link holds at most MaxGroups groups, MaxGroupSources sources in one
+// group and MaxSources in all, as a peer takes no more from one node
+// (peer.MaxGroupsPerPeer...): one LAN host, or a local program, reporting
+// more cannot grow lcast's state beyond that. Reports beyond the caps
+// change nothing: a new group is not added (GroupsOverCap), a source
+// neither (SourcesOverCap); a group then gets the traffic of fewer
+// sources it includes, or of more it excludes.
+const (
+	MaxGroups       = 1 << 18
+	MaxGroupSources = 1024
+	MaxSources      = 1 << 18
+)
+
 // Link is the router-side listener state of one link (RFC 3810 section 7).
 // It is safe for concurrent use.
 //
@@ -124,8 +137,9 @@ type Link struct {
 	onChange func()
 	wake     chan struct{} // a timer now runs out before the last next said
 
-	mu     sync.Mutex
-	groups map[netip.Addr]*group
+	mu      sync.Mutex
+	groups  map[netip.Addr]*group
+	sources int // in all groups
 	// mali is the Multicast Address Listening Interval: the timing's, or
 	// as a non-querier adopted it from the querier (9.1, 9.2).
 	mali time.Duration
@@ -141,6 +155,9 @@ type Link struct {
 	decodeMu  sync.Mutex // serializes HandleLinkPacket, for scratch
 	scratch   Message
 	malformed atomic.Uint64
+	// GroupsOverCap counts the reports of a group beyond MaxGroups,
+	// SourcesOverCap the sources beyond MaxGroupSources or MaxSources.
+	GroupsOverCap, SourcesOverCap atomic.Uint64
 }
 
 // specificQuery is a Multicast Address Specific Query (no sources) or a
@@ -168,7 +185,9 @@ func (l *Link) Handle(now time.Time, m *Message) {
 	case TypeV1Report:
 		// RFC 3810 8.3.2: an MLDv1 Report is IS_EX({}).
 		changed = l.apply(now, m.Group, ModeIsExclude, nil)
-		l.groups[m.Group].v1Until = now.Add(l.mali)
+		if g, ok := l.groups[m.Group]; ok { // not, beyond MaxGroups
+			g.v1Until = now.Add(l.mali)
+		}
 	case TypeV1Done:
 		// An MLDv1 Done is TO_IN({}).
 		changed = l.apply(now, m.Group, ChangeToIncludeMode, nil)
@@ -238,6 +257,10 @@ func (l *Link) applyRecord(now time.Time, r Record) bool {
 func (l *Link) apply(now time.Time, addr netip.Addr, typ RecordType, b []netip.Addr) bool {
 	g, ok := l.groups[addr]
 	if !ok {
+		if len(l.groups) >= MaxGroups {
+			l.GroupsOverCap.Add(1)
+			return false
+		}
 		// An absent group is INCLUDE({}); expireGroup removes it again
 		// if it stays that way.
 		g = &group{mode: Include}
@@ -271,7 +294,7 @@ func (l *Link) apply(now time.Time, addr netip.Addr, typ RecordType, b []netip.A
 	}
 	setAll := func(t time.Time) {
 		for _, s := range b {
-			g.setSource(s, t)
+			l.setSource(g, s, t)
 		}
 	}
 	// toExclude moves the group to EXCLUDE(A-Y, Y*A) with new sources
@@ -280,15 +303,15 @@ func (l *Link) apply(now time.Time, addr netip.Addr, typ RecordType, b []netip.A
 		wasInclude := g.mode == Include
 		for s := range g.sources {
 			if !in(s) {
-				delete(g.sources, s)
+				l.deleteSource(g, s)
 			}
 		}
 		for _, s := range b {
 			if _, ok := g.sources[s]; !ok {
 				if wasInclude {
-					g.setSource(s, time.Time{}) // B-A joins the Exclude List
+					l.setSource(g, s, time.Time{}) // B-A joins the Exclude List
 				} else {
-					g.setSource(s, newTimer)
+					l.setSource(g, s, newTimer)
 				}
 			}
 		}
@@ -341,7 +364,7 @@ func (l *Link) apply(now time.Time, addr netip.Addr, typ RecordType, b []netip.A
 		case BlockOldSources:
 			for _, s := range b {
 				if _, ok := g.sources[s]; !ok {
-					g.setSource(s, g.timer) // (A-X-Y) = GT
+					l.setSource(g, s, g.timer) // (A-X-Y) = GT
 				}
 				lower(s) // Q(MA, A-Y)
 			}
@@ -387,7 +410,7 @@ func (l *Link) expireGroup(now time.Time, addr netip.Addr, g *group) {
 	for s, t := range g.sources {
 		if expired(t) {
 			if g.mode == Include {
-				delete(g.sources, s)
+				l.deleteSource(g, s)
 			} else {
 				g.sources[s] = time.Time{} // into the Exclude List
 			}
@@ -397,7 +420,7 @@ func (l *Link) expireGroup(now time.Time, addr netip.Addr, g *group) {
 		// Group timer expiry: back to INCLUDE with the sources still timed.
 		for s, t := range g.sources {
 			if t.IsZero() {
-				delete(g.sources, s)
+				l.deleteSource(g, s)
 			}
 		}
 		g.mode = Include
@@ -510,13 +533,29 @@ func (l *Link) Groups() []GroupState {
 	return out
 }
 
-// setSource sets the timer of source s, adding it. Most groups have no
-// sources, so their map is made only for the first.
-func (g *group) setSource(s netip.Addr, t time.Time) {
+// setSource sets the timer of source s of g, adding it unless that would
+// go beyond MaxGroupSources or MaxSources. Most groups have no sources, so
+// their map is made only for the first.
+func (l *Link) setSource(g *group, s netip.Addr, t time.Time) {
+	if _, ok := g.sources[s]; !ok {
+		if len(g.sources) >= MaxGroupSources || l.sources >= MaxSources {
+			l.SourcesOverCap.Add(1)
+			return
+		}
+		l.sources++
+	}
 	if g.sources == nil {
 		g.sources = map[netip.Addr]time.Time{}
 	}
 	g.sources[s] = t
+}
+
+// deleteSource removes source s of g.
+func (l *Link) deleteSource(g *group, s netip.Addr) {
+	if _, ok := g.sources[s]; ok {
+		delete(g.sources, s)
+		l.sources--
+	}
 }
 
 // earliest returns when the group's first running timer runs out (zero:

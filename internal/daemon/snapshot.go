@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/librecast/lcast/internal/metrics"
+	"github.com/librecast/lcast/mld"
 	"github.com/librecast/lcast/peer"
 )
 
@@ -57,11 +58,21 @@ func (d *Daemon) Snapshot() metrics.Snapshot {
 	return st
 }
 
-// drops returns the drop counters by reason: the router's, the link's and
-// the exchange's.
+// drops returns the drop counters by reason: the router's, the links'
+// (lc0's and the LANs') and the exchange's.
 func (d *Daemon) drops() map[string]uint64 {
 	drops := d.router.Drops()
-	drops["mld_malformed"] = d.link.Malformed()
+	links := []*mld.Link{d.link}
+	if d.gateway != nil {
+		for _, l := range d.gateway.LANs() {
+			links = append(links, l.Link())
+		}
+	}
+	for _, l := range links {
+		drops["mld_malformed"] += l.Malformed()
+		drops["mld_groups_over_cap"] += l.GroupsOverCap.Load()
+		drops["mld_sources_over_cap"] += l.SourcesOverCap.Load()
+	}
 	drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
 	drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
 	drops["peer_sources_over_cap"] = d.exchange.SourcesOverCap.Load()
