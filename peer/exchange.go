@@ -314,7 +314,7 @@ func (x *Exchange) tick(ctx context.Context) {
 				// Toward a peer it kept quiet with (see quietStart) and
 				// has still not heard from, the state goes as soon as
 				// the quiet ends, not at the next resend.
-				if r.epoch == 0 && x.self.Compare(a) > 0 {
+				if x.waitsFor(a, r) {
 					x.owed[a] = true
 				}
 				r.quietUntil = time.Time{}
@@ -510,7 +510,13 @@ func (x *Exchange) wakeSender() {
 // has not heard from the peer since it started or added it, within
 // quietStart.
 func (x *Exchange) quietToward(addr netip.Addr, r *remote, now time.Time) bool {
-	return r.epoch == 0 && x.self.Compare(addr) > 0 && now.Before(r.quietUntil)
+	return x.waitsFor(addr, r) && now.Before(r.quietUntil)
+}
+
+// waitsFor reports whether this node waits for the peer at addr to speak
+// first: it has the higher overlay address and has not heard from it.
+func (x *Exchange) waitsFor(addr netip.Addr, r *remote) bool {
+	return r.epoch == 0 && x.self.Compare(addr) > 0
 }
 
 // sendFlags are the flags of a message to send.

@@ -232,7 +232,7 @@ func (w *window) has(seq uint64) bool {
 // marked reports whether seq of w's epoch is marked: unlike has, a
 // sequence number too old to tell is not.
 func (w *window) marked(seq uint64) bool {
-	return seq <= w.highest && w.highest-seq <= windowSize && w.ring[seq/blockBits%windowBlocks]&(1<<(seq%blockBits)) != 0
+	return seq <= w.highest && w.highest-seq <= windowSize && w.has(seq)
 }
 
 // restart empties w for epoch, the one it held becoming the one before

@@ -23,6 +23,15 @@ type peerEntry struct {
 	by []netip.Addr
 }
 
+// learnt names, for status and metrics, where this node learnt of the
+// peer: "configured" or "introduced".
+func (p peerEntry) learnt() string {
+	if p.by != nil {
+		return "introduced"
+	}
+	return "configured"
+}
+
 // peerList returns the peers, the configured ones in the configuration's
 // order, then the introduced ones by key.
 func (d *Daemon) peerList() []peerEntry {

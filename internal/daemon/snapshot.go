@@ -32,7 +32,7 @@ func (d *Daemon) Snapshot() metrics.Snapshot {
 			PublicKey:     p.key.String(),
 			Connected:     d.exchange.Health(addr).Connected(now),
 			Path:          d.pathName(addr),
-			Introduced:    p.by != nil,
+			Learnt:        p.learnt(),
 			LastHandshake: stats[p.key].LastHandshake,
 			Groups:        len(d.router.Subscriptions(addr)),
 		}

@@ -55,14 +55,11 @@ func (d *Daemon) Status() control.Status {
 			SaysRelay: says[addr],
 			Connected: d.exchange.Health(addr).Connected(now),
 			Path:      d.pathName(addr),
-			Learnt:    "configured",
+			Learnt:    p.learnt(),
 			Groups:    groupsJSON(d.router.Subscriptions(addr)),
 		}
-		if p.by != nil {
-			ps.Learnt = "introduced"
-			for _, by := range p.by {
-				ps.IntroducedBy = append(ps.IntroducedBy, keys[by])
-			}
+		for _, by := range p.by {
+			ps.IntroducedBy = append(ps.IntroducedBy, keys[by])
 		}
 		if !s.LastHandshake.IsZero() {
 			hs := s.LastHandshake.UTC()

@@ -32,11 +32,8 @@ func (s *sideBySide) relayFloor() {
 			startRelay(b, dst, relayPort, fmt.Sprintf("[::1]:%d", loadPort)),
 		}
 		blast := startHelperUntil(b, src.Namespace, "", "blast", "-to", "::1", "-rate", strconv.Itoa(latencyRate), "-dur", "2s")
-		for _, p := range []*netlab.Process{blast, sink} {
-			if exited, err := p.Wait(15 * time.Second); !exited || err != nil {
-				b.Fatalf("relays: %v: exited %v, %v\n%s", p.Cmd.Args, exited, err, p.Output())
-			}
-		}
+		waitExit(b, blast, 15*time.Second, "relays: sender")
+		waitExit(b, sink, 15*time.Second, "relays: receiver")
 		decodeHelperJSON(b, blast, &run.Sent)
 		var r sinkResult
 		decodeHelperJSON(b, sink, &r)

@@ -316,6 +316,8 @@ func TestIntroducerStopsListing(t *testing.T) {
 func TestDirectPathBreaksAndHeals(t *testing.T) {
 	m, nat1, nat2 := hubAndHomes(t, false)
 	inet := m.inet
+	// What breaks is a direct path: the test starts from one (how soon
+	// it opens is TestIntroducedHomesGoDirect's).
 	m.waitPaths(t, [][2]int{{1, 2}}, "direct", 5*time.Second)
 	const n, rate = 9000, 1000
 	recvs, send := m.relayStream(t, 1, []int{2}, "ff1e::193", n, rate)

@@ -90,10 +90,8 @@ type LANSnapshot struct {
 type PeerSnapshot struct {
 	PublicKey string
 	Connected bool
-	// Path is "direct" or "relayed"; Introduced tells that an introducer
-	// introduced the peer (else it is configured).
-	Path          string
-	Introduced    bool
+	// Path is "direct" or "relayed"; Learnt "configured" or "introduced".
+	Path, Learnt  string
 	LastHandshake time.Time // zero before the first
 	LastRx        time.Time // zero before the first
 	Groups        int
@@ -138,11 +136,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, p := range st.Peers {
 		gauge(peerConnected, one(p.Connected), p.PublicKey)
-		learnt := "configured"
-		if p.Introduced {
-			learnt = "introduced"
-		}
-		gauge(peerPath, 1, p.PublicKey, p.Path, learnt)
+		gauge(peerPath, 1, p.PublicKey, p.Path, p.Learnt)
 		if !p.LastHandshake.IsZero() {
 			gauge(peerHandshakeAge, now.Sub(p.LastHandshake).Seconds(), p.PublicKey)
 		}

@@ -22,9 +22,9 @@ func testSnapshot() Snapshot {
 		LocalGroups: 2,
 		Drops:       map[string]uint64{"no_listener": 3, "scope": 0},
 		Peers: []PeerSnapshot{
-			{PublicKey: "pubB=", Connected: true, Path: "direct", LastHandshake: now.Add(-42 * time.Second), LastRx: now.Add(-time.Second / 2),
+			{PublicKey: "pubB=", Connected: true, Path: "direct", Learnt: "configured", LastHandshake: now.Add(-42 * time.Second), LastRx: now.Add(-time.Second / 2),
 				RxPackets: 10, RxBytes: 1000, TxPackets: 20, TxBytes: 2400, Groups: 1, Drops: map[string]uint64{"no_listener": 3}},
-			{PublicKey: "pubC=", Path: "relayed", Introduced: true, Drops: map[string]uint64{"no_listener": 0}},
+			{PublicKey: "pubC=", Path: "relayed", Learnt: "introduced", Drops: map[string]uint64{"no_listener": 0}},
 		},
 		LANs: []LANSnapshot{
 			{Interface: "lan1", Groups: 3, IsQuerier: true, ForeignSourcePackets: 7},
