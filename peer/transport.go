@@ -107,10 +107,14 @@ func (b reportingBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	return fns, actual, err
 }
 
-// NewTransport starts the transport on UDP port listenPort with the node's
+// NewTransport starts the transport on UDP port listenPort of bind (nil:
+// the machine's own UDP, wireguard-go's default bind) with the node's
 // private key and its peers.
-func NewTransport(private Key, listenPort int, peers []Config, port Port, log *slog.Logger) (*Transport, error) {
-	dev := device.NewDevice(port, reportingBind{conn.NewDefaultBind(), port}, wgLogger(log))
+func NewTransport(private Key, listenPort int, peers []Config, port Port, bind conn.Bind, log *slog.Logger) (*Transport, error) {
+	if bind == nil {
+		bind = conn.NewDefaultBind()
+	}
+	dev := device.NewDevice(port, reportingBind{bind, port}, wgLogger(log))
 	// A persistent keepalive makes WireGuard contact the peer as soon as
 	// the device is up. Toward peers with a lower overlay address it is
 	// enabled only after quietStart, so that at a simultaneous start only

@@ -219,7 +219,7 @@ func (r *Router) Deliver(t *Table, pkt []byte, o *Origin) Delivery {
 		r.Drop(DropForgedSource, nil)
 		return drop
 	}
-	now := time.Now()
+	now := r.clock.Now()
 	p.counters.received(len(pkt), now)
 	dst := [16]byte(pkt[24:40])
 	if pkt[6] != protoLcast && pkt[6] != ProtoControl {

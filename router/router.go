@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/librecast/lcast/internal/clock"
 	"github.com/librecast/lcast/internal/ip6"
 	"github.com/librecast/lcast/mld"
 )
@@ -217,6 +218,7 @@ type Router struct {
 	epoch   uint32
 	// maxAdvertised is Config.MaxAdvertised, or math.MaxInt.
 	maxAdvertised int
+	clock         clock.Clock
 	seq           atomic.Uint64 // the sequence number of the last packet from lc0
 
 	mu    sync.Mutex // serializes table rebuilds
@@ -241,13 +243,15 @@ type Config struct {
 	// MaxAdvertised is how many groups of a state a peer keeps (see
 	// Advertised). Zero is no limit.
 	MaxAdvertised int
+	// Clock stamps what arrives from peers; nil is clock.Real.
+	Clock clock.Clock
 }
 
 // New returns a Router with no peers.
 func New(cfg Config) *Router {
 	r := &Router{self: cfg.Self, selfLL: linkLocalOf(cfg.Self), overlay: cfg.Overlay.Masked(), scope: cfg.Scope, relay: cfg.Relay, mtu: cfg.MTU,
-		maxAdvertised: cfg.MaxAdvertised,
-		epoch:         rand.Uint32() | 1}
+		maxAdvertised: cfg.MaxAdvertised, clock: clock.Or(cfg.Clock),
+		epoch: rand.Uint32() | 1}
 	if r.mtu <= 0 {
 		r.mtu = 65535
 	}

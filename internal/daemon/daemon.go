@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -20,6 +21,7 @@ import (
 	sdnotify "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/librecast/lcast/bridge"
 	"github.com/librecast/lcast/gateway"
+	"github.com/librecast/lcast/internal/clock"
 	"github.com/librecast/lcast/internal/config"
 	"github.com/librecast/lcast/internal/control"
 	"github.com/librecast/lcast/internal/metrics"
@@ -27,6 +29,8 @@ import (
 	"github.com/librecast/lcast/peer"
 	"github.com/librecast/lcast/router"
 	"github.com/librecast/lcast/tun"
+	"golang.zx2c4.com/wireguard/conn"
+	wgtun "golang.zx2c4.com/wireguard/tun"
 )
 
 // wgOffset is the headroom wgtun needs before a packet it writes into lc0.
@@ -38,7 +42,8 @@ type Daemon struct {
 	scope     router.ScopePolicy
 	log       *slog.Logger
 	addr      netip.Addr
-	ifc       *tun.Interface
+	clock     clock.Clock
+	ifc       Lc0
 	link      *mld.Link
 	router    *router.Router
 	bridge    *bridge.Bridge
@@ -76,21 +81,89 @@ type Daemon struct {
 	// whose MLD report has not come yet, with when they stop counting.
 	provMu      sync.Mutex
 	provisional map[netip.Addr]time.Time
+	provAdded   chan struct{} // a provisional join was added
+
+	// What New starts and Serve stops: the control and metrics servers,
+	// and the node's goroutines (stop cancels them, wg waits for them).
+	ln         net.Listener
+	srv        *http.Server
+	metricsSrv *metrics.Server
+	stop       context.CancelFunc
+	wg         sync.WaitGroup
 
 	// lc0Groups are the groups programs on this node listen to on lc0,
 	// as announce last saw them (the gateway routes LAN packets to them).
 	lc0Groups atomic.Pointer[[]netip.Addr]
 }
 
-// Run brings lcast up and serves until ctx is done, then removes lc0 and its
-// routes. It returns an error if start-up fails (leaving nothing behind) or
-// if lc0 fails under it. Each configuration received from reload is
-// applied (see Daemon.reload), and so is the configuration load returns
-// when the control API asks (lcast reload). Under systemd (Type=notify), Run tells the
-// service manager when it is ready, reloading and stopping.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-chan *config.Config, load func() (*config.Config, error)) (err error) {
+// Host is what a daemon takes from the machine it runs on: lc0, the
+// underlay's UDP and the clock of lcast's own timers. The zero Host is the
+// machine's own (Run uses it); the in-process network of internal/simnet
+// gives a simulated one of each (docs/design.md, "Testing").
+type Host struct {
+	// OpenLc0 creates (or adopts) lc0; nil means tun.Open.
+	OpenLc0 func(tun.Config, *slog.Logger) (Lc0, error)
+	// Bind is the transport's UDP; nil means wireguard-go's default bind.
+	Bind conn.Bind
+	// Clock is the time of lcast's own timers; nil means clock.Real.
+	Clock clock.Clock
+}
+
+// Lc0 is the interface a daemon serves: its packets, and what the kernel
+// says and keeps for it.
+type Lc0 interface {
+	// TUN reads and writes lc0's packets.
+	TUN() wgtun.Device
+	// WatchMemberships calls fn when a group is joined on lc0 or left,
+	// as the kernel announces it, until ctx is done; an error means
+	// joins are learnt from MLD reports only.
+	WatchMemberships(ctx context.Context, fn func(group netip.Addr, joined bool)) error
+	// KeepRoutes restores lc0's routes deleted under the daemon until ctx
+	// is done.
+	KeepRoutes(ctx context.Context) error
+	// Close removes lc0 and its routes; it ends what reads lc0.
+	Close() error
+}
+
+// kernelLc0 is lc0 as the tun package makes it on this machine.
+type kernelLc0 struct{ *tun.Interface }
+
+func (k kernelLc0) TUN() wgtun.Device { return k.Device }
+
+func openKernelLc0(cfg tun.Config, log *slog.Logger) (Lc0, error) {
+	ifc, err := tun.Open(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return kernelLc0{ifc}, nil
+}
+
+// Run brings lcast up on this machine and serves until ctx is done, then
+// removes lc0 and its routes (New, then Serve).
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-chan *config.Config, load func() (*config.Config, error)) error {
+	d, err := New(ctx, cfg, log, Host{}, load)
+	if err != nil {
+		return err
+	}
+	return d.Serve(ctx, reload)
+}
+
+// New brings lcast up on host: the control socket, lc0, the transport and
+// every goroutine of the node. It returns an error if start-up fails,
+// leaving nothing behind; ctx bounds start-up only (resolving endpoints).
+// The caller must then call Serve, which runs the node until its context
+// is done and then removes what New made. Each configuration received
+// from Serve's reload is applied (see Daemon.reload), and so is the
+// configuration load returns when the control API asks (lcast reload).
+// Under systemd (Type=notify), the daemon tells the service manager when
+// it is ready, reloading and stopping.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger, host Host, load func() (*config.Config, error)) (_ *Daemon, err error) {
+	if host.OpenLc0 == nil {
+		host.OpenLc0 = openKernelLc0
+	}
 	d := &Daemon{
 		cfg:     cfg,
+		clock:   clock.Or(host.Clock),
 		load:    load,
 		reloads: make(chan reloadRequest),
 		served:  make(chan struct{}),
@@ -104,11 +177,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 
 		saysRelay:   map[netip.Addr]bool{},
 		provisional: map[netip.Addr]time.Time{},
+		provAdded:   make(chan struct{}, 1),
 	}
 	d.link = mld.NewLink(mld.DefaultTiming, d.localChanged)
 	peers, addrs, err := resolvePeers(ctx, cfg.Peers)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	d.peers, d.resolved, d.relays = cfg.Peers, peers, trustedRelays(cfg.Peers)
 	d.intros = peer.NewIntroductions(peer.IntroductionsConfig{
@@ -134,17 +208,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	}()
 	// The control socket comes first: it tells cheaply whether another
 	// daemon already runs for this configuration, before lc0 is touched.
-	ln, err := control.Listen(cfg.ControlSocket)
-	if err != nil {
-		return err
+	if d.ln, err = control.Listen(cfg.ControlSocket); err != nil {
+		return nil, err
 	}
-	undo = append(undo, func() { ln.Close() })
-	var metricsSrv *metrics.Server
+	undo = append(undo, func() { d.ln.Close() })
 	if cfg.MetricsListen != "" {
-		if metricsSrv, err = metrics.Listen(cfg.MetricsListen, d.Snapshot, log); err != nil {
-			return err
+		if d.metricsSrv, err = metrics.Listen(cfg.MetricsListen, d.Snapshot, log); err != nil {
+			return nil, err
 		}
-		undo = append(undo, func() { metricsSrv.Close() })
+		undo = append(undo, func() { d.metricsSrv.Close() })
 	}
 	ifcCfg := tun.Config{
 		Name:      cfg.Interface,
@@ -153,17 +225,17 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		LinkLocal: peer.LinkLocalAddr(cfg.Key.PublicKey()),
 		Routes:    router.RoutePrefixes(),
 	}
-	if d.ifc, err = tun.Open(ifcCfg, log); err != nil {
-		return err
+	if d.ifc, err = host.OpenLc0(ifcCfg, log); err != nil {
+		return nil, err
 	}
 	undo = append(undo, func() { d.ifc.Close() })
 	d.router = router.New(router.Config{Self: d.addr, Overlay: peer.OverlayPrefix, Scope: d.scope, Relay: cfg.Relay, MTU: cfg.MTU,
-		MaxAdvertised: peer.MaxGroupsPerPeer})
+		MaxAdvertised: peer.MaxGroupsPerPeer, Clock: d.clock})
 	d.router.SetPeers(addrs, trustedRelays(cfg.Peers))
 	d.router.SetLANPrefixes(lanPrefixes(cfg.Peers))
 	if len(cfg.LANInterfaces) > 0 {
 		if d.gateway, err = d.openGateway(); err != nil {
-			return err
+			return nil, err
 		}
 		undo = append(undo, d.gateway.Close)
 	}
@@ -178,19 +250,22 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		PathChanged: d.pathsChanged,
 		Log:         log,
 	})
-	d.bridge = bridge.New(d.ifc.Device, d.router, bridge.Config{Link: d.link, Control: d})
+	d.bridge = bridge.New(d.ifc.TUN(), d.router, bridge.Config{Link: d.link, Control: d})
 	// The bridge's lc0 reader ends when lc0 closes, so lc0 closes first.
 	undo = append(undo, func() { d.ifc.Close(); d.bridge.Close() })
-	if d.transport, err = peer.NewTransport(cfg.Key, cfg.Port, peers, d.bridge.Port(), log); err != nil {
-		return err
+	if d.transport, err = peer.NewTransport(cfg.Key, cfg.Port, peers, d.bridge.Port(), host.Bind, log); err != nil {
+		return nil, err
 	}
-	// The transport's reader blocks on the bridge until lc0 closes.
-	undo = append(undo, func() { d.ifc.Close(); d.transport.Close() })
-	undo = nil // started: from here on, shutdown below cleans up
+	d.start()
+	return d, nil
+}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
+// start starts the node's goroutines, which end when Serve cancels their
+// context (d.stop); Serve waits for them.
+func (d *Daemon) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stop = cancel
+	log := d.log
 	querier := &mld.Querier{
 		Link:   d.link,
 		Source: mld.QuerierAddr,
@@ -201,6 +276,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	if err := d.ifc.WatchMemberships(ctx, d.membershipHint); err != nil {
 		log.Info("joins take effect when the kernel's MLD reports come", "reason", err)
 	}
+	wg := &d.wg
 	wg.Go(func() {
 		if err := d.ifc.KeepRoutes(ctx); err != nil {
 			log.Warn("routes deleted under lcast will not be restored", "err", err)
@@ -214,24 +290,33 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 	wg.Go(func() { d.intros.Run(ctx) })
 	wg.Go(func() { d.announce(ctx) })
 	wg.Go(func() { d.reresolve(ctx) })
-	srv := control.NewServer(d.Status, d.reloadRequest, log)
+	wg.Go(func() { d.expireProvisional(ctx) })
+	d.srv = control.NewServer(d.Status, d.Reload, log)
 	wg.Go(func() {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := d.srv.Serve(d.ln); !errors.Is(err, http.ErrServerClosed) {
 			log.Error("control API stopped", "err", err)
 		}
 	})
-	if metricsSrv != nil {
-		log.Info("serving Prometheus metrics", "url", "http://"+metricsSrv.Addr().String()+metrics.Path)
+	if d.metricsSrv != nil {
+		log.Info("serving Prometheus metrics", "url", "http://"+d.metricsSrv.Addr().String()+metrics.Path)
 		wg.Go(func() {
-			if err := metricsSrv.Serve(); err != nil {
+			if err := d.metricsSrv.Serve(); err != nil {
 				log.Error("metrics stopped", "err", err)
 			}
 		})
 	}
+	cfg := d.cfg
 	log.Info("lcast is up", "interface", cfg.Interface, "address", d.addr, "public_key", cfg.Key.PublicKey(),
-		"listen_port", cfg.Port, "peers", len(peers), "control_socket", cfg.ControlSocket, "lan_interfaces", cfg.LANInterfaces)
+		"listen_port", cfg.Port, "peers", len(d.resolved), "control_socket", cfg.ControlSocket, "lan_interfaces", cfg.LANInterfaces)
+}
 
-	notify(log, sdnotify.SdNotifyReady)
+// Serve runs the node New started until ctx is done or lc0 fails, applying
+// reloads, then shuts it down: it stops answering, stops querying and
+// announcing, removes lc0 (which ends the bridge's lc0 reader and the
+// transport's reads), then stops the transport and the bridge. It
+// returns an error if lc0 failed under it or could not be removed.
+func (d *Daemon) Serve(ctx context.Context, reload <-chan *config.Config) error {
+	notify(d.log, sdnotify.SdNotifyReady)
 	var runErr error
 serve:
 	for {
@@ -239,16 +324,16 @@ serve:
 		case <-ctx.Done():
 			break serve
 		case <-d.transport.Done():
-			runErr = fmt.Errorf("interface %s was removed or failed under lcast", cfg.Interface)
+			runErr = fmt.Errorf("interface %s was removed or failed under lcast", d.cfg.Interface)
 			break serve
 		case next := <-reload:
-			notify(log, sdnotify.SdNotifyReloading)
+			notify(d.log, sdnotify.SdNotifyReloading)
 			d.reload(ctx, next)
-			notify(log, sdnotify.SdNotifyReady)
+			notify(d.log, sdnotify.SdNotifyReady)
 		case req := <-d.reloads:
-			notify(log, sdnotify.SdNotifyReloading)
+			notify(d.log, sdnotify.SdNotifyReloading)
 			msg, err := d.reload(ctx, req.cfg)
-			notify(log, sdnotify.SdNotifyReady)
+			notify(d.log, sdnotify.SdNotifyReady)
 			req.done <- reloadResult{msg, err}
 		case <-d.introducedCh:
 			d.peersMu.Lock()
@@ -260,18 +345,15 @@ serve:
 		}
 	}
 	close(d.served)
-	notify(log, sdnotify.SdNotifyStopping)
-	// Shutdown order: stop answering, stop querying and announcing, remove
-	// lc0 (which ends the bridge's lc0 reader and the transport's reads),
-	// then stop the transport and the bridge.
+	notify(d.log, sdnotify.SdNotifyStopping)
 	shutdownCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
-	srv.Shutdown(shutdownCtx)
-	if metricsSrv != nil {
-		metricsSrv.Shutdown(shutdownCtx)
+	d.srv.Shutdown(shutdownCtx)
+	if d.metricsSrv != nil {
+		d.metricsSrv.Shutdown(shutdownCtx)
 	}
 	done()
-	cancel()
-	wg.Wait()
+	d.stop()
+	d.wg.Wait()
 	if err := d.ifc.Close(); err != nil {
 		runErr = errors.Join(runErr, err)
 	}
@@ -330,7 +412,7 @@ const reresolveInterval = 10 * time.Second
 // the peers that have been silent for peer.HoldTime or more (they may have
 // moved), and points the transport at the address the name gives now.
 func (d *Daemon) reresolve(ctx context.Context) {
-	tick := time.NewTicker(reresolveInterval)
+	tick := d.clock.NewTicker(reresolveInterval)
 	defer tick.Stop()
 	for {
 		select {
@@ -343,7 +425,7 @@ func (d *Daemon) reresolve(ctx context.Context) {
 		d.peersMu.Unlock()
 		for _, p := range peers {
 			if _, err := netip.ParseAddr(p.Endpoint.Host); p.Endpoint.IsZero() || err == nil ||
-				d.exchange.Silence(peer.OverlayAddr(p.PublicKey), time.Now()) < peer.HoldTime {
+				d.exchange.Silence(peer.OverlayAddr(p.PublicKey), d.clock.Now()) < peer.HoldTime {
 				continue
 			}
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -374,10 +456,10 @@ type reloadResult struct {
 	err error
 }
 
-// reloadRequest is the control API's ReloadFunc: it reads the
-// configuration again and has the serving loop apply it, as on SIGHUP, and
-// says what changed.
-func (d *Daemon) reloadRequest(ctx context.Context) (string, error) {
+// Reload reads the configuration again and has the serving loop apply
+// it, as on SIGHUP, and says what changed: the control API's ReloadFunc
+// (lcast reload).
+func (d *Daemon) Reload(ctx context.Context) (string, error) {
 	next, err := d.load()
 	if err != nil {
 		d.log.Error("reload: configuration not applied", "err", err)
@@ -513,15 +595,46 @@ func (d *Daemon) membershipHint(group netip.Addr, joined bool) {
 	}
 	d.provMu.Lock()
 	if joined {
-		d.provisional[group] = time.Now().Add(provisionalHold)
+		d.provisional[group] = d.clock.Now().Add(provisionalHold)
 	} else {
 		delete(d.provisional, group)
 	}
 	d.provMu.Unlock()
 	if joined {
-		time.AfterFunc(provisionalHold, d.localChanged)
+		select {
+		case d.provAdded <- struct{}{}:
+		default:
+		}
 	}
 	d.localChanged()
+}
+
+// expireProvisional has announce look again at the provisional joins
+// when the oldest of them expires, until ctx is done.
+func (d *Daemon) expireProvisional(ctx context.Context) {
+	t := d.clock.NewTimer(provisionalHold)
+	t.Stop() // set when a join is added
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.provAdded:
+		case <-t.C:
+			d.localChanged()
+		}
+		d.provMu.Lock()
+		var next time.Time
+		for _, until := range d.provisional {
+			if next.IsZero() || until.Before(next) {
+				next = until
+			}
+		}
+		d.provMu.Unlock()
+		if !next.IsZero() {
+			t.Reset(max(0, next.Sub(d.clock.Now())))
+		}
+	}
 }
 
 // isSSM reports whether group is in the source-specific range ff3x::/32.
@@ -536,7 +649,7 @@ func (d *Daemon) withProvisional(groups []mld.GroupState) []mld.GroupState {
 	if len(d.provisional) == 0 {
 		return groups
 	}
-	now := time.Now()
+	now := d.clock.Now()
 	for g, until := range d.provisional {
 		_, reported := slices.BinarySearchFunc(groups, g, func(s mld.GroupState, g netip.Addr) int { return s.Group.Compare(g) })
 		if reported || now.After(until) {
@@ -553,6 +666,6 @@ func (d *Daemon) withProvisional(groups []mld.GroupState) []mld.GroupState {
 func (d *Daemon) writeToLink(pkt []byte) error {
 	buf := make([]byte, wgOffset+len(pkt))
 	copy(buf[wgOffset:], pkt)
-	_, err := d.ifc.Device.Write([][]byte{buf}, wgOffset)
+	_, err := d.ifc.TUN().Write([][]byte{buf}, wgOffset)
 	return err
 }

@@ -1,17 +1,20 @@
 package daemon
 
 import (
+	"context"
 	"net/netip"
 	"reflect"
 	"testing"
 	"time"
 
+	"github.com/librecast/lcast/internal/clock"
 	"github.com/librecast/lcast/mld"
 	"github.com/librecast/lcast/router"
 )
 
 func newTestDaemon() *Daemon {
-	return &Daemon{changed: make(chan struct{}, 1), provisional: map[netip.Addr]time.Time{}, scope: router.ScopePolicy{}}
+	return &Daemon{changed: make(chan struct{}, 1), provisional: map[netip.Addr]time.Time{}, provAdded: make(chan struct{}, 1),
+		scope: router.ScopePolicy{}, clock: clock.NewWarp()}
 }
 
 func anySource(g string) mld.GroupState {
@@ -46,8 +49,28 @@ func TestProvisionalJoins(t *testing.T) {
 		t.Fatalf("after the leave: %v", got)
 	}
 	d.membershipHint(netip.MustParseAddr("ff1e::3"), true)
-	d.provisional[netip.MustParseAddr("ff1e::3")] = time.Now().Add(-time.Millisecond)
+	d.clock.(*clock.Warp).Advance(provisionalHold + time.Millisecond)
 	if got := d.withProvisional(nil); len(got) != 0 {
 		t.Fatalf("an expired join counts: %v", got)
+	}
+}
+
+// When a provisional join expires, the announcer is woken to drop it.
+func TestProvisionalJoinExpiryWakesAnnouncer(t *testing.T) {
+	d := newTestDaemon()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); d.expireProvisional(ctx) }()
+	defer func() { cancel(); <-done }()
+	d.membershipHint(netip.MustParseAddr("ff1e::3"), true)
+	<-d.changed // the join's own wake-up
+	// Real time (not the clock) bounds the wait for the expiry's wake-up;
+	// give expireProvisional time to set its timer before the clock moves.
+	time.Sleep(20 * time.Millisecond)
+	d.clock.(*clock.Warp).Advance(provisionalHold)
+	select {
+	case <-d.changed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the expiry of a provisional join did not wake the announcer")
 	}
 }

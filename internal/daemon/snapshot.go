@@ -1,8 +1,6 @@
 package daemon
 
 import (
-	"time"
-
 	"github.com/librecast/lcast/internal/metrics"
 	"github.com/librecast/lcast/mld"
 	"github.com/librecast/lcast/peer"
@@ -24,7 +22,7 @@ func (d *Daemon) Snapshot() metrics.Snapshot {
 		d.log.Warn("reading transport state", "err", err)
 	}
 	peers := d.peerList()
-	now := time.Now()
+	now := d.clock.Now()
 	st.Peers = make([]metrics.PeerSnapshot, 0, len(peers))
 	for _, p := range peers {
 		addr := peer.OverlayAddr(p.key)

@@ -36,7 +36,7 @@ func (d *Daemon) Status() control.Status {
 	if err != nil {
 		d.log.Warn("reading transport state", "err", err)
 	}
-	now := time.Now()
+	now := d.clock.Now()
 	d.peersMu.Lock()
 	says := maps.Clone(d.saysRelay)
 	d.peersMu.Unlock()
