@@ -277,7 +277,7 @@ func (d *device) Write(bufs [][]byte, offset int) (int, error) {
 	return len(bufs), nil
 }
 
-func (d *device) MTU() (int, error)           { return d.mtu, nil }
-func (d *device) Name() (string, error)       { return d.name, nil }
-func (d *device) Events() <-chan wgtun.Event  { return d.events }
-func (d *device) BatchSize() int              { return 16 }
+func (d *device) MTU() (int, error)          { return d.mtu, nil }
+func (d *device) Name() (string, error)      { return d.name, nil }
+func (d *device) Events() <-chan wgtun.Event { return d.events }
+func (d *device) BatchSize() int             { return 16 }
