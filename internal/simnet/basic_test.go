@@ -47,3 +47,18 @@ func TestTwoNodesCarryMulticast(t *testing.T) {
 	}
 	t.Logf("first datagram after %v", time.Since(start))
 }
+
+func TestStreamOverLossyLink(t *testing.T) {
+	w := New(t)
+	a, b := w.Add("a", Options{}), w.Add("b", Options{})
+	Mesh(a, b)
+	w.SetLinks("a", "b", Link{Loss: 0.10, Delay: 50 * time.Millisecond})
+	a.Start()
+	b.Start()
+	b.Join(group)
+	c := b.Count("s")
+	Stream{Tag: "s", From: a, Dst: group, Port: 4242, Rate: 1000, Count: 5000}.Run(nil)
+	time.Sleep(200 * time.Millisecond)
+	tally := c.Stop()
+	t.Logf("%v; underlay dropped %d", tally, w.Dropped.Load())
+}
