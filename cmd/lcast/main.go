@@ -210,41 +210,15 @@ func up(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	path := c.String("config")
-	return daemon.Run(ctx, cfg, log, reloads(ctx, path, log), func() (*config.Config, error) { return config.Load(path) })
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return daemon.Run(ctx, cfg, log, hup, func() (*config.Config, error) { return config.Load(path) })
 }
 
 // memoryHeadroom is what lcast's soft memory limit allows beyond the
 // packets in flight: tables, subscriptions, sessions, the runtime's own.
 const memoryHeadroom = 16 << 20
-
-// reloads reads the configuration file again on each SIGHUP, until ctx is
-// done, and passes it on if it is valid (else it logs why not).
-func reloads(ctx context.Context, path string, log *slog.Logger) <-chan *config.Config {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	out := make(chan *config.Config)
-	go func() {
-		defer signal.Stop(hup)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-			}
-			cfg, err := config.Load(path)
-			if err != nil {
-				log.Error("reload: configuration not applied", "err", err)
-				continue
-			}
-			select {
-			case out <- cfg:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return out
-}
 
 // controlSocket checks that a client command got no arguments and returns
 // the daemon's control socket, found in the configuration without reading

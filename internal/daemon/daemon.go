@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -51,27 +52,20 @@ type Daemon struct {
 	exchange  *peer.Exchange
 	gateway   *gateway.Gateway // nil in host mode
 	// load reads the configuration file again; reloads takes the control
-	// API's requests to apply it (lcast reload), until served is closed.
+	// API's requests to reload (lcast reload), until served is closed.
 	load    func() (*config.Config, error)
-	reloads chan reloadRequest
+	reloads chan chan<- reloadResult
 	served  chan struct{}
 	changed chan struct{} // local memberships changed
 	relayed chan struct{} // on a relay: a peer's subscriptions changed
 
-	// peers are the configured peers, in the configuration's order (which
-	// Status follows), changed by a reload; saysRelay the peers that say,
-	// in their subscription messages, that they relay (which makes them
-	// no relay of this node's: only their [[peer]] table can).
+	// set is the node's peers as apply last made them (see peers.go);
+	// saysRelay the peers that say, in their subscription messages, that
+	// they relay (which makes them no relay of this node's: only their
+	// [[peer]] table can).
 	peersMu   sync.Mutex
-	peers     []config.Peer
+	set       peerSet
 	saysRelay map[netip.Addr]bool
-	// resolved are peers as the transport takes them (endpoint names
-	// looked up), relays the overlay addresses of those trusted as
-	// relays, introduced the peers the introducers introduce that peers
-	// does not list (see peers.go).
-	resolved   []peer.Config
-	relays     []netip.Addr
-	introduced map[peer.Key]peer.Introduced
 
 	intros       *peer.Introductions
 	introducedCh chan struct{} // the introduced peers changed
@@ -140,21 +134,20 @@ func openKernelLc0(cfg tun.Config, log *slog.Logger) (Lc0, error) {
 
 // Run brings lcast up on this machine and serves until ctx is done, then
 // removes lc0 and its routes (New, then Serve).
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-chan *config.Config, load func() (*config.Config, error)) error {
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, hup <-chan os.Signal, load func() (*config.Config, error)) error {
 	d, err := New(ctx, cfg, log, Host{}, load)
 	if err != nil {
 		return err
 	}
-	return d.Serve(ctx, reload)
+	return d.Serve(ctx, hup)
 }
 
 // New brings lcast up on host: the control socket, lc0, the transport and
 // every goroutine of the node. It returns an error if start-up fails,
 // leaving nothing behind; ctx bounds start-up only (resolving endpoints).
 // The caller must then call Serve, which runs the node until its context
-// is done and then removes what New made. Each configuration received
-// from Serve's reload is applied (see Daemon.reload), and so is the
-// configuration load returns when the control API asks (lcast reload).
+// is done and then removes what New made. load reads the configuration
+// file again, for a reload (SIGHUP, lcast reload: see Daemon.reload).
 // Under systemd (Type=notify), the daemon tells the service manager when
 // it is ready, reloading and stopping.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, host Host, load func() (*config.Config, error)) (_ *Daemon, err error) {
@@ -165,7 +158,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, host Host, l
 		cfg:     cfg,
 		clock:   clock.Or(host.Clock),
 		load:    load,
-		reloads: make(chan reloadRequest),
+		reloads: make(chan chan<- reloadResult),
 		served:  make(chan struct{}),
 		scope:   router.ScopePolicy{LinkLocal: cfg.ForwardLinkScope},
 		log:     log,
@@ -180,11 +173,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, host Host, l
 		provAdded:   make(chan struct{}, 1),
 	}
 	d.link = mld.NewLink(mld.DefaultTiming, d.localChanged)
-	peers, addrs, err := resolvePeers(ctx, cfg.Peers)
+	resolved, err := resolvePeers(ctx, cfg.Peers)
 	if err != nil {
 		return nil, err
 	}
-	d.peers, d.resolved, d.relays = cfg.Peers, peers, trustedRelays(cfg.Peers)
 	d.intros = peer.NewIntroductions(peer.IntroductionsConfig{
 		Self:          cfg.Key.PublicKey(),
 		Send:          func(to netip.Addr, msg []byte) error { return d.bridge.SendControl(to, msg) },
@@ -231,8 +223,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, host Host, l
 	undo = append(undo, func() { d.ifc.Close() })
 	d.router = router.New(router.Config{Self: d.addr, Overlay: peer.OverlayPrefix, Scope: d.scope, Relay: cfg.Relay, MTU: cfg.MTU,
 		MaxAdvertised: peer.MaxGroupsPerPeer, Clock: d.clock})
-	d.router.SetPeers(addrs, trustedRelays(cfg.Peers))
-	d.router.SetLANPrefixes(lanPrefixes(cfg.Peers))
 	if len(cfg.LANInterfaces) > 0 {
 		if d.gateway, err = d.openGateway(); err != nil {
 			return nil, err
@@ -242,18 +232,23 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, host Host, l
 	// The exchange sends through the bridge and repairs the transport's
 	// sessions, both made below; it starts sending when it runs.
 	d.exchange = peer.NewExchange(peer.ExchangeConfig{
-		Self: d.addr, Peers: addrs, Relay: cfg.Relay, State: d.router.Advertised, Apply: d.peerSubscribed,
+		Self: d.addr, Relay: cfg.Relay, State: d.router.Advertised, Apply: d.peerSubscribed,
 		Send:        func(to netip.Addr, msg []byte) error { return d.bridge.SendControl(to, msg) },
 		Repair:      func(addrs []netip.Addr, recent time.Duration) { d.transport.Repair(addrs, recent) },
 		LastRx:      d.lastRx,
 		Watched:     d.watched,
 		PathChanged: d.pathsChanged,
 		Log:         log,
+		Clock:       d.clock,
 	})
 	d.bridge = bridge.New(d.ifc.TUN(), d.router, bridge.Config{Link: d.link, Control: d})
 	// The bridge's lc0 reader ends when lc0 closes, so lc0 closes first.
 	undo = append(undo, func() { d.ifc.Close(); d.bridge.Close() })
-	if d.transport, err = peer.NewTransport(cfg.Key, cfg.Port, peers, d.bridge.Port(), host.Bind, log); err != nil {
+	if d.transport, err = peer.NewTransport(cfg.Key, cfg.Port, nil, d.bridge.Port(), host.Bind, log); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { d.ifc.Close(); d.transport.Close() })
+	if _, _, err = d.apply(desiredPeers(cfg.Peers, resolved, nil)); err != nil {
 		return nil, err
 	}
 	d.start()
@@ -307,15 +302,17 @@ func (d *Daemon) start() {
 	}
 	cfg := d.cfg
 	log.Info("lcast is up", "interface", cfg.Interface, "address", d.addr, "public_key", cfg.Key.PublicKey(),
-		"listen_port", cfg.Port, "peers", len(d.resolved), "control_socket", cfg.ControlSocket, "lan_interfaces", cfg.LANInterfaces)
+		"listen_port", cfg.Port, "peers", len(d.set.all), "control_socket", cfg.ControlSocket, "lan_interfaces", cfg.LANInterfaces)
 }
 
-// Serve runs the node New started until ctx is done or lc0 fails, applying
-// reloads, then shuts it down: it stops answering, stops querying and
-// announcing, removes lc0 (which ends the bridge's lc0 reader and the
-// transport's reads), then stops the transport and the bridge. It
-// returns an error if lc0 failed under it or could not be removed.
-func (d *Daemon) Serve(ctx context.Context, reload <-chan *config.Config) error {
+// Serve runs the node New started until ctx is done or lc0 fails,
+// reloading the configuration on each signal from hup (SIGHUP) and on the
+// control API's requests alike, then shuts it down: it stops answering,
+// stops querying and announcing, removes lc0 (which ends the bridge's lc0
+// reader and the transport's reads), then stops the transport and the
+// bridge. It returns an error if lc0 failed under it or could not be
+// removed.
+func (d *Daemon) Serve(ctx context.Context, hup <-chan os.Signal) error {
 	notify(d.log, sdnotify.SdNotifyReady)
 	var runErr error
 serve:
@@ -326,22 +323,13 @@ serve:
 		case <-d.transport.Done():
 			runErr = fmt.Errorf("interface %s was removed or failed under lcast", d.cfg.Interface)
 			break serve
-		case next := <-reload:
-			notify(d.log, sdnotify.SdNotifyReloading)
-			d.reload(ctx, next)
-			notify(d.log, sdnotify.SdNotifyReady)
-		case req := <-d.reloads:
-			notify(d.log, sdnotify.SdNotifyReloading)
-			msg, err := d.reload(ctx, req.cfg)
-			notify(d.log, sdnotify.SdNotifyReady)
-			req.done <- reloadResult{msg, err}
+		case <-hup:
+			d.reload(ctx)
+		case done := <-d.reloads:
+			msg, err := d.reload(ctx)
+			done <- reloadResult{msg, err}
 		case <-d.introducedCh:
-			d.peersMu.Lock()
-			configured, resolved := d.peers, d.resolved
-			d.peersMu.Unlock()
-			if _, _, err := d.setPeers(configured, resolved); err != nil {
-				d.log.Error("introduced peers not applied", "err", err)
-			}
+			d.reintroduce()
 		}
 	}
 	close(d.served)
@@ -363,14 +351,11 @@ serve:
 }
 
 // resolvePeers turns the configured peers into the transport's, resolving
-// endpoint names, and returns their overlay addresses too (in the same
-// order).
-func resolvePeers(ctx context.Context, peers []config.Peer) ([]peer.Config, []netip.Addr, error) {
+// endpoint names.
+func resolvePeers(ctx context.Context, peers []config.Peer) ([]peer.Config, error) {
 	out := make([]peer.Config, len(peers))
-	addrs := make([]netip.Addr, len(peers))
 	for i, p := range peers {
 		out[i].PublicKey = p.PublicKey
-		addrs[i] = peer.OverlayAddr(p.PublicKey)
 		if p.Endpoint.IsZero() {
 			continue
 		}
@@ -378,11 +363,11 @@ func resolvePeers(ctx context.Context, peers []config.Peer) ([]peer.Config, []ne
 		ep, err := peer.ResolveEndpoint(rctx, p.Endpoint.Host, p.Endpoint.Port)
 		cancel()
 		if err != nil {
-			return nil, nil, fmt.Errorf("peer[%d]: %w", i+1, err)
+			return nil, fmt.Errorf("peer[%d]: %w", i+1, err)
 		}
 		out[i].Endpoint = ep
 	}
-	return out, addrs, nil
+	return out, nil
 }
 
 // trustedRelays returns the overlay addresses of the peers that peers
@@ -421,7 +406,7 @@ func (d *Daemon) reresolve(ctx context.Context) {
 		case <-tick.C:
 		}
 		d.peersMu.Lock()
-		peers := d.peers
+		peers := d.set.configured
 		d.peersMu.Unlock()
 		for _, p := range peers {
 			if _, err := netip.ParseAddr(p.Endpoint.Host); p.Endpoint.IsZero() || err == nil ||
@@ -445,29 +430,18 @@ func (d *Daemon) reresolve(ctx context.Context) {
 	}
 }
 
-// reloadRequest is a control API request to apply cfg, answered on done.
-type reloadRequest struct {
-	cfg  *config.Config
-	done chan<- reloadResult
-}
-
+// reloadResult is what a reload changed, or why it changed nothing.
 type reloadResult struct {
 	msg string
 	err error
 }
 
-// Reload reads the configuration again and has the serving loop apply
-// it, as on SIGHUP, and says what changed: the control API's ReloadFunc
-// (lcast reload).
+// Reload has the serving loop reload the configuration, as on SIGHUP, and
+// says what changed: the control API's ReloadFunc (lcast reload).
 func (d *Daemon) Reload(ctx context.Context) (string, error) {
-	next, err := d.load()
-	if err != nil {
-		d.log.Error("reload: configuration not applied", "err", err)
-		return "", err
-	}
 	done := make(chan reloadResult, 1)
 	select {
-	case d.reloads <- reloadRequest{next, done}:
+	case d.reloads <- done:
 	case <-d.served:
 		return "", errors.New("lcast is stopping")
 	case <-ctx.Done():
@@ -477,29 +451,39 @@ func (d *Daemon) Reload(ctx context.Context) (string, error) {
 	return r.msg, r.err
 }
 
-// reload applies next's [[peer]] tables: peers no longer listed are
-// removed, new ones added, changed endpoints, relay trust and LAN prefixes
-// updated; the sessions and subscriptions of the others carry on, and so
-// does their traffic. Other changed keys are logged as needing a restart.
-// If next cannot be applied (an endpoint does not resolve), nothing
-// changes. It returns what changed, or why nothing did.
-func (d *Daemon) reload(ctx context.Context, next *config.Config) (string, error) {
+// reload reads the configuration file again and applies its [[peer]]
+// tables: peers no longer listed are removed, new ones added, changed
+// endpoints, relay trust and LAN prefixes updated; the sessions and
+// subscriptions of the others carry on, and so does their traffic. Other
+// changed keys are logged as needing a restart. If the file is invalid or
+// cannot be applied (an endpoint does not resolve), nothing changes. It
+// returns what changed, or why nothing did. It is the one path of every
+// reload (SIGHUP, lcast reload), run by Serve's loop.
+func (d *Daemon) reload(ctx context.Context) (string, error) {
+	notify(d.log, sdnotify.SdNotifyReloading)
+	defer notify(d.log, sdnotify.SdNotifyReady)
+	next, err := d.load()
+	if err != nil {
+		d.log.Error("reload: configuration not applied", "err", err)
+		return "", err
+	}
 	restart := d.cfg.NeedRestart(next)
 	if len(restart) > 0 {
 		d.log.Warn("reload: changes to these keys take effect at the next start", "keys", restart)
 	}
-	peers, addrs, err := resolvePeers(ctx, next.Peers)
+	resolved, err := resolvePeers(ctx, next.Peers)
 	if err != nil {
 		d.log.Error("reload: peers unchanged", "err", err)
 		return "", fmt.Errorf("peers unchanged: %w", err)
 	}
-	added, removed, err := d.setPeers(next.Peers, peers)
+	set := desiredPeers(next.Peers, resolved, d.intros.Introduced(introducers(next.Peers)))
+	added, removed, err := d.apply(set)
 	if err != nil {
 		d.log.Error("reload: peers unchanged", "err", err)
 		return "", fmt.Errorf("peers unchanged: %w", err)
 	}
-	d.log.Info("reloaded", "peers", len(addrs), "added", added, "removed", removed)
-	msg := fmt.Sprintf("reloaded: %d peers, %d added, %d removed", len(addrs), added, removed)
+	d.log.Info("reloaded", "peers", len(next.Peers), "added", added, "removed", removed)
+	msg := fmt.Sprintf("reloaded: %d peers, %d added, %d removed", len(next.Peers), added, removed)
 	if len(restart) > 0 {
 		msg += fmt.Sprintf("; changes to %s take effect at the next start", strings.Join(restart, ", "))
 	}

@@ -37,61 +37,102 @@ func (p peerEntry) learnt() string {
 func (d *Daemon) peerList() []peerEntry {
 	d.peersMu.Lock()
 	defer d.peersMu.Unlock()
-	out := make([]peerEntry, 0, len(d.peers)+len(d.introduced))
-	for _, p := range d.peers {
+	out := make([]peerEntry, 0, len(d.set.all))
+	for _, p := range d.set.configured {
 		out = append(out, peerEntry{key: p.PublicKey})
 	}
-	for _, k := range slices.SortedFunc(maps.Keys(d.introduced), peer.Key.Compare) {
-		out = append(out, peerEntry{key: k, by: d.introduced[k].By})
+	for _, k := range slices.SortedFunc(maps.Keys(d.set.introduced), peer.Key.Compare) {
+		out = append(out, peerEntry{key: k, by: d.set.introduced[k].By})
 	}
 	return out
 }
 
-// setPeers makes configured (resolved: the transport's form of each, in
-// the same order) and the members the introducers introduce now the
-// node's peers, in the transport, the router and the exchange, and
-// returns how many peers were added and removed.
-func (d *Daemon) setPeers(configured []config.Peer, resolved []peer.Config) (added, removed int, err error) {
-	introduced := d.intros.Introduced(introducers(configured))
-	all := slices.Clone(resolved)
+// peerSet is the node's peers as they are to be: the configured ones
+// (with endpoint names resolved) and those the introducers introduce,
+// with the trust the configuration grants. desiredPeers computes it;
+// Daemon.apply makes it so, the one way the node's peers change (at
+// start, on reload, when introductions change).
+type peerSet struct {
+	configured []config.Peer
+	resolved   []peer.Config // configured, as the transport takes them
+	// introduced are the introduced peers the configuration does not
+	// list (it wins over introductions).
+	introduced map[peer.Key]peer.Introduced
+
+	all    []peer.Config // resolved, then introduced by key
+	addrs  []netip.Addr  // the overlay addresses of all, in its order
+	relays []netip.Addr  // the peers trusted as relays
+	lans   map[netip.Addr][]netip.Prefix
+}
+
+// desiredPeers returns the peer set of configured (resolved: the
+// transport's form of each, in the same order) and introduced. Introduced
+// peers get no relay trust and no LAN prefixes: only the configuration
+// grants those.
+func desiredPeers(configured []config.Peer, resolved []peer.Config, introduced map[peer.Key]peer.Introduced) peerSet {
+	set := peerSet{configured: configured, resolved: resolved, introduced: maps.Clone(introduced),
+		all: slices.Clone(resolved), relays: trustedRelays(configured), lans: lanPrefixes(configured)}
+	if set.introduced == nil {
+		set.introduced = map[peer.Key]peer.Introduced{}
+	}
 	listed := map[peer.Key]bool{}
 	for _, p := range configured {
 		listed[p.PublicKey] = true
 	}
-	maps.DeleteFunc(introduced, func(k peer.Key, _ peer.Introduced) bool { return listed[k] })
-	for _, k := range slices.SortedFunc(maps.Keys(introduced), peer.Key.Compare) {
-		all = append(all, peer.Config{PublicKey: k, Endpoint: introduced[k].Endpoint})
+	maps.DeleteFunc(set.introduced, func(k peer.Key, _ peer.Introduced) bool { return listed[k] })
+	for _, k := range slices.SortedFunc(maps.Keys(set.introduced), peer.Key.Compare) {
+		set.all = append(set.all, peer.Config{PublicKey: k, Endpoint: set.introduced[k].Endpoint})
 	}
-	if added, removed, err = d.transport.SetPeers(all); err != nil {
+	set.addrs = make([]netip.Addr, len(set.all))
+	for i, p := range set.all {
+		set.addrs[i] = peer.OverlayAddr(p.PublicKey)
+	}
+	return set
+}
+
+// apply makes next the node's peers, in the transport, the router and
+// the exchange, and returns how many peers were added and removed. If
+// the transport refuses next, nothing changes. It is called from one
+// goroutine at a time (New, then Serve's loop) and holds no lock while
+// it calls the others.
+func (d *Daemon) apply(next peerSet) (added, removed int, err error) {
+	if added, removed, err = d.transport.SetPeers(next.all); err != nil {
 		return 0, 0, err
 	}
-	addrs := make([]netip.Addr, len(all))
-	for i, p := range all {
-		addrs[i] = peer.OverlayAddr(p.PublicKey)
-	}
-	relays := trustedRelays(configured)
-	d.router.SetPeers(addrs, relays)
+	d.router.SetPeers(next.addrs, next.relays)
 	// A peer added again keeps sending the list it sent before: the
 	// router takes it again.
 	d.router.SetDirectOf(d.intros.DirectOf())
-	d.router.SetLANPrefixes(lanPrefixes(configured))
-	d.exchange.SetPeers(addrs)
+	d.router.SetLANPrefixes(next.lans)
+	d.exchange.SetPeers(next.addrs)
 	d.peersMu.Lock()
-	for k, i := range introduced {
-		if _, known := d.introduced[k]; !known {
+	prev := d.set
+	d.set = next
+	maps.DeleteFunc(d.saysRelay, func(a netip.Addr, _ bool) bool { return !slices.Contains(next.addrs, a) })
+	d.peersMu.Unlock()
+	for k, i := range next.introduced {
+		if _, known := prev.introduced[k]; !known {
 			d.log.Info("peer introduced", "peer", k, "endpoint", i.Endpoint, "by", i.By)
 		}
 	}
-	for k := range d.introduced {
-		if _, still := introduced[k]; !still && !listed[k] {
+	for k := range prev.introduced {
+		if _, still := next.introduced[k]; !still && !slices.ContainsFunc(next.configured, func(p config.Peer) bool { return p.PublicKey == k }) {
 			d.log.Info("introduced peer dropped: no introducer lists it", "peer", k)
 		}
 	}
-	d.peers, d.resolved, d.introduced, d.relays = configured, resolved, introduced, relays
-	maps.DeleteFunc(d.saysRelay, func(a netip.Addr, _ bool) bool { return !slices.Contains(addrs, a) })
-	d.peersMu.Unlock()
 	d.pathsChanged()
 	return added, removed, nil
+}
+
+// reintroduce applies what the introducers introduce now.
+func (d *Daemon) reintroduce() {
+	d.peersMu.Lock()
+	cur := d.set
+	d.peersMu.Unlock()
+	next := desiredPeers(cur.configured, cur.resolved, d.intros.Introduced(introducers(cur.configured)))
+	if _, _, err := d.apply(next); err != nil {
+		d.log.Error("introduced peers not applied", "err", err)
+	}
 }
 
 // introductionsChanged is the introductions' Changed callback: it has the
@@ -126,7 +167,7 @@ func addrsOf(peers []config.Peer, marked func(config.Peer) bool) []netip.Addr {
 func (d *Daemon) introducers() []netip.Addr {
 	d.peersMu.Lock()
 	defer d.peersMu.Unlock()
-	return introducers(d.peers)
+	return introducers(d.set.configured)
 }
 
 // trustedRelays returns the overlay addresses of the configured peers
@@ -134,14 +175,14 @@ func (d *Daemon) introducers() []netip.Addr {
 func (d *Daemon) trustedRelays() []netip.Addr {
 	d.peersMu.Lock()
 	defer d.peersMu.Unlock()
-	return d.relays
+	return d.set.relays
 }
 
 // lists reports whether the configuration lists the peer at addr.
 func (d *Daemon) lists(addr netip.Addr) bool {
 	d.peersMu.Lock()
 	defer d.peersMu.Unlock()
-	return slices.ContainsFunc(d.resolved, func(p peer.Config) bool { return peer.OverlayAddr(p.PublicKey) == addr })
+	return slices.ContainsFunc(d.set.resolved, func(p peer.Config) bool { return peer.OverlayAddr(p.PublicKey) == addr })
 }
 
 // directChanged is the introductions' DirectChanged callback: the router
@@ -166,8 +207,8 @@ func (d *Daemon) seen() map[netip.Addr]peer.Member {
 	}
 	d.peersMu.Lock()
 	defer d.peersMu.Unlock()
-	out := make(map[netip.Addr]peer.Member, len(d.resolved))
-	for _, p := range d.resolved {
+	out := make(map[netip.Addr]peer.Member, len(d.set.resolved))
+	for _, p := range d.set.resolved {
 		m := peer.Member{PublicKey: p.PublicKey, Endpoint: p.Endpoint}
 		if ep, err := netip.ParseAddrPort(stats[p.PublicKey].Endpoint); err == nil {
 			m.Endpoint = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
@@ -194,7 +235,7 @@ func (d *Daemon) HandleControl(from netip.Addr, msg []byte) {
 // path ends).
 func (d *Daemon) watched(addr netip.Addr) bool {
 	d.peersMu.Lock()
-	has := len(d.relays) > 0
+	has := len(d.set.relays) > 0
 	d.peersMu.Unlock()
 	return has && !d.router.TrustsRelay(addr)
 }
@@ -210,7 +251,7 @@ func (d *Daemon) pathsChanged() {
 	d.pathMu.Lock()
 	defer d.pathMu.Unlock()
 	d.peersMu.Lock()
-	relays := d.relays
+	relays := d.set.relays
 	d.peersMu.Unlock()
 	keyOf := map[netip.Addr]peer.Key{}
 	byAddr := map[netip.Addr][]netip.Addr{} // introduced peers' introducers
