@@ -1,12 +1,13 @@
 // Package gateway makes a node the multicast router of the LANs behind it
-// (gateway mode, decision 8 of DESIGN.md). On each LAN interface it is the
-// MLD router (package mld: the LAN's listener state, General Queries,
-// querier election). Packets move between the LANs and lc0 in the kernel:
-// nftables rules that the gateway keeps to what the LANs' listeners and lc0
-// want copy each packet onto exactly the links that want it (see ruleset),
-// taking one off its hop limit as routers do. Link-scope groups are never
-// routed, and a LAN host's packets go onward only if their source lies on
-// the LAN they arrived on; those that do not are counted.
+// (gateway mode; docs/design.md, "Gateway mode and nftables"). On each LAN
+// interface it is the MLD router (package mld: the LAN's listener state,
+// General Queries, querier election). Packets move between the LANs and
+// lc0 in the kernel: nftables rules that the gateway keeps to what the
+// LANs' listeners and lc0 want copy each packet onto exactly the links
+// that want it (see ruleset), taking one off its hop limit as routers do.
+// Link-scope groups are never routed, and a LAN host's packets go onward
+// only if their source lies on the LAN they arrived on; those that do not
+// are counted.
 //
 // The kernel's own IPv6 multicast routing (MRT6) is not used for this: the
 // kernels lcast runs on may lack it (this project's test machines do), and

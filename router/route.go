@@ -72,10 +72,11 @@ func (r *Router) Route(t *Table, pkt []byte, o *Origin, next *int, out []byte, a
 	}
 	src := netip.AddrFrom16([16]byte(pkt[8:24]))
 	if o.from == nil && src != r.self && src != r.selfLL && !inPrefixes(t.ownLANs, src) {
-		// Decision 3: a local program must not speak for another node
-		// (with IPV6_FREEBIND, say). Nothing legitimate sends from the
-		// unspecified address here: MLD reports and Duplicate Address
-		// Detection, which do, stay on the link (OnLink).
+		// A local program must not speak for another node (with
+		// IPV6_FREEBIND, say: docs/design.md, "Source authentication").
+		// Nothing legitimate sends from the unspecified address here: MLD
+		// reports and Duplicate Address Detection, which do, stay on the
+		// link (OnLink).
 		if *next == 0 {
 			*next = 1
 			r.Drop(DropNotOwnSource, nil)
@@ -256,11 +257,11 @@ func (r *Router) deliverWrapped(t *Table, pkt []byte, p *Peer, o *Origin, now ti
 		return drop
 	}
 	inner := pkt[WrapLen:]
-	// Decision 3: the inner source must be the peer's own address, or for
-	// link-scope groups its link-local address, or lie in the prefixes of
-	// the LANs behind it (a gateway's); the packets of a peer this node's
-	// configuration trusts as a relay may carry any node's, or any LAN's
-	// this node knows.
+	// docs/design.md, "Source authentication": the inner source must be
+	// the peer's own address, or for link-scope groups its link-local
+	// address, or lie in the prefixes of the LANs behind it (a gateway's);
+	// the packets of a peer this node's configuration trusts as a relay may
+	// carry any node's, or any LAN's this node knows.
 	innerSrc := [16]byte(inner[8:24])
 	sender := netip.AddrFrom16(innerSrc)
 	direct := innerSrc == p.addr.As16() || isLinkLocalOf(innerSrc, p.addr) || inPrefixes(t.lans[p.addr], sender)

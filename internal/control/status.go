@@ -3,7 +3,7 @@ package control
 import "time"
 
 // Status is the daemon's state as `lcast status --json` prints it. Its field
-// names are part of lcast's stable contract (README, DESIGN.md).
+// names are part of lcast's stable contract (docs/design.md, "Status JSON").
 type Status struct {
 	Interface  string `json:"interface"`
 	Address    string `json:"address"`

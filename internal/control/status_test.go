@@ -7,8 +7,8 @@ import (
 )
 
 // TestStatusJSONContract checks that `lcast status --json` has at least the
-// fields DESIGN.md's contract names, under those names: tests outside this
-// repository read them.
+// fields the contract names (docs/design.md, "Status JSON"), under those
+// names: tests outside this repository read them.
 func TestStatusJSONContract(t *testing.T) {
 	hs := time.Date(2026, 11, 25, 5, 0, 0, 0, time.UTC)
 	group := Group{Group: "ff1e::1", Mode: "exclude", Sources: []string{}}

@@ -289,8 +289,8 @@ func wrapped(src, dst netip.Addr, epoch uint32, seq uint64, inner []byte) []byte
 	return append(b, inner...)
 }
 
-// A peer with a valid key is hostile (DESIGN.md decision 3; the README's
-// threat model): while site 1 streams to site 2 at 1000 datagrams/s, two
+// A peer with a valid key is hostile (docs/design.md, "Source
+// authentication"; docs/security.md): while site 1 streams to site 2 at 1000 datagrams/s, two
 // adversaries in site 3, peers of site 2 built from lcast's transport,
 // attack site 2 for 6 s. One is a plain peer: it forges site 1's source,
 // sends unicast to an address not site 2's, sends multicast unwrapped, and

@@ -12,8 +12,9 @@ import (
 	"github.com/librecast/lcast/internal/netlab"
 )
 
-// DESIGN.md decision 9: every pair of nodes carries data both ways within
-// 1 s of both being up, whatever the order of starts. Four nodes start
+// docs/design.md, "From the first second": every pair of nodes carries
+// data both ways within 1 s of both being up, whatever the order of
+// starts. Four nodes start
 // together while a program in every site streams to a group that all of
 // them joined, so that every ordered pair streams at once; each pair's
 // first datagram is timed from the later `lcast up` of the two, with no
@@ -25,7 +26,8 @@ import (
 // while the others stream (timed from its `lcast up`); and after a
 // partition of 30 s (nftables drops everything both ways between sites 1-2
 // and sites 3-4) heals (timed from the rules' removal). Crashes (SIGKILL)
-// keep lc0 and the programs' memberships (decision 6), so the programs
+// keep lc0 and the programs' memberships (docs/design.md, "Querier and
+// persistent lc0"), so the programs
 // stream on throughout. The daemons are built for use (without the race
 // detector), as users run them.
 func TestColdStart(t *testing.T) {
@@ -122,7 +124,8 @@ func TestColdStart(t *testing.T) {
 	})
 }
 
-// `connected` in status means two-way traffic (DESIGN.md decision 9): with
+// `connected` in status means two-way traffic (docs/design.md, "Session
+// health and repair"): with
 // site 1's packets dropped on their way into site 2 (nftables), both ends
 // show connected false; once the rule is removed, both show true within
 // 1 s, and site 1's stream reaches site 2 within 1 s (timed by the
