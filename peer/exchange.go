@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/librecast/lcast/internal/clock"
 	"github.com/librecast/lcast/mld"
 	"golang.org/x/time/rate"
 )
@@ -73,7 +74,8 @@ type ExchangeConfig struct {
 	// completed one within recent (Transport.Repair); nil repairs none.
 	Repair func(addrs []netip.Addr, recent time.Duration)
 	// LastRx returns when the last packet of any kind from a peer
-	// arrived (zero if never); nil counts only control messages.
+	// arrived (zero if never), read on Clock; nil counts only control
+	// messages.
 	LastRx func(peer netip.Addr) time.Time
 	// Watched reports the peers whose direct path is watched closely
 	// (hellos every pathHello: a node that can fall back on a relay
@@ -84,6 +86,9 @@ type ExchangeConfig struct {
 	// to some peer is direct (Exchange.Direct) changed; nil for none.
 	PathChanged func()
 	Log         *slog.Logger
+	// Clock is what the exchange's timers and times read; nil is
+	// clock.Real. (The pacing of states, StateRate, runs on real time.)
+	Clock clock.Clock
 }
 
 // Exchange keeps this node's subscriptions known to its peers and learns
@@ -102,6 +107,7 @@ type ExchangeConfig struct {
 type Exchange struct {
 	self    netip.Addr
 	relay   bool
+	clock   clock.Clock
 	started time.Time
 	epoch   uint64
 	log     *slog.Logger
@@ -174,10 +180,12 @@ type remote struct {
 func NewExchange(cfg ExchangeConfig) *Exchange {
 	var e [8]byte
 	rand.Read(e[:])
+	clk := clock.Or(cfg.Clock)
 	x := &Exchange{
 		self:    cfg.Self,
 		relay:   cfg.Relay,
-		started: time.Now(),
+		clock:   clk,
+		started: clk.Now(),
 		epoch:   binary.BigEndian.Uint64(e[:]) | 1,
 		log:     cfg.Log,
 		state:   cfg.State,
@@ -239,7 +247,7 @@ func (x *Exchange) Changed() {
 		}
 		x.gen++
 		r.mine, r.parts, r.mineGen = states[i], SplitGroups(states[i]), x.gen
-		r.resend = freshState(time.Now())
+		r.resend = freshState(x.clock.Now())
 		x.owed[a] = true
 	}
 	x.mu.Unlock()
@@ -255,7 +263,7 @@ func (x *Exchange) SetPeers(peers []netip.Addr) {
 	for _, a := range peers {
 		listed[a] = true
 		if _, ok := x.peers[a]; !ok {
-			x.peers[a] = &remote{quietUntil: time.Now().Add(quietStart)}
+			x.peers[a] = &remote{quietUntil: x.clock.Now().Add(quietStart)}
 		}
 	}
 	for a := range x.peers {
@@ -285,67 +293,79 @@ func (x *Exchange) Run(ctx context.Context) {
 	}
 }
 
-// tick sends hellos, owes unacknowledged states, forgets silent peers and
-// repairs sessions that answer nothing, every tickInterval.
+// tick runs step every tickInterval until ctx is done.
 func (x *Exchange) tick(ctx context.Context) {
-	t := time.NewTicker(tickInterval)
+	t := x.clock.NewTicker(tickInterval)
 	defer t.Stop()
 	for {
-		now := time.Now()
-		x.mu.Lock()
-		var hellos, repair []netip.Addr
-		pathChanged := false
-		for a, r := range x.peers {
-			if (!r.ackedOK || r.acked != r.mineGen || r.requested) && r.mayResend(now) {
-				x.owed[a] = true
-			}
-			if !now.Before(r.nextHello) {
-				every := r.helloInterval(x.since(now))
-				if x.watched != nil && x.watched(a) {
-					every = min(every, pathHello)
-				}
-				r.nextHello = now.Add(every)
-				hellos = append(hellos, a)
-			}
-			if d := r.isDirect(now, x.since(now)); d != r.direct {
-				r.direct, pathChanged = d, true
-			}
-			if !r.quietUntil.IsZero() && !now.Before(r.quietUntil) {
-				// Toward a peer it kept quiet with (see quietStart) and
-				// has still not heard from, the state goes as soon as
-				// the quiet ends, not at the next resend.
-				if x.waitsFor(a, r) {
-					x.owed[a] = true
-				}
-				r.quietUntil = time.Time{}
-			}
-			if x.repairDue(a, r, now) {
-				repair = append(repair, a)
-			}
-			if r.epoch != 0 && now.Sub(r.lastHeard) > HoldTime {
-				// Forget the peer: its next message starts afresh.
-				x.log.Info("peer silent, dropping its subscriptions", "peer", a, "silent_for", now.Sub(r.lastHeard).Round(time.Second))
-				*r = remote{mine: r.mine, parts: r.parts, mineGen: r.mineGen, lastHeard: r.lastHeard, health: r.health}
-				x.apply(a, false, nil)
-			}
-		}
-		x.mu.Unlock()
-		if pathChanged && x.pathed != nil {
-			x.pathed()
-		}
-		x.wakeSender()
-		for _, a := range hellos {
-			x.send(a, 0, sendFlags{ping: true})
-		}
-		if len(repair) > 0 && x.repair != nil {
-			x.log.Debug("repairing sessions that answer nothing", "peers", repair)
-			x.repair(repair, minRTO)
-		}
+		x.step()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// step sends hellos, owes unacknowledged states, forgets silent peers and
+// repairs sessions that answer nothing: one tick's work.
+func (x *Exchange) step() {
+	now := x.clock.Now()
+	x.mu.Lock()
+	var hellos, repair []netip.Addr
+	pathChanged := false
+	for a, r := range x.peers {
+		if (!r.ackedOK || r.acked != r.mineGen || r.requested) && r.mayResend(now) {
+			x.owed[a] = true
+		}
+		last := x.lastFrom(a, r)
+		silent := time.Duration(0)
+		if !last.IsZero() {
+			silent = now.Sub(last)
+		}
+		every := r.helloInterval(x.since(now), silent)
+		if x.watched != nil && x.watched(a) {
+			every = min(every, pathHello)
+		}
+		// Half a tick early is on time: a ticker's ticks are not
+		// exactly tickInterval apart.
+		if now.Sub(r.lastHello) >= every-tickInterval/2 {
+			r.lastHello = now
+			hellos = append(hellos, a)
+		}
+		if d := r.isDirect(now, x.since(now)); d != r.direct {
+			r.direct, pathChanged = d, true
+		}
+		if !r.quietUntil.IsZero() && !now.Before(r.quietUntil) {
+			// Toward a peer it kept quiet with (see quietStart) and
+			// has still not heard from, the state goes as soon as
+			// the quiet ends, not at the next resend.
+			if x.waitsFor(a, r) {
+				x.owed[a] = true
+			}
+			r.quietUntil = time.Time{}
+		}
+		if x.repairDue(a, r, now, last) {
+			repair = append(repair, a)
+		}
+		if r.epoch != 0 && now.Sub(r.lastHeard) > HoldTime {
+			// Forget the peer: its next message starts afresh.
+			x.log.Info("peer silent, dropping its subscriptions", "peer", a, "silent_for", now.Sub(r.lastHeard).Round(time.Second))
+			*r = remote{mine: r.mine, parts: r.parts, mineGen: r.mineGen, lastHeard: r.lastHeard, health: r.health}
+			x.apply(a, false, nil)
+		}
+	}
+	x.mu.Unlock()
+	if pathChanged && x.pathed != nil {
+		x.pathed()
+	}
+	x.wakeSender()
+	for _, a := range hellos {
+		x.send(a, 0, sendFlags{ping: true})
+	}
+	if len(repair) > 0 && x.repair != nil {
+		x.log.Debug("repairing sessions that answer nothing", "peers", repair)
+		x.repair(repair, minRTO)
 	}
 }
 
@@ -363,8 +383,9 @@ func (x *Exchange) receive(addr netip.Addr, b []byte) {
 		x.BadMessages.Add(1)
 		return
 	}
-	now := time.Now()
+	now := x.clock.Now()
 	r.lastHeard = now
+	r.heardFrom(now)
 	if m.Epoch != r.epoch {
 		// The peer (re)started: its state is to be learnt afresh. What it
 		// subscribed to before stays until the new state is complete.
@@ -526,7 +547,7 @@ type sendFlags struct{ want, ping, pong bool }
 func (x *Exchange) send(addr netip.Addr, part int, f sendFlags) {
 	x.mu.Lock()
 	r, ok := x.peers[addr]
-	now := time.Now()
+	now := x.clock.Now()
 	if !ok || part > len(r.parts) || x.quietToward(addr, r, now) {
 		x.mu.Unlock()
 		return

@@ -2,7 +2,6 @@ package peer
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/librecast/lcast/internal/clock"
 	"github.com/librecast/lcast/mld"
 )
 
@@ -69,6 +69,30 @@ func (w *wire) start(t *testing.T, cfg ExchangeConfig) *Exchange {
 
 func noState(netip.Addr) []mld.GroupState { return nil }
 
+// groupsBase and sourcesBase are the first of the groups and sources that
+// tests number.
+var groupsBase, sourcesBase = netip.MustParseAddr("ff1e::"), netip.MustParseAddr("2001:db8::")
+
+// numbered returns base with i in its last 32 bits: base::i>>16:i&0xffff
+// for a base that ends in ::.
+func numbered(base netip.Addr, i int) netip.Addr {
+	b := base.As16()
+	b[12], b[13], b[14], b[15] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
+	return netip.AddrFrom16(b)
+}
+
+// warp moves clk forward by d a tick at a time, with a moment of real
+// time after each for the goroutines that the tick wakes, so that a test
+// crosses seconds of the exchange's time in a fraction of one.
+func warp(clk *clock.Warp, d time.Duration) {
+	for d > 0 {
+		step := min(d, tickInterval)
+		clk.Advance(step)
+		d -= step
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func exclude(group string) []mld.GroupState {
 	return []mld.GroupState{{Group: netip.MustParseAddr(group), Mode: mld.Exclude, Sources: []netip.Addr{}, Hops: 1}}
 }
@@ -96,7 +120,7 @@ func TestPeerStateCapped(t *testing.T) {
 	sendState := func(from netip.Addr, n int) {
 		groups := make([]mld.GroupState, n)
 		for i := range groups {
-			groups[i] = mld.GroupState{Group: netip.MustParseAddr(fmt.Sprintf("ff1e::%x:%x", i>>16, i&0xffff)), Mode: mld.Exclude, Sources: []netip.Addr{}}
+			groups[i] = mld.GroupState{Group: numbered(groupsBase, i), Mode: mld.Exclude, Sources: []netip.Addr{}}
 		}
 		parts := SplitGroups(groups)
 		for i, p := range parts {
@@ -160,15 +184,15 @@ func TestExchangeStatePerPeer(t *testing.T) {
 	relay, y, z := addrA, addrB, addrC
 	var mu sync.Mutex
 	states := map[netip.Addr][]mld.GroupState{y: exclude("ff1e::1"), z: exclude("ff1e::2")}
-	w := newWire()
-	x := w.start(t, ExchangeConfig{Self: relay, Peers: []netip.Addr{y, z}, Relay: true, State: func(p netip.Addr) []mld.GroupState {
+	w, clk := newWire(), clock.NewWarp()
+	x := w.start(t, ExchangeConfig{Self: relay, Peers: []netip.Addr{y, z}, Relay: true, Clock: clk, State: func(p netip.Addr) []mld.GroupState {
 		mu.Lock()
 		defer mu.Unlock()
 		return states[p]
 	}})
 	got := map[netip.Addr]chan applied{y: make(chan applied, 8), z: make(chan applied, 8)}
 	for _, a := range []netip.Addr{y, z} {
-		w.start(t, ExchangeConfig{Self: a, Peers: []netip.Addr{relay}, Apply: func(p netip.Addr, r bool, groups []mld.GroupState) {
+		w.start(t, ExchangeConfig{Self: a, Peers: []netip.Addr{relay}, Clock: clk, Apply: func(p netip.Addr, r bool, groups []mld.GroupState) {
 			got[a] <- applied{p, r, groups}
 		}})
 	}
@@ -190,19 +214,21 @@ func TestExchangeStatePerPeer(t *testing.T) {
 	mu.Unlock()
 	x.Changed()
 	expect(z, "ff1e::3")
+	warp(clk, 2*HelloInterval)
 	select {
 	case s := <-got[y]:
 		t.Fatalf("%v applied %+v again, though its state did not change", y, s)
-	case <-time.After(2 * HelloInterval):
+	case <-time.After(50 * time.Millisecond):
 	}
 }
 
-// waitConnected waits until at's view of peer is connected (want) and
-// returns how long that took.
-func waitConnected(t *testing.T, x *Exchange, peer netip.Addr, want bool, within time.Duration) time.Duration {
+// waitConnected waits until x's view of peer, at clk's time, is
+// connected (want), and returns how long that took (in real time: the
+// clock is not moved).
+func waitConnected(t *testing.T, clk clock.Clock, x *Exchange, peer netip.Addr, want bool, within time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for !x.Health(peer).Connected(time.Now()) != !want {
+	for !x.Health(peer).Connected(clk.Now()) != !want {
 		if time.Since(start) > within {
 			t.Fatalf("%v: connected is not %v after %v (%+v)", peer, want, within, x.Health(peer))
 		}
@@ -212,25 +238,27 @@ func waitConnected(t *testing.T, x *Exchange, peer netip.Addr, want bool, within
 }
 
 // Connected means two-way traffic: cutting one direction makes both sides
-// say not connected, and mending it makes them connected again at once
-// (the unanswered side pings every fastHello).
+// say not connected once ConnectedWithin has passed, and mending it makes
+// them connected again at once (the unanswered side pings every
+// fastHello).
 func TestConnectedMeansBothWays(t *testing.T) {
-	w := newWire()
-	a := w.start(t, ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}})
-	b := w.start(t, ExchangeConfig{Self: addrB, Peers: []netip.Addr{addrA}})
-	t.Logf("connected after %v", waitConnected(t, a, addrB, true, 2*time.Second))
-	waitConnected(t, b, addrA, true, 2*time.Second)
+	w, clk := newWire(), clock.NewWarp()
+	a := w.start(t, ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}, Clock: clk})
+	b := w.start(t, ExchangeConfig{Self: addrB, Peers: []netip.Addr{addrA}, Clock: clk})
+	t.Logf("connected after %v", waitConnected(t, clk, a, addrB, true, 2*time.Second))
+	waitConnected(t, clk, b, addrA, true, 2*time.Second)
 
 	w.setCut(addrA, addrB, true)
-	t.Logf("A to B cut: A says not connected after %v", waitConnected(t, a, addrB, false, ConnectedWithin+time.Second))
-	waitConnected(t, b, addrA, false, ConnectedWithin+time.Second)
+	warp(clk, ConnectedWithin)
+	waitConnected(t, clk, a, addrB, false, time.Second)
+	waitConnected(t, clk, b, addrA, false, time.Second)
 
 	w.setCut(addrA, addrB, false)
 	for _, x := range []struct {
 		at   *Exchange
 		peer netip.Addr
 	}{{a, addrB}, {b, addrA}} {
-		if d := waitConnected(t, x.at, x.peer, true, time.Second); d > 500*time.Millisecond {
+		if d := waitConnected(t, clk, x.at, x.peer, true, time.Second); d > 500*time.Millisecond {
 			t.Errorf("connected again %v after the mend, want within 500 ms", d)
 		}
 	}
@@ -240,6 +268,7 @@ func TestConnectedMeansBothWays(t *testing.T) {
 // Repair mends the wire between the two nodes.
 type sessions struct {
 	w        *wire
+	clk      clock.Clock
 	self     netip.Addr
 	repaired atomic.Int32
 	first    chan time.Time
@@ -248,7 +277,7 @@ type sessions struct {
 func (s *sessions) Repair(addrs []netip.Addr, _ time.Duration) {
 	for _, a := range addrs {
 		if s.repaired.Add(1) == 1 {
-			s.first <- time.Now()
+			s.first <- s.clk.Now()
 		}
 		s.w.setCut(s.self, a, false)
 		s.w.setCut(a, s.self, false)
@@ -260,14 +289,14 @@ func (s *sessions) Repair(addrs []netip.Addr, _ time.Duration) {
 // unanswered ping; the other, which waits repairLag longer, finds the
 // session working and repairs nothing.
 func TestRepairUnansweredSession(t *testing.T) {
-	w := newWire()
+	w, clk := newWire(), clock.NewWarp()
 	w.setCut(addrA, addrB, true)
 	w.setCut(addrB, addrA, true)
-	lower := &sessions{w: w, self: addrA, first: make(chan time.Time, 1)}
-	higher := &sessions{w: w, self: addrB, first: make(chan time.Time, 1)}
-	start := time.Now()
-	a := w.start(t, ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}, Repair: lower.Repair})
-	w.start(t, ExchangeConfig{Self: addrB, Peers: []netip.Addr{addrA}, Repair: higher.Repair})
+	lower := &sessions{w: w, clk: clk, self: addrA, first: make(chan time.Time, 1)}
+	higher := &sessions{w: w, clk: clk, self: addrB, first: make(chan time.Time, 1)}
+	start := clk.Now()
+	a := w.start(t, ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}, Repair: lower.Repair, Clock: clk})
+	w.start(t, ExchangeConfig{Self: addrB, Peers: []netip.Addr{addrA}, Repair: higher.Repair, Clock: clk})
 	select {
 	case at := <-lower.first:
 		if d := at.Sub(start); d > minRTO+3*tickInterval {
@@ -276,8 +305,9 @@ func TestRepairUnansweredSession(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("the lower node never repaired")
 	}
-	t.Logf("connected %v after start", waitConnected(t, a, addrB, true, time.Second)+time.Since(start))
-	time.Sleep(repairLag + 2*minRTO) // past the higher node's turn
+	waitConnected(t, clk, a, addrB, true, time.Second)
+	t.Logf("connected %v after start", clk.Now().Sub(start))
+	warp(clk, repairLag+2*minRTO) // past the higher node's turn
 	if n := higher.repaired.Load(); n != 0 {
 		t.Errorf("the higher node repaired %d times after the lower one had", n)
 	}
@@ -328,7 +358,7 @@ func TestHostileStatesCapped(t *testing.T) {
 	}})
 	many := make([]netip.Addr, 100000)
 	for i := range many {
-		many[i] = netip.MustParseAddr(fmt.Sprintf("2001:db8::%x:%x", i>>16, i&0xffff))
+		many[i] = numbered(sourcesBase, i)
 	}
 	g := mld.GroupState{Group: netip.MustParseAddr("ff1e::1"), Mode: mld.Include}
 	var groups []mld.GroupState
@@ -368,26 +398,28 @@ func TestHostileStatesCapped(t *testing.T) {
 }
 
 // runStatesTo runs an exchange of A with the peer B, which never
-// acknowledges, while do runs, and returns the times A sent B its full
-// state.
-func runStatesTo(do func(x *Exchange)) []time.Time {
+// acknowledges, on the clock clk while do runs, and returns the times
+// (clk's) A sent B its full state.
+func runStatesTo(clk *clock.Warp, do func(x *Exchange)) []time.Time {
 	var mu sync.Mutex
 	var states []time.Time
 	x := NewExchange(ExchangeConfig{Self: addrA, Peers: []netip.Addr{addrB}, State: func(netip.Addr) []mld.GroupState { return exclude("ff1e::1") },
 		Send: func(_ netip.Addr, msg []byte) error {
 			if m, err := ParseMessage(msg); err == nil && m.Parts > 0 {
 				mu.Lock()
-				states = append(states, time.Now())
+				states = append(states, clk.Now())
 				mu.Unlock()
 			}
 			return nil
-		}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		}, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: clk})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { x.Run(ctx) })
 	do(x)
 	cancel()
 	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
 	return states
 }
 
@@ -395,15 +427,17 @@ func runStatesTo(do func(x *Exchange)) []time.Time {
 // less often (after minRTO, then twice as long each time), not every
 // second.
 func TestResendsBackOff(t *testing.T) {
-	states := runStatesTo(func(*Exchange) { time.Sleep(8 * time.Second) })
+	clk := clock.NewWarp()
+	states := runStatesTo(clk, func(*Exchange) { warp(clk, 8*time.Second) })
 	// Sent at 0, then again at about 0.25, 0.75, 1.75, 3.75 and 7.75 s:
 	// soon while a session may be under repair, then each wait twice the
-	// one before.
+	// one before (give or take the tick each is seen at, and one more for
+	// a goroutine that ran late).
 	if len(states) < 5 || len(states) > 7 {
 		t.Fatalf("%d full states in 8 s to a peer that never acknowledges, want 6 (0, 0.25, 0.75, 1.75, 3.75, 7.75 s)", len(states))
 	}
 	for i := 3; i < len(states); i++ {
-		if gap, before := states[i].Sub(states[i-1]), states[i-1].Sub(states[i-2]); gap < before*3/2 {
+		if gap, before := states[i].Sub(states[i-1]), states[i-1].Sub(states[i-2]); gap+2*tickInterval < before*3/2 {
 			t.Errorf("resend %d came %v after the one before, which came %v after its own: the wait does not double", i, gap, before)
 		}
 	}
@@ -414,14 +448,19 @@ func TestResendsBackOff(t *testing.T) {
 // message.
 func TestRestartsDoNotAmplify(t *testing.T) {
 	const flips, every = 100, 10 * time.Millisecond
-	states := runStatesTo(func(x *Exchange) {
+	clk := clock.NewWarp()
+	start := clk.Now()
+	var took time.Duration
+	states := runStatesTo(clk, func(x *Exchange) {
 		for i := range flips {
 			x.HandleControl(addrB, AppendMessage(nil, &Message{Want: true, Epoch: uint64(i + 1)}))
-			time.Sleep(every)
+			clk.Advance(every)
+			time.Sleep(time.Millisecond)
 		}
+		took = clk.Now().Sub(start)
 	})
-	if limit := int(flips*every/minRTO) + 2; len(states) > limit {
-		t.Fatalf("%d full states for %d new starts in %v, want at most %d (one per %v)", len(states), flips, flips*every, limit, minRTO)
+	if limit := int(took/minRTO) + 2; len(states) > limit {
+		t.Fatalf("%d full states for %d new starts in %v, want at most %d (one per %v)", len(states), flips, took, limit, minRTO)
 	}
 }
 
@@ -431,7 +470,7 @@ func TestRestartsDoNotAmplify(t *testing.T) {
 func TestStatesSentInTurn(t *testing.T) {
 	big := make([]mld.GroupState, 200000)
 	for i := range big {
-		big[i] = mld.GroupState{Group: netip.MustParseAddr(fmt.Sprintf("ff1e::%x:%x", i>>16, i&0xffff)), Mode: mld.Exclude, Sources: []netip.Addr{}}
+		big[i] = mld.GroupState{Group: numbered(groupsBase, i), Mode: mld.Exclude, Sources: []netip.Addr{}}
 	}
 	w := newWire()
 	done := make(chan netip.Addr, 4)
@@ -455,39 +494,5 @@ func TestStatesSentInTurn(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no state applied")
-	}
-}
-
-// On a lossy path a ping and a hello are lost together now and then: a
-// peer heard from 1.1 s ago whose ping just went overdue is not repaired
-// until its fast pings had lossyGrace to come back; one silent for longer
-// (a partition) or never heard from is repaired as soon as its ping is
-// overdue.
-func TestRepairWaitsOnLossyPath(t *testing.T) {
-	start := time.Now()
-	x := &Exchange{self: addrA, started: start}
-	for _, c := range []struct {
-		name   string
-		silent time.Duration // since the peer was last heard from; 0: never
-		over   time.Duration // how long the ping has been overdue
-		repair bool
-	}{
-		{"lossy, just overdue", 1100 * time.Millisecond, 50 * time.Millisecond, false},
-		{"lossy, past the grace", 1100 * time.Millisecond, lossyGrace + 50*time.Millisecond, true},
-		{"partitioned", 3 * time.Second, 50 * time.Millisecond, true},
-		{"never heard", 0, 50 * time.Millisecond, true},
-		{"heard within a second", 900 * time.Millisecond, lossyGrace + 50*time.Millisecond, false},
-	} {
-		now := start.Add(10 * time.Second)
-		r := &remote{}
-		if c.silent > 0 {
-			r.lastHeard = now.Add(-c.silent)
-		}
-		// The oldest unanswered ping went out rto+over ago (floorRTT 0:
-		// rto is minRTO).
-		r.unacked = stampOf(x.since(now) - minRTO - c.over)
-		if got := x.repairDue(addrB, r, now); got != c.repair {
-			t.Errorf("%s: repair %v, want %v", c.name, got, c.repair)
-		}
 	}
 }

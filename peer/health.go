@@ -11,27 +11,60 @@ import (
 // restarted drops what the old session sends. So every node measures each
 // session with its own control messages: every hello is a ping, which the
 // peer answers at once with a pong, and every message echoes the newest
-// stamp the sender heard. A ping unanswered for longer than the
-// retransmission timeout (rto) means the session carries nothing; the node
-// then repairs it (a new handshake, ExchangeConfig.Repair: Transport.Repair)
-// at once, and again after the rto, then after twice as long each time
-// while it stays broken: up to fastRepairMax for a peer heard from
-// within lostRecently (a healed partition carries data again within about
-// that long), up to slowRepairMax (WireGuard's own retry) for one gone
-// longer, so that dead peers cost little. The node with the higher
-// address retries at most every higherRepairMax. A peer heard from within
-// silentBeforeRepair is not repaired, unless already repaired: its
-// session works, and only pongs were lost; one heard from within twice
-// that gets lossyGrace more for its fast pings to come back (on a lossy
-// path, a lost ping and a lost hello are common, and a repair costs the
-// session's keys). At a simultaneous start or a
-// healed partition both sides notice together; the node with the higher
-// overlay address waits repairLag longer, so that their handshakes do not
-// cross again.
+// stamp the sender heard.
+//
+// A repair (a new handshake, ExchangeConfig.Repair: Transport.Repair)
+// expires the session's keys: nothing flows until the new handshake has
+// crossed the path, half a second or more on a slow, lossy one. So a
+// session that carries anything from the peer is never repaired: a peer
+// heard from (any packet: the transport authenticated it) has a session
+// that works, at least toward this node, and if it does not hear this
+// node, it is the one to repair. A session is repaired only when the peer
+// has truly gone silent, which takes evidence, not one lost ping:
+//
+//   - once the peer has been silent for probeAfter, the node probes it
+//     with a ping every fastHello (as it does while a ping is overdue);
+//   - it repairs only when the peer has been silent for
+//     silentBeforeRepair and repairPings pings sent since it was last
+//     heard from went unanswered for rto each.
+//
+// Why this is enough: on a path that loses 10% each way, a round trip
+// fails with p = 1-0.9*0.9 = 0.19. Five unanswered pings alone happen to a
+// working session with p^5 = 2.5e-4; but a second of silence also means
+// that every probe sent from probeAfter until a round trip before the
+// second ended failed (at least six, 100 ms apart, on a path of 50 ms each
+// way: p^6 = 4.7e-5) and that the hello the peer sends every second was
+// lost too (0.1): 4.7e-6 for each silence that reaches probeAfter. Those
+// start about twice a second (each answered probe ends one), so such a
+// session would be repaired about once a day of continuous loss; the
+// simulation (TestLossyPathNotRepaired) finds it rarer still, 6 repairs in
+// 500 hours, where the rule before (repair when a ping went unanswered
+// past the rto and a hello was lost) did 2.3 a minute. A black hole is
+// repaired as soon as both conditions hold: the fifth probe goes out at
+// about 0.65-0.7 s of silence and is overdue an rto later, so the silence
+// of silentBeforeRepair decides: within 1 s and a tick of the peer's last
+// packet (TestSilentPeerRepaired). Probing costs little: a peer that sends
+// nothing but control messages is pinged about twice a second, not once.
+//
+// A peer never heard from has no session to lose: it is repaired as soon
+// as a ping to it is overdue (unanswered for longer than the rto), which
+// mends crossed handshakes at a cold start within about a quarter of a
+// second.
+//
+// While a session stays broken it is repaired again after the rto, then
+// after twice as long each time: up to fastRepairMax for a peer heard
+// from within lostRecently (a healed partition carries data again within
+// about that long), up to slowRepairMax (WireGuard's own retry) for one
+// gone longer, so that dead peers cost little. The node with the higher
+// address retries at most every higherRepairMax. At a simultaneous start
+// or a healed partition both sides notice together; the node with the
+// higher overlay address waits repairLag longer, so that their handshakes
+// do not cross again.
 const (
 	// tickInterval is how often the exchange looks at its peers' health.
 	tickInterval = 50 * time.Millisecond
-	// fastHello is the hello interval toward a peer that has not answered.
+	// fastHello is the hello interval toward a peer that has not
+	// answered, is overdue or is being probed.
 	fastHello = 100 * time.Millisecond
 	// pathHello is the hello interval toward a peer whose direct path is
 	// watched (ExchangeConfig.Watched).
@@ -50,13 +83,15 @@ const (
 	// retry: rarer than the other's, so that their retries seldom cross.
 	higherRepairMax = 2 * time.Second
 	lostRecently    = time.Minute
-	// silentBeforeRepair is how long a peer must have sent nothing before
-	// its session is repaired.
+	// probeAfter is how long a peer may send nothing before it is
+	// probed with a ping every fastHello: as long as a ping may go
+	// unanswered at least.
+	probeAfter = minRTO
+	// silentBeforeRepair is how long a peer that was heard from must have
+	// sent nothing before its session is repaired, and repairPings how
+	// many pings sent since must have gone unanswered for the rto.
 	silentBeforeRepair = time.Second
-	// lossyGrace is how much longer a ping may go unanswered, for a peer
-	// heard from within twice silentBeforeRepair, before its session is
-	// repaired: three fast hellos' worth (see repairDue).
-	lossyGrace = 3 * fastHello
+	repairPings        = 5
 	// minPongGap limits the pongs to one peer.
 	minPongGap = 10 * time.Millisecond
 	// ConnectedWithin is how recently a peer must have been heard from,
@@ -91,9 +126,15 @@ type health struct {
 	srtt       time.Duration // smoothed round trip of pings
 	floorRTT   time.Duration // the least round trip, rising slowly (see echoed)
 	lastPong   time.Duration
-	nextHello  time.Time
+	lastHello  time.Time
 	nextRepair time.Time
 	repairWait time.Duration // from the last repair to the next, 0 before one
+	// heardAt is when the peer was last heard from, as the probes know
+	// it; probes counts the pings sent since, and nthProbe is when the
+	// repairPings-th of them went (since the exchange's start).
+	heardAt  time.Time
+	probes   int
+	nthProbe time.Duration
 }
 
 // stampOf turns a time since the exchange's start into a stamp.
@@ -110,6 +151,25 @@ func (h *health) pinged(stamp uint64) {
 	if h.unacked == 0 {
 		h.unacked = stamp
 	}
+	if h.probes++; h.probes == repairPings {
+		h.nthProbe = stampTime(stamp)
+	}
+}
+
+// heardFrom notes that the peer was heard from at t (any packet): the
+// pings sent before t count as answered, and the repairs of a broken
+// session start again from the rto.
+func (h *health) heardFrom(t time.Time) {
+	if t.After(h.heardAt) {
+		h.heardAt, h.probes, h.repairWait = t, 0, 0
+	}
+}
+
+// probesUnanswered reports whether, at now (since the exchange's start),
+// repairPings pings sent since the peer was last heard from went
+// unanswered for longer than the rto.
+func (h *health) probesUnanswered(now time.Duration) bool {
+	return h.probes >= repairPings && now-h.nthProbe > h.rto()
 }
 
 // echoed takes the echo of m, a message from the peer that knows this
@@ -154,48 +214,55 @@ func (h *health) overdue(now, lag time.Duration) bool {
 	return h.unacked != 0 && now-stampTime(h.unacked) > h.rto()+lag
 }
 
-// helloInterval is the time to the next hello: fastHello toward a peer
-// that never answered or is overdue.
-func (h *health) helloInterval(now time.Duration) time.Duration {
-	if h.answered == 0 || h.overdue(now, 0) {
+// helloInterval is the time from one hello to the next, at now (since
+// the exchange's start), toward a peer that has sent nothing for silent
+// (0 if it never did): fastHello toward a peer that never answered, is
+// overdue, or has been silent for longer than probeAfter (the probes).
+func (h *health) helloInterval(now, silent time.Duration) time.Duration {
+	if h.answered == 0 || h.overdue(now, 0) || silent > probeAfter {
 		return fastHello
 	}
 	return HelloInterval
 }
 
-// repairDue reports whether the session with the peer at addr is to be
-// repaired now, and if so notes it.
-func (x *Exchange) repairDue(addr netip.Addr, r *remote, now time.Time) bool {
-	var lag time.Duration
-	most := slowRepairMax
-	if now.Sub(r.lastHeard) < lostRecently {
-		most = fastRepairMax
-	}
-	if x.self.Compare(addr) > 0 {
-		lag, most = repairLag, max(most, higherRepairMax)
-	}
-	// A peer heard from lately (any packet: the transport authenticated
-	// it) has a session that works, at least toward this node: its pongs
-	// were lost (to overload or a flood, say), and a new handshake would
-	// only stop what flows.
+// lastFrom returns when the peer at addr was last heard from (any packet:
+// a control message or, through LastRx, any other), zero if never, and
+// notes it in r's probes.
+func (x *Exchange) lastFrom(addr netip.Addr, r *remote) time.Time {
 	last := r.lastHeard
 	if x.lastRx != nil {
 		if rx := x.lastRx(addr); rx.After(last) {
 			last = rx
 		}
 	}
-	// Once repaired, though, its keys are gone: it is repaired again until
-	// it answers.
-	heard := now.Sub(last) < silentBeforeRepair && r.repairWait == 0
-	// A peer heard from just before that (within twice as long) most
-	// likely lost one ping and one hello: the fast pings sent since the
-	// ping went overdue get lossyGrace to come back before the session,
-	// which works, loses its keys. (A peer never heard from, or silent
-	// for longer, as after a partition, is repaired at once.)
-	if now.Sub(last) < 2*silentBeforeRepair && r.repairWait == 0 {
-		lag += lossyGrace
+	r.heardFrom(last)
+	return last
+}
+
+// repairDue reports whether the session with the peer at addr, last heard
+// from at last (zero if never), is to be repaired now, and if so notes
+// it.
+func (x *Exchange) repairDue(addr netip.Addr, r *remote, now, last time.Time) bool {
+	var lag time.Duration
+	most := slowRepairMax
+	if !last.IsZero() && now.Sub(last) < lostRecently {
+		most = fastRepairMax
 	}
-	if !r.overdue(x.since(now), lag) || heard || now.Before(r.nextRepair) {
+	if x.self.Compare(addr) > 0 {
+		lag, most = repairLag, max(most, higherRepairMax)
+	}
+	since := x.since(now)
+	switch {
+	case now.Before(r.nextRepair):
+		return false
+	case last.IsZero():
+		// Never heard from: nothing to lose.
+		if !r.overdue(since, lag) {
+			return false
+		}
+	case now.Sub(last) < silentBeforeRepair+lag || !r.probesUnanswered(since):
+		// Heard from lately, or not yet probed enough: its session may
+		// well work.
 		return false
 	}
 	r.repairWait = min(max(2*r.repairWait, r.rto()), max(most, r.rto()))

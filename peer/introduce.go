@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/librecast/lcast/internal/clock"
 	"golang.org/x/time/rate"
 )
 
@@ -74,6 +75,9 @@ type IntroductionsConfig struct {
 	// directly changed.
 	Changed, DirectChanged func()
 	Log                    *slog.Logger
+	// Clock is what the introductions' timers and times read; nil is
+	// clock.Real. (The pacing, introRate, runs on real time.)
+	Clock clock.Clock
 }
 
 // Introductions asks this node's introducers to introduce it, keeps what
@@ -81,6 +85,7 @@ type IntroductionsConfig struct {
 // which peers this node reaches directly. Run runs it.
 type Introductions struct {
 	cfg   IntroductionsConfig
+	clock clock.Clock
 	wake  chan struct{}
 	inbox chan inbound
 	pace  *rate.Limiter
@@ -110,7 +115,7 @@ type Introduced struct {
 
 // NewIntroductions returns the introductions of cfg.
 func NewIntroductions(cfg IntroductionsConfig) *Introductions {
-	return &Introductions{cfg: cfg, wake: make(chan struct{}, 1), inbox: make(chan inbound, introInboxLen),
+	return &Introductions{cfg: cfg, clock: clock.Or(cfg.Clock), wake: make(chan struct{}, 1), inbox: make(chan inbound, introInboxLen),
 		pace: rate.NewLimiter(introRate, introBurst), askers: map[netip.Addr]time.Time{},
 		answers: map[netip.Addr]time.Time{}, full: map[netip.Addr]sentList{}, from: map[netip.Addr]*list{}, directs: map[netip.Addr]*list{}}
 }
@@ -189,12 +194,12 @@ func (in *Introductions) poke() {
 // IntroducedHold, and tells every asker when what this node introduces
 // changes, until ctx is done.
 func (in *Introductions) Run(ctx context.Context) {
-	t := time.NewTicker(introTick)
+	t := in.clock.NewTicker(introTick)
 	defer t.Stop()
 	asked, directSent := map[netip.Addr]time.Time{}, time.Time{}
 	var nextTell time.Time
 	for {
-		now := time.Now()
+		now := in.clock.Now()
 		in.ask(ctx, now, asked)
 		directSent = in.sendDirect(ctx, now, directSent)
 		in.expire(now)
@@ -282,7 +287,7 @@ func (in *Introductions) take(lists map[netip.Addr]*list, from netip.Addr, m *in
 		l = &list{}
 		lists[from] = l
 	}
-	return l.take(m, time.Now())
+	return l.take(m, in.clock.Now())
 }
 
 // asked answers the ask of the peer at from, which has the list have of
@@ -294,7 +299,7 @@ func (in *Introductions) asked(ctx context.Context, from netip.Addr, have uint64
 		in.Untrusted.Add(1)
 		return
 	}
-	now := time.Now()
+	now := in.clock.Now()
 	in.mu.Lock()
 	_, known := in.askers[from]
 	in.askers[from] = now
@@ -451,7 +456,7 @@ func (in *Introductions) tell(ctx context.Context) {
 	}
 	in.listed = members
 	askers := slices.Collect(maps.Keys(in.askers))
-	now := time.Now()
+	now := in.clock.Now()
 	id := listID(members)
 	for _, a := range askers {
 		in.answers[a], in.full[a] = now, sentList{id, now}

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/librecast/lcast/internal/clock"
 )
 
 func TestIntroductionMessage(t *testing.T) {
@@ -44,6 +46,7 @@ func TestIntroductionMessage(t *testing.T) {
 // net wires Introductions together in-process, as the transport would:
 // messages go from one node's Send to the other's HandleControl.
 type introNet struct {
+	clk   clock.Clock // the nodes' (nil: clock.Real)
 	mu    sync.Mutex
 	nodes map[netip.Addr]*Introductions
 }
@@ -87,7 +90,7 @@ func (net *introNet) add(t *testing.T) *introNode {
 	n := &introNode{key: k.PublicKey(), addr: OverlayAddr(k.PublicKey()), listed: map[netip.Addr]Member{}}
 	n.in = NewIntroductions(IntroductionsConfig{Self: n.key, Send: net.send(n.addr), Seen: n.seen, Introducers: n.introducers,
 		Lists: func(a netip.Addr) bool { _, ok := n.seen()[a]; return ok }, Relays: n.introducers,
-		Changed: func() {}, DirectChanged: func() {}, Log: slog.New(slog.DiscardHandler)})
+		Changed: func() {}, DirectChanged: func() {}, Log: slog.New(slog.DiscardHandler), Clock: net.clk})
 	net.mu.Lock()
 	net.nodes[n.addr] = n.in
 	net.mu.Unlock()
@@ -106,7 +109,8 @@ func TestIntroductions(t *testing.T) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	net := &introNet{nodes: map[netip.Addr]*Introductions{}}
+	clk := clock.NewWarp()
+	net := &introNet{clk: clk, nodes: map[netip.Addr]*Introductions{}}
 	hub, a, b, outsider := net.add(t), net.add(t), net.add(t), net.add(t)
 	epA, epB := netip.MustParseAddrPort("[2001:db8:a::1]:51820"), netip.MustParseAddrPort("[2001:db8:b::1]:1024")
 	hub.listed[a.addr] = Member{PublicKey: a.key, Endpoint: epA}
@@ -117,9 +121,11 @@ func TestIntroductions(t *testing.T) {
 	for _, n := range []*introNode{hub, a, b, outsider} {
 		wg.Go(func() { n.in.Run(ctx) })
 	}
+	// wait waits for cond, moving the clock on meanwhile (the asks,
+	// answers and tellings are spaced by hundreds of milliseconds).
 	wait := func(what string, cond func() bool) {
 		t.Helper()
-		for deadline := time.Now().Add(3 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		for deadline := time.Now().Add(3 * time.Second); !cond(); warpIntro(clk) {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s: a knows %v, b %v", what, keysOf(a.in.Introduced(a.introducers())), keysOf(b.in.Introduced(b.introducers())))
 			}
@@ -173,7 +179,7 @@ func TestIntroductions(t *testing.T) {
 	hub.listed[b.addr] = Member{PublicKey: b.key, Endpoint: epB}
 	hub.mu.Unlock()
 	wait("b back", func() bool { return len(a.in.Introduced(a.introducers())) == 1 })
-	a.in.expire(time.Now().Add(IntroducedHold + time.Second))
+	a.in.expire(clk.Now().Add(IntroducedHold + time.Second))
 	if got := a.in.Introduced(a.introducers()); len(got) != 0 {
 		t.Fatalf("after the hold a knows %v", keysOf(got))
 	}
@@ -183,6 +189,13 @@ func TestIntroductions(t *testing.T) {
 	if got := b.in.Introduced(b.introducers()); len(got) != 0 {
 		t.Fatalf("with no introducer b knows %v", keysOf(got))
 	}
+}
+
+// warpIntro moves clk on by half an introTick, with a moment of real
+// time for the goroutines that wakes.
+func warpIntro(clk *clock.Warp) {
+	clk.Advance(introTick / 2)
+	time.Sleep(2 * time.Millisecond)
 }
 
 func testKey(t *testing.T) Key {

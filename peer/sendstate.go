@@ -132,7 +132,7 @@ func (x *Exchange) sendPart(o *outgoing) bool {
 	}
 	x.mu.Lock()
 	if r, ok := x.peers[o.addr]; ok && r.mineGen == o.gen {
-		r.resend.sent(time.Now())
+		r.resend.sent(x.clock.Now())
 	}
 	x.mu.Unlock()
 	return false

@@ -80,7 +80,7 @@ type Daemon struct {
 	// What New starts and Serve stops: the control and metrics servers,
 	// and the node's goroutines (stop cancels them, wg waits for them).
 	ln         net.Listener
-	srv        *http.Server
+	srv        *control.Server
 	metricsSrv *metrics.Server
 	stop       context.CancelFunc
 	wg         sync.WaitGroup
@@ -187,6 +187,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, host Host, l
 		Changed:       d.introductionsChanged,
 		DirectChanged: d.directChanged,
 		Log:           log,
+		Clock:         d.clock,
 	})
 
 	// What start-up made is undone, last first, if a later step fails.
