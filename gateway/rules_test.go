@@ -290,33 +290,51 @@ func TestScriptNftCheck(t *testing.T) {
 // the kernel, change nothing) in a new network namespace that has the
 // interfaces devs. `dup ... device` needs its device to exist (nft says
 // "Interface does not exist"; iifname does not), and this test's kernels
-// have no dummy module, so each is one end of a veth pair. It skips
-// without root, unshare, ip or nft.
+// have no dummy module, so each is one end of a veth pair. The check is a
+// subtest of its own, "nft -c", which skips with the reason when it cannot
+// run here (see requireNftCheck), so that the caller's checks of the
+// script's text run, and count, everywhere.
 func nftCheck(t *testing.T, script string, devs ...string) {
 	t.Helper()
+	t.Run("nft -c", func(t *testing.T) {
+		requireNftCheck(t)
+		var sh strings.Builder
+		sh.WriteString("set -e\n")
+		for i, d := range devs {
+			fmt.Fprintf(&sh, "ip link add '%s' type veth peer name peer%d\n", d, i)
+		}
+		sh.WriteString("exec nft -c -f -\n")
+		cmd := exec.Command("unshare", "--net", "sh", "-c", sh.String())
+		cmd.Stdin = strings.NewReader(script)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("nft -c: %v\n%s\nscript:\n%s", err, bytes.TrimSpace(out), script)
+		}
+	})
+}
+
+// requireNftCheck skips the test, saying why, unless it can check a
+// script with nft in a throwaway network namespace: it needs root, the
+// commands unshare, ip and nft, and a kernel that lets it make the
+// namespace. Under CI (CI set in the environment), which runs as root, it
+// fails instead, so that nothing is skipped there unnoticed.
+func requireNftCheck(t *testing.T) {
+	t.Helper()
+	cannot := func(reason string) {
+		t.Helper()
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI must check the script with nft, but %s", reason)
+		}
+		t.Skipf("nft check skipped: %s", reason)
+	}
 	if os.Geteuid() != 0 {
-		t.Log("nft check skipped: needs root for a network namespace")
-		return
+		cannot("it needs root, to make a network namespace with the script's interfaces")
 	}
 	for _, cmd := range []string{"unshare", "ip", "nft"} {
 		if _, err := exec.LookPath(cmd); err != nil {
-			t.Logf("nft check skipped: no %s", cmd)
-			return
+			cannot(cmd + " is not installed")
 		}
 	}
 	if out, err := exec.Command("unshare", "--net", "true").CombinedOutput(); err != nil {
-		t.Logf("nft check skipped: cannot make a network namespace: %v %s", err, out)
-		return
-	}
-	var sh strings.Builder
-	sh.WriteString("set -e\n")
-	for i, d := range devs {
-		fmt.Fprintf(&sh, "ip link add '%s' type veth peer name peer%d\n", d, i)
-	}
-	sh.WriteString("exec nft -c -f -\n")
-	cmd := exec.Command("unshare", "--net", "sh", "-c", sh.String())
-	cmd.Stdin = strings.NewReader(script)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("nft -c: %v\n%s\nscript:\n%s", err, bytes.TrimSpace(out), script)
+		cannot(fmt.Sprintf("cannot make a network namespace: %v %s", err, bytes.TrimSpace(out)))
 	}
 }

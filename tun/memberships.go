@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"syscall"
@@ -22,7 +23,9 @@ const ifaddrmsgLen = 8
 // address when its first socket joins and when its last one leaves, at
 // once; its MLD reports follow several milliseconds later, and only they
 // carry source filters. It returns an error if the kernel offers no such
-// announcements; otherwise it watches in a goroutine until ctx is done.
+// announcements or the interface is closed; otherwise it watches in a
+// goroutine until ctx is done or Close, which waits for it (so fn must not
+// wait for Close). fn is called from that one goroutine.
 // Announcements the kernel drops when its queue overflows are lost: they
 // are hints, and the MLD reports stay authoritative.
 func (ifc *Interface) WatchMemberships(ctx context.Context, fn func(group netip.Addr, joined bool)) error {
@@ -39,32 +42,45 @@ func (ifc *Interface) WatchMemberships(ctx context.Context, fn func(group netip.
 		return fmt.Errorf("subscribing to multicast address announcements: %w", err)
 	}
 	f := os.NewFile(uintptr(fd), "rtnetlink") // reads through Go's poller; Close ends them
-	go func() {
-		<-ctx.Done()
+	ifc.mu.Lock()
+	defer ifc.mu.Unlock()
+	if ifc.closing {
 		f.Close()
-	}()
-	go func() {
-		buf := make([]byte, 1<<16)
-		for {
-			n, err := f.Read(buf)
-			if errors.Is(err, os.ErrClosed) {
-				return
-			}
-			if err != nil {
-				continue // ENOBUFS: announcements were dropped
-			}
-			msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-			if err != nil {
-				continue
-			}
-			for _, m := range msgs {
-				if group, joined, ok := ifc.parseMembership(m); ok {
-					fn(group, joined)
-				}
+		return fmt.Errorf("watching memberships of %s: %w", ifc.cfg.Name, net.ErrClosed)
+	}
+	ifc.watchers.Go(func() {
+		select {
+		case <-ctx.Done():
+		case <-ifc.stop:
+		}
+		f.Close()
+	})
+	ifc.watchers.Go(func() { ifc.readMemberships(f, fn) })
+	return nil
+}
+
+// readMemberships reads rtnetlink's announcements from f and passes on
+// those of this interface, until f is closed.
+func (ifc *Interface) readMemberships(f *os.File, fn func(group netip.Addr, joined bool)) {
+	buf := make([]byte, 1<<16)
+	for {
+		n, err := f.Read(buf)
+		if errors.Is(err, os.ErrClosed) {
+			return
+		}
+		if err != nil {
+			continue // ENOBUFS: announcements were dropped
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			continue
+		}
+		for _, m := range msgs {
+			if group, joined, ok := ifc.parseMembership(m); ok {
+				fn(group, joined)
 			}
 		}
-	}()
-	return nil
+	}
 }
 
 // parseMembership decodes an RTM_NEWMULTICAST or RTM_DELMULTICAST message

@@ -2,12 +2,14 @@ package tun
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/librecast/lcast/internal/netlab"
+	"go.uber.org/goleak"
 )
 
 type membership struct {
@@ -58,5 +60,31 @@ func TestWatchMemberships(t *testing.T) {
 	c.Close()
 	if e := next(); e != (membership{group, false}) {
 		t.Fatalf("after a leave: %+v", e)
+	}
+}
+
+// Close ends the watchers of an interface whose context is never done,
+// and waits for them; a watch asked for after Close is refused.
+func TestCloseEndsWatchers(t *testing.T) {
+	if !netlab.Isolate(t) {
+		return
+	}
+	before := goleak.IgnoreCurrent()
+	ifc, err := Open(testCfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ifc.Close()
+	for range 2 {
+		if err := ifc.WatchMemberships(context.Background(), func(netip.Addr, bool) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ifc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	goleak.VerifyNone(t, before)
+	if err := ifc.WatchMemberships(context.Background(), func(netip.Addr, bool) {}); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("WatchMemberships after Close: %v, want net.ErrClosed", err)
 	}
 }

@@ -60,6 +60,16 @@ type Interface struct {
 	index   int
 	log     *slog.Logger
 
+	// drained is closed when the goroutine that drains wireguard-go's
+	// events has returned: after the device closed.
+	drained chan struct{}
+	// mu guards closing and the starts of watchers: none starts once
+	// Close has begun.
+	mu       sync.Mutex
+	closing  bool
+	stop     chan struct{}  // closed by Close: ends the watchers
+	watchers sync.WaitGroup // WatchMemberships' goroutines
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -79,11 +89,13 @@ func Open(cfg Config, log *slog.Logger) (ifc *Interface, err error) {
 	if err != nil {
 		return nil, explainCreate(cfg.Name, err)
 	}
-	ifc = &Interface{Device: device{dev}, Adopted: adopted, cfg: cfg, log: log}
+	ifc = &Interface{Device: device{dev}, Adopted: adopted, cfg: cfg, log: log,
+		drained: make(chan struct{}), stop: make(chan struct{})}
 	// wireguard-go's link watchers send up/down and MTU events and block
 	// once nobody reads them; lcast needs none, so they are drained until
-	// Close ends the watchers.
+	// closing the device ends the watchers, which close the channel.
 	go func() {
+		defer close(ifc.drained)
 		for range dev.Events() {
 		}
 	}()
@@ -96,7 +108,9 @@ func Open(cfg Config, log *slog.Logger) (ifc *Interface, err error) {
 		if err != nil && !adopted {
 			ifc.Close()
 		} else if err != nil {
+			ifc.stopWatchers()
 			dev.Close() // leave the adopted interface as we found it
+			<-ifc.drained
 		}
 	}()
 	if err := ifc.setPersist(true); err != nil {
@@ -183,12 +197,31 @@ func (ifc *Interface) addRoutes() error {
 	return nil
 }
 
-// Close removes the routes, the address and the interface. It is what a clean
-// stop does; after a crash the interface stays, persistent, for the next start.
-// Reads and writes in progress return os.ErrClosed. Close is idempotent.
+// Close stops the membership watchers (waiting for a call of their
+// function under way to return), then removes the routes, the address
+// and the interface, and returns once the goroutines the interface
+// started have returned. It is what a clean stop does; after a crash the
+// interface stays, persistent, for the next start. Reads and writes in
+// progress return os.ErrClosed. Close is idempotent.
 func (ifc *Interface) Close() error {
-	ifc.closeOnce.Do(func() { ifc.closeErr = ifc.remove() })
+	ifc.closeOnce.Do(func() {
+		ifc.stopWatchers()
+		ifc.closeErr = ifc.remove()
+		<-ifc.drained
+	})
 	return ifc.closeErr
+}
+
+// stopWatchers ends the membership watchers and waits for them; none
+// starts after it.
+func (ifc *Interface) stopWatchers() {
+	ifc.mu.Lock()
+	if !ifc.closing {
+		ifc.closing = true
+		close(ifc.stop)
+	}
+	ifc.mu.Unlock()
+	ifc.watchers.Wait()
 }
 
 func (ifc *Interface) remove() error {

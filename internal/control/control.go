@@ -20,6 +20,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/librecast/lcast/internal/httpserve"
 )
 
 // StatusPath is the API path of the daemon's status.
@@ -89,11 +91,30 @@ type StatusFunc func() Status
 // if the configuration is invalid or cannot be applied.
 type ReloadFunc func(ctx context.Context) (string, error)
 
+// Server is the control API's HTTP server (see NewServer).
+type Server = httpserve.Server
+
 // NewServer returns an HTTP server for the control API, to serve a listener
 // from Listen (which lets only root's connections through): GET StatusPath
 // and the profiler, and POST ReloadPath (if reload is not nil). Unknown
-// paths get 404; other methods 405.
-func NewServer(status StatusFunc, reload ReloadFunc, log *slog.Logger) *http.Server {
+// paths get 404; other methods 405. Its Shutdown and Close return only
+// once no handler runs: a request still under way when Shutdown's context
+// ends has its context cancelled (a profile stops, a reload that waits
+// to be applied gives up), so reload must return once its context is done
+// and status must not block.
+func NewServer(status StatusFunc, reload ReloadFunc, log *slog.Logger) *Server {
+	return httpserve.New(&http.Server{
+		Handler:           handler(status, reload, log),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      70 * time.Second, // a CPU profile takes its time
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	})
+}
+
+// handler returns the control API's handler (see NewServer).
+func handler(status StatusFunc, reload ReloadFunc, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	// Go's profiler, for operators chasing where the time goes:
 	// curl --unix-socket SOCKET http://lcast/debug/pprof/profile?seconds=10
@@ -116,14 +137,7 @@ func NewServer(status StatusFunc, reload ReloadFunc, log *slog.Logger) *http.Ser
 			fmt.Fprintln(w, msg)
 		})
 	}
-	return &http.Server{
-		Handler:           limitBody(mux),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      70 * time.Second, // a CPU profile takes its time
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
+	return limitBody(mux)
 }
 
 // limitBody bounds what a request body may hold.

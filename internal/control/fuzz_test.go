@@ -19,7 +19,7 @@ func FuzzRequest(f *testing.F) {
 	f.Add([]byte("GET /v1/../v1/status?x=%zz HTTP/1.0\r\n\r\n"))
 	// A hang CI found: "seconds" percent-encoded.
 	f.Add([]byte("GET /debug/pprof/heap?second%73=3 HTTP/1.1\r\nHost: lcast\r\n\r\n"))
-	h := NewServer(func() Status { return Status{Interface: "lc0"} }, nil, slog.New(slog.DiscardHandler)).Handler
+	h := handler(func() Status { return Status{Interface: "lc0"} }, nil, slog.New(slog.DiscardHandler))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
 		if err != nil {

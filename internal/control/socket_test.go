@@ -176,3 +176,45 @@ func TestSquatter(t *testing.T) {
 		t.Fatalf("GetStatus from the daemon's default socket: %+v, %v", st, err)
 	}
 }
+
+// A reload still waiting when Shutdown's grace period ends has its
+// context cancelled, and Shutdown returns only after its handler did: no
+// handler outlives the server.
+func TestShutdownEndsWaitingReload(t *testing.T) {
+	path := abstractName(t)
+	ln, err := listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	var returned atomic.Bool
+	srv := NewServer(func() Status { return Status{} }, func(ctx context.Context) (string, error) {
+		close(started)
+		<-ctx.Done()                      // the daemon's loop has stopped taking reloads
+		time.Sleep(50 * time.Millisecond) // and the handler takes a while to return
+		returned.Store(true)
+		return "", ctx.Err()
+	}, slog.New(slog.DiscardHandler))
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(newGuard(ln, fakeUID(0), MaxConns)) }()
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := call(context.Background(), path, client(path, fakeUID(0)), http.MethodPost, ReloadPath)
+		reloaded <- err
+	}()
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown: %v, want context.DeadlineExceeded", err)
+	}
+	if !returned.Load() {
+		t.Fatal("Shutdown returned while the reload's handler ran")
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		t.Fatalf("Serve: %v, want http.ErrServerClosed", err)
+	}
+	if err := <-reloaded; err == nil {
+		t.Fatal("the cut-short reload reported success")
+	}
+}

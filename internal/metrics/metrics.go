@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/librecast/lcast/internal/httpserve"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -184,7 +185,7 @@ func handler(snapshot SnapshotFunc, log *slog.Logger) http.Handler {
 
 // Server serves Path on a TCP address.
 type Server struct {
-	srv *http.Server
+	srv *httpserve.Server
 	ln  net.Listener
 }
 
@@ -197,20 +198,20 @@ func Listen(addr string, snapshot SnapshotFunc, log *slog.Logger) (*Server, erro
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET "+Path, handler(snapshot, log))
-	return &Server{ln: ln, srv: &http.Server{
+	return &Server{ln: ln, srv: httpserve.New(&http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}}, nil
+	})}, nil
 }
 
 // Addr is the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// Serve serves until Shutdown, and returns nil then.
+// Serve serves until Shutdown or Close, and returns nil then.
 func (s *Server) Serve() error {
 	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
 		return err
@@ -218,8 +219,16 @@ func (s *Server) Serve() error {
 	return nil
 }
 
-// Shutdown stops the server, waiting for scrapes under way until ctx ends.
+// Shutdown stops the server, waiting for scrapes under way until ctx ends
+// and then cutting them short; it returns once none runs.
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
 
-// Close closes the listener of a server that never served.
-func (s *Server) Close() error { return s.ln.Close() }
+// Close stops the server at once (or closes the listener of a server that
+// never served) and returns once no scrape runs.
+func (s *Server) Close() error {
+	s.srv.Close()
+	if err := s.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}

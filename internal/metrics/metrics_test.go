@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -157,8 +158,13 @@ func TestServer(t *testing.T) {
 			t.Errorf("GET %s: %s; no %q in:\n%s", url, resp.Status, want, body)
 		}
 	}
-	if resp, err := http.Post(url, "text/plain", nil); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
-		t.Errorf("POST %s: %v %v", url, resp.Status, err)
+	if resp, err := http.Post(url, "text/plain", nil); err != nil {
+		t.Errorf("POST %s: %v", url, err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("POST %s: %s, want 405", url, resp.Status)
+		}
 	}
 	if _, err := Listen(s.Addr().String(), testSnapshot, log); err == nil || !strings.Contains(err.Error(), "metrics_listen "+s.Addr().String()+": ") {
 		t.Errorf("a second Listen on %s: %v", s.Addr(), err)
@@ -188,7 +194,10 @@ func TestScrapesInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	go s.Serve()
-	defer s.Shutdown(context.Background())
+	defer s.Shutdown(context.Background()) // returns once Serve and the scrapes have
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock() // before Shutdown, if the test ends early
 	url := "http://" + s.Addr().String() + Path
 	codes := make(chan int, MaxScrapesInFlight)
 	for range MaxScrapesInFlight {
@@ -217,7 +226,7 @@ func TestScrapesInFlight(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("scrape %d: %s, want 503", MaxScrapesInFlight+1, resp.Status)
 	}
-	close(release)
+	unblock()
 	for range MaxScrapesInFlight {
 		if code := <-codes; code != http.StatusOK {
 			t.Errorf("a scrape within the limit: %d", code)
