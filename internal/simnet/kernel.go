@@ -83,43 +83,81 @@ func (k *kernel) write(pkt []byte) bool {
 	}
 }
 
-// join records a program's join of group (from sources only, if any are
-// given) and writes the kernel's report of the change, as Linux does: TO_EX
-// for any source, ALLOW for sources.
-func (k *kernel) join(group netip.Addr, sources []netip.Addr) {
+// join records a program's joins of groups (from sources only, if any
+// are given) and writes the kernel's reports of the changes, as Linux
+// does: TO_EX for any source, ALLOW for sources.
+func (k *kernel) join(groups []netip.Addr, sources []netip.Addr) {
+	recs := make([]mld.ReportRecord, 0, len(groups))
 	k.mu.Lock()
-	k.joined[group] = slices.Clone(sources)
-	hint := k.hint
+	for _, g := range groups {
+		k.joined[g] = slices.Clone(sources)
+		if len(sources) > 0 {
+			recs = append(recs, mld.ReportRecord{Type: mld.AllowNewSources, Group: g, Sources: sources})
+		} else {
+			recs = append(recs, mld.ReportRecord{Type: mld.ChangeToExcludeMode, Group: g})
+		}
+	}
 	k.mu.Unlock()
-	if hint != nil && len(sources) == 0 {
-		hint(group, true)
-	}
-	rec := mld.ReportRecord{Type: mld.ChangeToExcludeMode, Group: group}
-	if len(sources) > 0 {
-		rec = mld.ReportRecord{Type: mld.AllowNewSources, Group: group, Sources: sources}
-	}
-	k.write(mld.AppendV2Report(nil, k.linkLocal, []mld.ReportRecord{rec}))
+	k.changed(recs, true)
 }
 
-// leave records a program's leave of group and writes TO_IN with no
+// leave records a program's leaves of groups and writes TO_IN with no
 // sources (or BLOCK of the sources of a source-specific join).
-func (k *kernel) leave(group netip.Addr) {
+func (k *kernel) leave(groups []netip.Addr) {
+	var recs []mld.ReportRecord
 	k.mu.Lock()
-	sources, ok := k.joined[group]
-	delete(k.joined, group)
+	for _, g := range groups {
+		sources, ok := k.joined[g]
+		delete(k.joined, g)
+		switch {
+		case ok && len(sources) > 0:
+			recs = append(recs, mld.ReportRecord{Type: mld.BlockOldSources, Group: g, Sources: sources})
+		case ok:
+			recs = append(recs, mld.ReportRecord{Type: mld.ChangeToIncludeMode, Group: g})
+		}
+	}
+	k.mu.Unlock()
+	k.changed(recs, false)
+}
+
+// changed tells the daemon's watch of the changes in recs (any-source
+// joins and every leave, as Linux's rtnetlink does), then writes their
+// reports.
+func (k *kernel) changed(recs []mld.ReportRecord, joined bool) {
+	k.mu.Lock()
 	hint := k.hint
 	k.mu.Unlock()
-	if !ok {
-		return
-	}
 	if hint != nil {
-		hint(group, false)
+		for _, r := range recs {
+			if !joined || len(r.Sources) == 0 {
+				hint(r.Group, joined)
+			}
+		}
 	}
-	rec := mld.ReportRecord{Type: mld.ChangeToIncludeMode, Group: group}
-	if len(sources) > 0 {
-		rec = mld.ReportRecord{Type: mld.BlockOldSources, Group: group, Sources: sources}
+	k.report(recs)
+}
+
+// report writes recs into lc0 in as few MLDv2 reports as lc0's MTU holds,
+// as Linux merges them.
+func (k *kernel) report(recs []mld.ReportRecord) {
+	mtu := 1280
+	k.mu.Lock()
+	if k.dev != nil {
+		mtu = k.dev.mtu
 	}
-	k.write(mld.AppendV2Report(nil, k.linkLocal, []mld.ReportRecord{rec}))
+	k.mu.Unlock()
+	// An IPv6 header, the Router Alert option and the report's header
+	// come before the records.
+	const overhead = 40 + 8 + 8
+	for len(recs) > 0 {
+		n, size := 0, overhead
+		for n < len(recs) && (n == 0 || size+20+16*len(recs[n].Sources) <= mtu) {
+			size += 20 + 16*len(recs[n].Sources)
+			n++
+		}
+		k.write(mld.AppendV2Report(nil, k.linkLocal, recs[:n]))
+		recs = recs[n:]
+	}
 }
 
 // current returns the current-state records of group (every group, if
@@ -168,9 +206,7 @@ func (k *kernel) fromDaemon(pkt []byte) {
 		if mld.Decode(pkt, &m) != nil || m.Type != mld.TypeQuery {
 			return
 		}
-		if recs := k.current(m.Group); len(recs) > 0 {
-			k.write(mld.AppendV2Report(nil, k.linkLocal, recs))
-		}
+		k.report(k.current(m.Group))
 	case ip6.ProtoUDP:
 		if off+8 > len(pkt) {
 			return

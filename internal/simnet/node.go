@@ -302,10 +302,23 @@ func (n *Node) Reload() (string, error) {
 
 // Join has a program on the node join group on lc0 from any source, or
 // from sources only.
-func (n *Node) Join(group netip.Addr, sources ...netip.Addr) { n.kernel.join(group, sources) }
+func (n *Node) Join(group netip.Addr, sources ...netip.Addr) {
+	n.kernel.join([]netip.Addr{group}, sources)
+}
 
 // Leave has the program leave group.
-func (n *Node) Leave(group netip.Addr) { n.kernel.leave(group) }
+func (n *Node) Leave(group netip.Addr) { n.kernel.leave([]netip.Addr{group}) }
+
+// JoinGroups has a program on the node join each of groups from any
+// source at once (as one that opens many sockets together does), and
+// LeaveGroups has it leave them: what a program churning through
+// thousands of groups makes lcast handle. The kernel merges the changes
+// into as few reports as lc0's MTU holds, as Linux does.
+func (n *Node) JoinGroups(groups []netip.Addr) { n.kernel.join(groups, nil) }
+
+// LeaveGroups has a program on the node leave groups at once (see
+// JoinGroups).
+func (n *Node) LeaveGroups(groups []netip.Addr) { n.kernel.leave(groups) }
 
 // Received returns the datagrams delivered to the node's programs.
 func (n *Node) Received() <-chan Datagram { return n.kernel.Received }
