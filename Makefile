@@ -15,7 +15,12 @@ VERSION ?= $(shell deploy/version.sh)
 # The image make image builds (a tag may not hold the version's "+").
 IMAGE   ?= localhost/lcast:$(subst +,-,$(VERSION))
 
-.PHONY: all build deps test fuzz check-deploy bench demo install uninstall deb image clean help
+.PHONY: all build deps test test-fuzz test-deploy fuzz vet unit check-deploy bench demo install uninstall deb image clean help
+
+# What make test runs beside the packages' tests: at the lowest priority
+# (SCHED_IDLE, or else nice 19), on what CPU they leave, so that they
+# neither slow them nor disturb what they time.
+IDLE    := $(shell chrt --idle 0 true 2>/dev/null && echo chrt --idle 0 || echo nice -n 19)
 
 # What the demo and the tests run besides lcast, as Debian packages.
 DEB_DEPS = iproute2 iputils-ping procps util-linux socat iperf nftables tinc tcpdump gcc liblibrecast-dev libsodium-dev systemd groff-base \
@@ -38,25 +43,51 @@ deps: ## as root on Debian: install what the demo and the tests need, if missing
 build: ## build ./lcast
 	$(GO) build -o lcast ./cmd/lcast
 
-test: deps ## run each fuzzer briefly, then every test (as root: namespace tests too), then check-deploy
-	$(GO) vet ./...
-	$(MAKE) --no-print-directory fuzz
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /internal/e2e)
+test: deps ## vet, fuzz briefly, every test (as root: namespace tests too) and check-deploy
+	@# The packages' tests under the race detector, and beside them, on
+	@# the CPU they leave, vet and the fuzzers (test-fuzz) and
+	@# check-deploy's builds (test-deploy); each one's output in one piece
+	@# once it ends.
+	$(MAKE) --no-print-directory -j3 --output-sync=target unit test-fuzz test-deploy
 	@# The end-to-end tests time what users see (starts within 1 s, a
-	@# stream under a flood): alone, not beside the other packages' tests
-	@# on a 2-core machine.
-	$(GO) test -race -count=1 -timeout 30m ./internal/e2e
-	$(MAKE) --no-print-directory check-deploy
+	@# stream under a flood): alone, after everything else has ended, on a
+	@# 2-core machine. Their daemons and helper programs are built as
+	@# users run them, not under the race detector, which watches the
+	@# same code in the packages' tests.
+	$(GO) test -count=1 -timeout 30m ./internal/e2e
+	@# check-deploy's containers (TestSystemd times a stream across a
+	@# reload), alone too, on what its builds left in dist/.
+	deploy/check.sh run
+
+# What make test runs beside unit, at the lowest priority: vet, then the
+# fuzzers; and check-deploy's builds and checks that need no root (its own
+# makes run one job at a time, outside this make's job slots).
+test-fuzz:
+	$(IDLE) $(GO) vet ./...
+	$(IDLE) $(MAKE) --no-print-directory fuzz
+test-deploy:
+	MAKEFLAGS='$(filter-out -j% --jobserver%,$(MAKEFLAGS))' $(IDLE) deploy/check.sh build
+
+unit: ## every package's tests but the end-to-end ones, under the race detector
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /internal/e2e)
+
+vet: ## go vet every package
+	$(GO) vet ./...
 
 check-deploy: ## check install, deb and image; boot the .deb under systemd and run the image with podman (as root)
 	deploy/check.sh
 
+# The fuzz tests, one "PACKAGE FUZZTEST" a line: read from the test files
+# that go list names (those a test build compiles), which is what go test
+# -list would say without building and running every package's tests.
+FUZZ_TESTS = $(GO) list -f '{{range .TestGoFiles}}{{$$.ImportPath}} {{$$.Dir}}/{{.}}{{"\n"}}{{end}}{{range .XTestGoFiles}}{{$$.ImportPath}} {{$$.Dir}}/{{.}}{{"\n"}}{{end}}' ./... | \
+	while read -r pkg file; do sed -n "s|^func \(Fuzz[A-Za-z0-9_]*\)([a-z_]* \*testing\.F) {\$$|$$pkg \1|p" "$$file"; done
+
 fuzz: ## run each fuzz test for FUZZTIME (default 300000x: executions, a few seconds each)
-	@for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
-	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-	    out=$$($(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg 2>&1) || { echo "$$out" | tail -40; exit 1; }; \
-	  done; \
+	@tests=$$($(FUZZ_TESTS)) || exit 1; [ -n "$$tests" ] || { echo "no fuzz tests found" >&2; exit 1; }; \
+	echo "$$tests" | while read -r pkg f; do \
+	  echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	  out=$$($(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg 2>&1) || { echo "$$out" | tail -40; exit 1; }; \
 	done
 
 demo: deps build ## as root: run lcast in network namespaces with real programs

@@ -461,13 +461,14 @@ func (d *Daemon) Reload(ctx context.Context) (string, error) {
 // returns what changed, or why nothing did. It is the one path of every
 // reload (SIGHUP, lcast reload), run by Serve's loop.
 func (d *Daemon) reload(ctx context.Context) (string, error) {
-	notify(d.log, sdnotify.SdNotifyReloading)
-	defer notify(d.log, sdnotify.SdNotifyReady)
 	next, err := d.load()
 	if err != nil {
 		d.log.Error("reload: configuration not applied", "err", err)
 		return "", err
 	}
+	// systemd hears of a reload only once there is one to apply.
+	notify(d.log, sdnotify.SdNotifyReloading)
+	defer notify(d.log, sdnotify.SdNotifyReady)
 	restart := d.cfg.NeedRestart(next)
 	if len(restart) > 0 {
 		d.log.Warn("reload: changes to these keys take effect at the next start", "keys", restart)

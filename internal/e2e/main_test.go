@@ -36,11 +36,18 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	lcastBin = filepath.Join(dir, "lcast")
-	// Tests run the daemon under the race detector; benchmarks need it fast.
+	// The daemons run as users run them, without the race detector: what
+	// these tests check is what lcast does with the kernel, programs and
+	// the network, and what users see of it. The race detector watches
+	// the daemon's code where it runs in one process (the packages' own
+	// tests, under -race). LCAST_E2E_RACE=1 builds the daemons with it
+	// (but not for benchmarks, which need them fast), to look for races
+	// only these tests reach.
 	flag.Parse()
 	build := []string{"build", "-o", lcastBin}
-	if flag.Lookup("test.bench").Value.String() == "" {
+	if os.Getenv(raceEnv) != "" && flag.Lookup("test.bench").Value.String() == "" {
 		build = append(build, "-race")
+		lcastRace = true
 	}
 	if out, err := exec.Command("go", append(build, "github.com/librecast/lcast/cmd/lcast")...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building lcast: %v\n%s", err, out)
@@ -51,11 +58,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// plainLcast returns lcast built without the race detector (built on first
-// use, next to lcastBin), for tests whose figures are only meaningful for
-// the daemon built for use.
+// raceEnv, set, makes lcastBin a race-detector build.
+const raceEnv = "LCAST_E2E_RACE"
+
+// lcastRace says whether lcastBin was built with the race detector.
+var lcastRace bool
+
+// plainLcast returns lcast built without the race detector, for tests
+// whose figures are only meaningful for the daemon built for use: lcastBin
+// itself, unless LCAST_E2E_RACE made that a race build (then one built on
+// first use, next to it).
 func plainLcast(t testing.TB) string {
 	t.Helper()
+	if !lcastRace {
+		return lcastBin
+	}
 	bin, err := buildPlain()
 	if err != nil {
 		t.Fatal(err)

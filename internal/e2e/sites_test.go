@@ -310,7 +310,14 @@ func TestUnicastBetweenOverlayAddresses(t *testing.T) {
 	m := newMesh(t, 3)
 	addr1 := m.nodes[0].status(t).Address
 	recv := m.sites[0].Start("socat", "-u", "UDP6-RECV:5000,bind=["+addr1+"]", "-")
-	time.Sleep(200 * time.Millisecond)
+	// The datagram is sent once socat has bound its socket (else it is
+	// refused, and the test is of nothing).
+	if _, ok := netlab.Poll(5*time.Second, func() bool {
+		out, _ := m.sites[0].Command("ss", "-Hlun", "sport = :5000").Output()
+		return len(out) > 0
+	}); !ok {
+		t.Fatalf("socat did not bind port 5000:\n%s", recv.Output())
+	}
 	cmd := m.sites[2].Command("socat", "-u", "-", "UDP6-SENDTO:["+addr1+"]:5000")
 	cmd.Stdin = strings.NewReader("hello from site 3\n")
 	if out, err := cmd.CombinedOutput(); err != nil {
