@@ -98,7 +98,42 @@ func (k *kernel) join(group netip.Addr, sources []netip.Addr) {
 	if len(sources) > 0 {
 		rec = mld.ReportRecord{Type: mld.AllowNewSources, Group: group, Sources: sources}
 	}
-	k.write(mld.AppendV2Report(nil, k.linkLocal, []mld.ReportRecord{rec}))
+	k.report([]mld.ReportRecord{rec})
+}
+
+// reportMTU is the largest report the kernel writes: lc0's least MTU.
+const reportMTU = 1280
+
+// report writes recs as Linux does: in as many reports as it takes for
+// each to fit reportMTU, a record with more sources than fit one cut into
+// records of the same type.
+func (k *kernel) report(recs []mld.ReportRecord) {
+	empty := len(mld.AppendV2Report(nil, k.linkLocal, nil))
+	var out []mld.ReportRecord
+	size := empty
+	flush := func() {
+		if len(out) > 0 {
+			k.write(mld.AppendV2Report(nil, k.linkLocal, out))
+		}
+		out, size = nil, empty
+	}
+	for _, r := range recs {
+		srcs := r.Sources
+		for first := true; first || len(srcs) > 0; first = false {
+			room := (reportMTU - size - 20) / 16
+			if room < 1 && len(srcs) > 0 || size+20 > reportMTU {
+				flush()
+				room = (reportMTU - size - 20) / 16
+			}
+			n := min(room, len(srcs))
+			part := r
+			part.Sources = srcs[:n]
+			srcs = srcs[n:]
+			out = append(out, part)
+			size += 20 + 16*n
+		}
+	}
+	flush()
 }
 
 // leave records a program's leave of group and writes TO_IN with no
@@ -119,7 +154,7 @@ func (k *kernel) leave(group netip.Addr) {
 	if len(sources) > 0 {
 		rec = mld.ReportRecord{Type: mld.BlockOldSources, Group: group, Sources: sources}
 	}
-	k.write(mld.AppendV2Report(nil, k.linkLocal, []mld.ReportRecord{rec}))
+	k.report([]mld.ReportRecord{rec})
 }
 
 // current returns the current-state records of group (every group, if
@@ -169,7 +204,7 @@ func (k *kernel) fromDaemon(pkt []byte) {
 			return
 		}
 		if recs := k.current(m.Group); len(recs) > 0 {
-			k.write(mld.AppendV2Report(nil, k.linkLocal, recs))
+			k.report(recs)
 		}
 	case ip6.ProtoUDP:
 		if off+8 > len(pkt) {
