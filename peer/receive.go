@@ -113,7 +113,7 @@ func (x *Exchange) compare(r *remote, m *Message) bool {
 // are forgotten (their number returned) and a full state is owed.
 func (o *outState) restart() int {
 	n := o.dropInflight()
-	o.queue, o.qi, o.at, o.syncing, o.told = nil, 0, 0, false, nil
+	o.from, o.to, o.i, o.j, o.at, o.syncing, o.told = nil, nil, 0, 0, 0, false, nil
 	o.syncSeq, o.syncOwed, o.digestOK = 0, true, false
 	return n
 }

@@ -28,15 +28,9 @@ const (
 	// maxMsgPayload bytes (4.7 MiB) kept for resending.
 	window      = 64
 	maxInflight = 4096
+	// ackedWithin: see resendDue.
+	ackedWithin = 2 * time.Second
 )
-
-// op is one group's change queued for a peer: its new record (or its
-// removal) and the hashes of its old and new records (zero for none).
-type op struct {
-	g        mld.GroupState
-	remove   bool
-	old, new Digest
-}
 
 // sent is an update kept until the peer acknowledges it.
 type sent struct {
@@ -52,12 +46,17 @@ type outState struct {
 	// told is the state the peer holds once it applied every update
 	// numbered and queued.
 	told []mld.GroupState
-	// queue holds the changes not yet numbered; queue[qi] is the next,
-	// and at how many of its sources went in earlier updates.
-	queue  []op
-	qi, at int
-	// syncing tells that queue is a full state, whose first update is
-	// flagged sync (syncSent once it went) and whose last, sweep.
+	// The changes not yet numbered are what differs between from and to
+	// (both sorted by group, neither changed: states as State returned
+	// them), from from[i] and to[j] on, found as they are numbered, so
+	// that a queue of changes, even a full state of 262,144 groups, costs
+	// no memory of its own; at is how many sources of the group at the
+	// cursor went in earlier updates.
+	from, to []mld.GroupState
+	i, j, at int
+	// syncing tells that the changes are a full state (from is empty),
+	// whose first update is flagged sync (syncSent once it went) and
+	// whose last, sweep.
 	syncing, syncSent bool
 	syncSeq           uint64 // the newest sync's number
 	// digest is told's as of seq (valid while digestOK); a message
@@ -69,6 +68,7 @@ type outState struct {
 	inflight []sent
 	rtx      int       // index in inflight of the next to send again; -1: none
 	progress time.Time // when inflight last moved (sent into empty, or acknowledged)
+	lastAck  time.Time // when the peer last acknowledged an update
 	rtoWait  time.Duration
 	// stale tells that the state toward the peer may have changed;
 	// nextState is when it may be computed again (updateGap).
@@ -96,7 +96,7 @@ func (o *outState) ackTo(ack uint64, now time.Time, rto time.Duration) (freed in
 	}
 	if freed > 0 {
 		o.inflight = slices.Delete(o.inflight, 0, freed)
-		o.progress, o.rtoWait = now, rto
+		o.progress, o.rtoWait, o.lastAck = now, rto, now
 		if o.rtx >= 0 {
 			o.rtx = max(0, o.rtx-freed)
 		}
@@ -117,11 +117,7 @@ func (o *outState) dropInflight() int {
 
 // startSync queues state, whole, as a full state.
 func (o *outState) startSync(state []mld.GroupState) {
-	o.queue = make([]op, len(state))
-	for i := range state {
-		o.queue[i] = op{g: state[i], new: groupHash(&state[i])}
-	}
-	o.qi, o.at, o.told = 0, 0, state
+	o.from, o.to, o.i, o.j, o.at, o.told = nil, state, 0, 0, 0, state
 	o.syncing, o.syncSent, o.syncOwed = true, false, false
 	o.digest, o.digestOK = Digest{}, false
 }
@@ -129,30 +125,36 @@ func (o *outState) startSync(state []mld.GroupState) {
 // queueChanges queues what differs between told and state (both sorted by
 // group), and makes state told.
 func (o *outState) queueChanges(state []mld.GroupState) {
-	var ops []op
-	i, j := 0, 0
-	for i < len(o.told) || j < len(state) {
+	o.from, o.to, o.i, o.j, o.at, o.told = o.told, state, 0, 0, 0, state
+}
+
+// next returns the next change, without taking it: the group's old record
+// (nil if new) and new one (nil if removed); ok is false when no change
+// is left. Groups that did not change are passed over for good.
+func (o *outState) next() (old, new *mld.GroupState, ok bool) {
+	for {
 		switch {
-		case j == len(state) || (i < len(o.told) && o.told[i].Group.Less(state[j].Group)):
-			ops = append(ops, op{g: o.told[i], remove: true, old: groupHash(&o.told[i])})
-			i++
-		case i == len(o.told) || state[j].Group.Less(o.told[i].Group):
-			ops = append(ops, op{g: state[j], new: groupHash(&state[j])})
-			j++
+		case o.i == len(o.from) && o.j == len(o.to):
+			return nil, nil, false
+		case o.j == len(o.to) || o.i < len(o.from) && o.from[o.i].Group.Less(o.to[o.j].Group):
+			return &o.from[o.i], nil, true
+		case o.i == len(o.from) || o.to[o.j].Group.Less(o.from[o.i].Group):
+			return nil, &o.to[o.j], true
+		case o.from[o.i].Equal(o.to[o.j]):
+			o.i, o.j = o.i+1, o.j+1
 		default:
-			if !o.told[i].Equal(state[j]) {
-				ops = append(ops, op{g: state[j], old: groupHash(&o.told[i]), new: groupHash(&state[j])})
-			}
-			i, j = i+1, j+1
+			return &o.from[o.i], &o.to[o.j], true
 		}
 	}
-	o.queue, o.qi, o.at, o.told = ops, 0, 0, state
 }
 
 // queued reports whether changes wait to be numbered.
-func (o *outState) queued() bool { return o.qi < len(o.queue) }
+func (o *outState) queued() bool {
+	_, _, ok := o.next()
+	return ok
+}
 
-// fill numbers the next update into m: records from the queue while they
+// fill numbers the next update into m: records of the changes while they
 // fit maxMsgPayload, a group's sources cut into chunks where they do not.
 func (o *outState) fill(m *Message) {
 	o.seq++
@@ -161,45 +163,56 @@ func (o *outState) fill(m *Message) {
 		m.Sync, o.syncSent, o.syncSeq = true, true, o.seq
 	}
 	size := msgHeaderLen
-	for o.queued() {
-		p := &o.queue[o.qi]
-		if p.remove {
+	for {
+		old, g, ok := o.next()
+		if !ok {
+			break
+		}
+		if g == nil {
 			if size+recordHdrLen > maxMsgPayload {
 				break
 			}
-			m.Records = append(m.Records, Record{Group: p.g.Group, Remove: true})
+			m.Records = append(m.Records, Record{Group: old.Group, Remove: true})
 			size += recordHdrLen
-			o.done(p)
+			o.done(old, nil)
 			continue
 		}
-		left := len(p.g.Sources) - o.at
+		left := len(g.Sources) - o.at
 		room := (maxMsgPayload - size - recordHdrLen) / 16
 		if room < 0 || (room == 0 && left > 0) {
 			break
 		}
 		k := min(room, left)
-		m.Records = append(m.Records, Record{Group: p.g.Group, Mode: p.g.Mode, Hops: p.g.Hops,
-			Total: uint16(len(p.g.Sources)), First: uint16(o.at), Sources: p.g.Sources[o.at : o.at+k]})
+		m.Records = append(m.Records, Record{Group: g.Group, Mode: g.Mode, Hops: g.Hops,
+			Total: uint16(len(g.Sources)), First: uint16(o.at), Sources: g.Sources[o.at : o.at+k]})
 		size += recordLen(k)
-		if o.at += k; o.at < len(p.g.Sources) {
+		if o.at += k; o.at < len(g.Sources) {
 			break // the message is full
 		}
-		o.done(p)
+		o.done(old, g)
 	}
 	if !o.queued() {
 		m.End = true
 		if o.syncing {
 			m.Sweep, o.syncing, o.digestOK = true, false, true
 		}
-		o.queue, o.qi, o.at = nil, 0, 0
+		o.from, o.to, o.i, o.j, o.at = nil, nil, 0, 0, 0
 	}
 	m.Digest, m.DigestOK = o.digest, o.digestOK
 }
 
-// done notes that p went out whole: the digest follows it.
-func (o *outState) done(p *op) {
-	o.digest = o.digest.sub(p.old).add(p.new)
-	o.qi, o.at = o.qi+1, 0
+// done notes that the change from old to new (either nil: none) went out
+// whole: the digest follows it, and the cursors move past it.
+func (o *outState) done(old, new *mld.GroupState) {
+	if old != nil {
+		o.digest = o.digest.sub(groupHash(old))
+		o.i++
+	}
+	if new != nil {
+		o.digest = o.digest.add(groupHash(new))
+		o.j++
+	}
+	o.at = 0
 }
 
 // normalize returns state sorted by group, with at most MaxSourcesPerGroup
@@ -365,15 +378,16 @@ func (x *Exchange) nextUpdates() []outgoing {
 // resendDue starts sending again the updates that waited for an
 // acknowledgement longer than the rto, and reports whether it did. The
 // wait before the next time doubles, up to maxResendWait, unless the peer
-// is alive (heard from lately: its path works, and only loss stands in
-// the way), when it stays rto.
+// is alive (heard from lately: its path works) and acknowledged updates
+// within ackedWithin (only loss stands in the way), when it stays rto: a
+// peer that talks and never acknowledges is resent to less and less.
 func (o *outState) resendDue(now time.Time, alive bool, rto time.Duration) bool {
 	if len(o.inflight) == 0 || o.rtx >= 0 || now.Sub(o.progress) < o.rtoWait {
 		return false
 	}
 	o.rtx, o.progress = 0, now
 	o.rtoWait = min(2*o.rtoWait, maxResendWait)
-	if alive {
+	if alive && now.Sub(o.lastAck) < ackedWithin {
 		o.rtoWait = rto
 	}
 	return true

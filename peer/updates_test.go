@@ -182,11 +182,12 @@ func waitState(t *testing.T, ap *latest, p netip.Addr, want []mld.GroupState, wi
 // A state of any shape arrives whole: groups of 120 and 1,024 sources
 // (cut across messages) and 300 more; then one change costs one update.
 func TestUpdatesCarryAnyState(t *testing.T) {
+
 	l, st, ap := newLink(), &state{}, newLatest()
 	want := with(many(300), ssm(netip.MustParseAddr("ff3e::5"), 120), ssm(netip.MustParseAddr("ff3e::6"), MaxSourcesPerGroup))
 	st.set(want)
+	l.start(t, addrB, []netip.Addr{addrA}, nil, &state{}, ap) // first: nothing A sends is lost
 	a := l.start(t, addrA, []netip.Addr{addrB}, nil, st, newLatest())
-	l.start(t, addrB, []netip.Addr{addrA}, nil, &state{}, ap)
 	waitState(t, ap, addrA, want, 5*time.Second, nil)
 	var before int
 	l.count(addrA, func(u, _, _ int) bool { before = u; return true })
@@ -210,8 +211,8 @@ func TestChurnCoalesced(t *testing.T) {
 	l, st, ap := newLink(), &state{}, newLatest()
 	base := many(2000)
 	st.set(base)
+	l.start(t, addrB, []netip.Addr{addrA}, nil, &state{}, ap) // first: nothing A sends is lost
 	a := l.start(t, addrA, []netip.Addr{addrB}, nil, st, newLatest())
-	l.start(t, addrB, []netip.Addr{addrA}, nil, &state{}, ap)
 	waitState(t, ap, addrA, base, 10*time.Second, nil)
 	var before int
 	l.count(addrA, func(u, _, _ int) bool { before = u; return true })
@@ -420,4 +421,17 @@ func TestReceiverRestartGetsState(t *testing.T) {
 		}
 	}()
 	waitState(t, ap2, addrB, want, 5*time.Second, func() { clk.Advance(tickInterval) })
+}
+
+// Queueing a full state or a difference allocates nothing: a relay owing
+// each of its members a state of 262,144 groups holds no copy per member.
+func TestQueueCostsNoMemory(t *testing.T) {
+	o := newOutState(0)
+	st, other := many(100000), many(99999)
+	if n := testing.AllocsPerRun(10, func() {
+		o.startSync(st)
+		o.queueChanges(other)
+	}); n != 0 {
+		t.Fatalf("%v allocations to queue a state", n)
+	}
 }
