@@ -285,16 +285,44 @@ func (x *Exchange) Run(ctx context.Context) {
 	defer wg.Wait()
 	wg.Go(func() { x.tick(ctx) })
 	wg.Go(func() { x.sendStates(ctx) })
+	// A batch that ended within applyGap of the last hand-over is handed
+	// over when the gap ends (due), not at the next tick.
+	t := x.clock.NewTimer(time.Hour)
+	defer t.Stop()
+	var due time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case in := <-x.inbox:
-			x.receive(in.from, in.msg)
+			if at := x.receive(in.from, in.msg); !at.IsZero() && (due.IsZero() || at.Before(due)) {
+				due = at
+				t.Reset(max(at.Sub(x.clock.Now()), 0))
+			}
 			if len(x.inbox) == 0 {
 				x.flushAcks()
 			}
+		case <-t.C:
+			due = time.Time{}
+			x.applyDirty()
 		}
+	}
+}
+
+// applyDirty hands the peers' states that changed to the router, where
+// applyGap allows.
+func (x *Exchange) applyDirty() {
+	now := x.clock.Now()
+	x.mu.Lock()
+	var addrs []netip.Addr
+	for a, r := range x.peers {
+		if r.in.dirty && r.in.applyDue(now) {
+			addrs = append(addrs, a)
+		}
+	}
+	x.mu.Unlock()
+	for _, a := range addrs {
+		x.applyTo(a)
 	}
 }
 

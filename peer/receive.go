@@ -6,15 +6,17 @@ import (
 	"time"
 )
 
-// receive handles the message b from the peer at addr.
-func (x *Exchange) receive(addr netip.Addr, b []byte) {
+// receive handles the message b from the peer at addr. It returns when
+// the peer's state is to be handed to the router, if a batch ended within
+// applyGap of the last hand-over (zero otherwise).
+func (x *Exchange) receive(addr netip.Addr, b []byte) (applyAt time.Time) {
 	m, err := ParseMessage(b)
 	x.mu.Lock()
 	r, known := x.peers[addr]
 	if !known || err != nil {
 		x.mu.Unlock()
 		x.BadMessages.Add(1)
-		return
+		return time.Time{}
 	}
 	now := x.clock.Now()
 	var c counts
@@ -39,6 +41,9 @@ func (x *Exchange) receive(addr netip.Addr, b []byte) {
 	wake := r.out.syncOwed // asked for, or the peer restarted or forgot this node
 	pong := m.Ping && r.mayPong(x.since(now))
 	applyNow := r.in.dirty && m.End && r.in.applyDue(now)
+	if r.in.dirty && m.End && !applyNow {
+		applyAt = r.in.applyAt()
+	}
 	ackNow := m.Update && r.in.applied-r.in.ackSent >= ackAfter
 	x.mu.Unlock()
 	x.count(&c)
@@ -51,6 +56,7 @@ func (x *Exchange) receive(addr netip.Addr, b []byte) {
 	if sendWant || pong || ackNow {
 		x.send(addr, sendFlags{want: sendWant, pong: pong})
 	}
+	return applyAt
 }
 
 // heard notes message m from the peer of r, at now: its session's health,

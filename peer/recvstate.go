@@ -278,8 +278,11 @@ func (in *inState) forget(b *budget, c *counts) {
 
 // applyDue reports whether the groups may be handed to the router at
 // now: applyGap after the last time, more for each 10,000 groups.
-func (in *inState) applyDue(now time.Time) bool {
-	return now.Sub(in.lastApply) >= applyGap*time.Duration(1+len(in.groups)/10000)
+func (in *inState) applyDue(now time.Time) bool { return !now.Before(in.applyAt()) }
+
+// applyAt returns when the groups may be handed to the router next.
+func (in *inState) applyAt() time.Time {
+	return in.lastApply.Add(applyGap * time.Duration(1+len(in.groups)/10000))
 }
 
 // snapshot returns the groups held, sorted by group, for the router (the
