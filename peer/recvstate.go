@@ -17,12 +17,16 @@ import (
 // sized when its first chunk arrives, to what it may hold), a chunked
 // group still arriving counts as held, and a peer's map of groups is
 // rebuilt when it shrinks to a quarter of its peak, so that what is
-// counted is what is allocated. At about 120 bytes a group (its map entry
-// and record) and 24 a source (netip.Addr), the exchange holds at most
-// 2^19 * 144 bytes = 72 MiB of peers' subscriptions, whatever the peers
-// send; the router's copy shares the source arrays. Beyond a cap, groups
-// are dropped and sources trimmed, and both counted (OverCap,
-// SourcesOverCap).
+// counted is what is allocated. Measured at 144 bytes a group (its map
+// entry and packed record; TestCapsBoundWhatPeersHold fails above 192) and
+// 24 a source (netip.Addr), the exchange holds at most 2^19 * (192 + 24)
+// bytes = 108 MiB of peers' subscriptions (84 MiB as measured), whatever
+// the peers send. The router's copy shares the source arrays; its own
+// per-group entries and tables are not counted here. Beyond a
+// cap, groups are dropped and sources trimmed, and both counted (OverCap,
+// SourcesOverCap). A group arriving in chunks may hold its sources beside
+// the old ones it replaces until it is complete: at most one group of
+// MaxSourcesPerGroup per peer beyond the caps.
 const (
 	MaxGroupsPerPeer   = 1 << 18
 	MaxSourcesPerGroup = 1024
@@ -44,12 +48,20 @@ const (
 // lock.
 type budget struct{ groups, sources int }
 
-// inGroup is a group a peer subscribed to, and the update that last set
-// it, in which era (for the sweep that ends a full state).
+// inGroup is a group a peer subscribed to (its address is its key in
+// inState.groups), and the update that last set it, in which era (for the
+// sweep that ends a full state): 40 bytes, packed, as there may be 2^19.
 type inGroup struct {
-	g    mld.GroupState
-	mark uint64
-	era  uint32
+	sources []netip.Addr
+	mark    uint64
+	era     uint32
+	mode    mld.FilterMode
+	hops    uint8
+}
+
+// state returns ig as the group's state.
+func (ig *inGroup) state(group netip.Addr) mld.GroupState {
+	return mld.GroupState{Group: group, Mode: ig.mode, Sources: ig.sources, Hops: ig.hops}
 }
 
 // pending is a group whose sources arrive in chunks.
@@ -172,7 +184,7 @@ func (in *inState) startPending(rec *Record, seq uint64, b *budget, now time.Tim
 		}
 		// The group's old sources are released when it is replaced,
 		// so they count as room here.
-		held := cap(old.g.Sources)
+		held := cap(old.sources)
 		room := min(MaxSourcesPerGroup, MaxSourcesPerPeer-in.sources+held, MaxSourcesAllPeers-b.sources+held)
 		n := max(0, min(p.total, room))
 		p.g.Sources = make([]netip.Addr, 0, n)
@@ -192,20 +204,21 @@ func (in *inState) finish(b *budget) {
 	slices.SortFunc(p.g.Sources, netip.Addr.Compare)
 	p.g.Sources = slices.Compact(p.g.Sources)
 	if old, ok := in.groups[p.g.Group]; ok {
-		in.release(old, b)
+		in.release(p.g.Group, old, b)
 		b.groups++ // still one group: the new one was counted at its start only if new
 	}
-	in.groups[p.g.Group] = inGroup{g: p.g, mark: p.update, era: in.era}
+	in.groups[p.g.Group] = inGroup{sources: p.g.Sources, mark: p.update, era: in.era, mode: p.g.Mode, hops: p.g.Hops}
 	in.peak = max(in.peak, len(in.groups))
 	in.digest = in.digest.add(groupHash(&p.g))
 	in.dirty = true
 }
 
-// release takes old's group and sources out of the counts and digest.
-func (in *inState) release(old inGroup, b *budget) {
-	in.digest = in.digest.sub(groupHash(&old.g))
-	in.sources -= cap(old.g.Sources)
-	b.sources -= cap(old.g.Sources)
+// release takes group, held as old, out of the counts and digest.
+func (in *inState) release(group netip.Addr, old inGroup, b *budget) {
+	g := old.state(group)
+	in.digest = in.digest.sub(groupHash(&g))
+	in.sources -= cap(old.sources)
+	b.sources -= cap(old.sources)
 	b.groups--
 }
 
@@ -215,7 +228,7 @@ func (in *inState) remove(group netip.Addr, b *budget) {
 	if !ok {
 		return
 	}
-	in.release(old, b)
+	in.release(group, old, b)
 	delete(in.groups, group)
 	in.dirty = true
 	in.shrink()
@@ -234,7 +247,7 @@ func (in *inState) shrink() {
 func (in *inState) sweep(b *budget) {
 	for g, ig := range in.groups {
 		if ig.era != in.era || ig.mark < in.syncAt {
-			in.release(ig, b)
+			in.release(g, ig, b)
 			delete(in.groups, g)
 			in.dirty = true
 		}
@@ -269,8 +282,8 @@ func (in *inState) restarted(b *budget, c *counts) {
 // forget drops everything the peer subscribed to.
 func (in *inState) forget(b *budget, c *counts) {
 	in.dropPending(b, c)
-	for _, ig := range in.groups {
-		in.release(ig, b)
+	for g, ig := range in.groups {
+		in.release(g, ig, b)
 	}
 	dirty := in.dirty || len(in.groups) > 0
 	*in = inState{asks: in.asks, lastApply: in.lastApply, dirty: dirty}
@@ -292,8 +305,8 @@ func (in *inState) snapshot() []mld.GroupState {
 		return nil
 	}
 	out := make([]mld.GroupState, 0, len(in.groups))
-	for _, ig := range in.groups {
-		out = append(out, ig.g)
+	for g, ig := range in.groups {
+		out = append(out, ig.state(g))
 	}
 	slices.SortFunc(out, func(a, b mld.GroupState) int { return a.Group.Compare(b.Group) })
 	return out
