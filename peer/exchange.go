@@ -35,7 +35,7 @@ const (
 	// repairs what crossing remains).
 	quietStart = 500 * time.Millisecond
 	// StateRate and stateBurst pace updates, across all peers: a full
-	// state of 100,000 groups is about 2,100 datagrams per peer, and
+	// state of 100,000 groups is about 2,330 datagrams per peer, and
 	// sent unpaced it would overflow the transport's queues.
 	StateRate  = 20000 // datagrams per second
 	stateBurst = 64
