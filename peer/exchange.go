@@ -20,21 +20,13 @@ import (
 
 // Timing of the subscription exchange.
 const (
-	// HelloInterval is how often a node tells each peer its epoch and
-	// generation, so that a peer that missed a part asks for the state
-	// again. Each hello is also a ping (see health.go).
+	// HelloInterval is how often a node tells each peer the last update
+	// it numbered and its state's digest, so that a peer that lacks the
+	// state asks for it. Each hello is also a ping (see health.go).
 	HelloInterval = time.Second
 	// HoldTime is how long a peer's subscriptions stay without any message
 	// from it (a dead or unreachable peer stops getting traffic then).
 	HoldTime = 10 * time.Second
-	// MaxGroupsPerPeer caps the subscriptions one peer can make,
-	// MaxSourcesPerGroup the sources of one of them and MaxSourcesPerPeer
-	// the sources of all: at most about 9 MiB of state per peer. Groups
-	// beyond them are dropped, sources trimmed (see sanitize.go), and
-	// both counted.
-	MaxGroupsPerPeer   = 1 << 18
-	MaxSourcesPerGroup = 1024
-	MaxSourcesPerPeer  = 1 << 18
 	// quietStart is how long after start, or after a peer is added, a
 	// node with the higher overlay address waits for the peer to speak
 	// first. Two WireGuard handshakes that cross on the wire both fail;
@@ -42,15 +34,22 @@ const (
 	// to each other at once, only one side initiates (and health.go
 	// repairs what crossing remains).
 	quietStart = 500 * time.Millisecond
-	// StateRate and stateBurst pace the datagrams of full states, across
-	// all peers: a state of 100,000 groups is 1,640 datagrams per peer,
-	// and sent unpaced on every change it would overflow the transport's
-	// queues (a lost part costs a whole resend).
+	// StateRate and stateBurst pace updates, across all peers: a full
+	// state of 100,000 groups is about 2,330 datagrams per peer, and
+	// sent unpaced it would overflow the transport's queues.
 	StateRate  = 20000 // datagrams per second
 	stateBurst = 64
 	// inboxLen bounds the control messages received and not yet handled:
-	// at most inboxLen*maxMsgPayload bytes (5 MiB) wait.
+	// at most inboxLen*maxMsgPayload bytes (4.7 MiB) wait, since longer
+	// messages are dropped before they are queued.
 	inboxLen = 4096
+	// applyGap is the least time between two hand-overs of one peer's
+	// state to the router (each sorts the state and rebuilds the router's
+	// table), for each 10,000 groups the peer holds.
+	applyGap = 10 * time.Millisecond
+	// ackAfter is how many updates a receiver takes before it
+	// acknowledges them at once, even while more wait in its inbox.
+	ackAfter = window / 4
 )
 
 // ExchangeConfig is what an Exchange is made with.
@@ -92,18 +91,19 @@ type ExchangeConfig struct {
 }
 
 // Exchange keeps this node's subscriptions known to its peers and learns
-// theirs, as soft state: a full state on every change, sent again each
-// HelloInterval until the peer acknowledges it (a hello otherwise), a full
-// state on request, and expiry after HoldTime of silence. The state toward
-// each peer is its own (a relay subscribes at each peer for its other
-// peers), and changes only when its content does. Its messages travel
-// inside the transport (Send, HandleControl), never through a socket. The
-// same messages measure each session's health (health.go).
+// theirs, as soft state carried by acknowledged updates: a change sends a
+// peer only what changed toward it, a digest in every message tells when
+// the two sides drifted, and a full state goes only to a peer that starts,
+// restarts, forgot this node or drifted (subscription.go). A peer's
+// subscriptions expire after HoldTime of silence. The state toward each
+// peer is its own (a relay subscribes at each peer for its other peers).
+// Its messages travel inside the transport (Send, HandleControl), never
+// through a socket. The same messages measure each session's health
+// (health.go).
 //
-// Run's goroutines handle received messages, send hellos and repair
-// sessions (tick), and send full states, paced at StateRate: changes that
-// come while it sends coalesce, and a state that changes while it is being
-// sent is sent again from its first part.
+// Run's goroutines handle received messages, send hellos, resend what is
+// not acknowledged and repair sessions (tick), and compute and send
+// updates, paced at StateRate (sendStates).
 type Exchange struct {
 	self    netip.Addr
 	relay   bool
@@ -119,26 +119,38 @@ type Exchange struct {
 	watched func(peer netip.Addr) bool
 	pathed  func()
 	inbox   chan inbound
+	wake    chan struct{} // wakes the state sender
+	pace    *rate.Limiter
+	warn    *rate.Limiter // warnings of messages not sent
 
-	changeMu sync.Mutex // serializes the computing of states
+	applyMu  sync.Mutex // serializes hand-overs to apply
 	mu       sync.Mutex
-	gen      uint64 // the last generation given to a state
 	peers    map[netip.Addr]*remote
-	owed     map[netip.Addr]bool // peers the state sender owes a full state
-	wake     chan struct{}       // wakes the state sender
-	pace     *rate.Limiter
+	held     budget // what all peers' states hold
+	inflight int    // updates waiting for acknowledgement, all peers
+	bases    uint64 // numbering bases given out (see newOutState)
+	ackOwed  map[netip.Addr]bool
 
-	// BadMessages counts control messages dropped as malformed or from
-	// addresses that are not peers.
+	// BadMessages counts control messages dropped as malformed (longer
+	// than lcast sends, too) or from addresses that are not peers.
 	BadMessages atomic.Uint64
-	// OverCap counts the groups dropped from peers' states beyond
-	// MaxGroupsPerPeer.
+	// OverCap counts the groups peers subscribed to beyond
+	// MaxGroupsPerPeer or MaxGroupsAllPeers (dropped).
 	OverCap atomic.Uint64
-	// SourcesOverCap counts the sources trimmed from peers' states beyond
-	// MaxSourcesPerGroup or MaxSourcesPerPeer.
+	// SourcesOverCap counts the sources trimmed from peers' groups
+	// beyond MaxSourcesPerGroup, MaxSourcesPerPeer or MaxSourcesAllPeers.
 	SourcesOverCap atomic.Uint64
+	// Incomplete counts the groups dropped while their sources arrived:
+	// the next chunk did not come within pendingHold or did not follow.
+	Incomplete atomic.Uint64
 	// InboxFull counts control messages dropped because inboxLen waited.
 	InboxFull atomic.Uint64
+	// SendFailed counts subscription messages the transport did not take
+	// (an update is sent again; a hello is followed by the next).
+	SendFailed atomic.Uint64
+	// Updates, Retransmits and Syncs count the updates sent, those sent
+	// again and the full states started.
+	Updates, Retransmits, Syncs atomic.Uint64
 }
 
 // inbound is a control message received from a peer.
@@ -150,25 +162,15 @@ type inbound struct {
 // remote is what this node knows of one peer's state, and the state it
 // tells the peer.
 type remote struct {
-	mine    []mld.GroupState   // the state toward the peer
-	parts   [][]mld.GroupState // mine, split into parts
-	mineGen uint64             // its generation
+	out outState // the state toward the peer (sendstate.go)
+	in  inState  // the peer's subscriptions (recvstate.go)
 
 	epoch     uint64 // the peer's epoch, 0 before the first message
-	applied   bool   // a complete state of gen was applied
-	gen       uint64
-	pending   uint64 // generation being assembled
-	received  map[uint16][]mld.GroupState
-	held      int  // groups in parts
-	heldSrcs  int  // sources in parts
-	capped    bool // groups of the pending state were dropped
+	relay     bool   // the peer says it relays
+	ackedOK   bool   // the peer's messages name this node's epoch
+	knownAt   uint64 // the stamp of its newest message that did
 	lastHeard time.Time
-	// acked is this node's generation the peer acknowledged having
-	// applied, valid while ackedOK (the peer knows this node's epoch).
-	acked   uint64
-	ackedOK bool
-	resend       // when the full state is owed again (sendstate.go)
-	direct  bool // the path is direct, as tick last found (see isDirect)
+	direct    bool // the path is direct, as tick last found (see isDirect)
 	// quietUntil is when the quiet toward the peer ends (see quietStart);
 	// zero once tick has seen it end.
 	quietUntil time.Time
@@ -196,22 +198,35 @@ func NewExchange(cfg ExchangeConfig) *Exchange {
 		watched: cfg.Watched,
 		pathed:  cfg.PathChanged,
 		inbox:   make(chan inbound, inboxLen),
-		peers:   map[netip.Addr]*remote{},
-		owed:    map[netip.Addr]bool{},
 		wake:    make(chan struct{}, 1),
 		pace:    rate.NewLimiter(StateRate, stateBurst),
+		warn:    rate.NewLimiter(rate.Every(10*time.Second), 1),
+		peers:   map[netip.Addr]*remote{},
+		ackOwed: map[netip.Addr]bool{},
 	}
 	for _, p := range cfg.Peers {
-		x.peers[p] = &remote{quietUntil: x.started.Add(quietStart)}
+		x.peers[p] = x.newRemote(x.started)
 	}
-	x.Changed()
 	return x
 }
 
+// newRemote returns a peer added at now. Its updates are numbered from a
+// base of its own, above any given before, so that a peer removed and
+// added again takes them (it drops numbers it already applied).
+func (x *Exchange) newRemote(now time.Time) *remote {
+	x.bases++
+	return &remote{out: newOutState(x.bases << 32), quietUntil: now.Add(quietStart)}
+}
+
 // HandleControl takes a control message that the transport received from
-// the peer at from (authenticated); it copies msg. When inboxLen messages
+// the peer at from (authenticated); it copies msg. A message longer than
+// lcast sends is dropped and counted (BadMessages); when inboxLen messages
 // wait, it drops msg and counts it (InboxFull).
 func (x *Exchange) HandleControl(from netip.Addr, msg []byte) {
+	if len(msg) > maxMsgPayload {
+		x.BadMessages.Add(1)
+		return
+	}
 	enqueue(x.inbox, from, msg, &x.InboxFull)
 }
 
@@ -226,29 +241,13 @@ func enqueue(inbox chan<- inbound, from netip.Addr, msg []byte, full *atomic.Uin
 }
 
 // Changed tells the exchange that the states to make at peers may have
-// changed: it asks state for each, and announces those that did change.
-// The exchange keeps what state returns, so state must return slices it
-// does not change afterwards.
+// changed: the sender asks State for each, at most once per updateGap per
+// peer, and sends what changed. The exchange keeps what State returns, so
+// State must return slices it does not change afterwards.
 func (x *Exchange) Changed() {
-	x.changeMu.Lock()
-	defer x.changeMu.Unlock()
 	x.mu.Lock()
-	addrs := slices.Collect(maps.Keys(x.peers))
-	x.mu.Unlock()
-	states := make([][]mld.GroupState, len(addrs))
-	for i, a := range addrs {
-		states[i] = x.state(a)
-	}
-	x.mu.Lock()
-	for i, a := range addrs {
-		r, ok := x.peers[a]
-		if !ok || (r.parts != nil && slices.EqualFunc(r.mine, states[i], mld.GroupState.Equal)) {
-			continue
-		}
-		x.gen++
-		r.mine, r.parts, r.mineGen = states[i], SplitGroups(states[i]), x.gen
-		r.resend = freshState(x.clock.Now())
-		x.owed[a] = true
+	for _, r := range x.peers {
+		r.out.stale = true
 	}
 	x.mu.Unlock()
 	x.wakeSender()
@@ -263,17 +262,20 @@ func (x *Exchange) SetPeers(peers []netip.Addr) {
 	for _, a := range peers {
 		listed[a] = true
 		if _, ok := x.peers[a]; !ok {
-			x.peers[a] = &remote{quietUntil: x.clock.Now().Add(quietStart)}
+			x.peers[a] = x.newRemote(x.clock.Now())
 		}
 	}
-	for a := range x.peers {
+	for a, r := range x.peers {
 		if !listed[a] {
+			var c counts
+			r.in.forget(&x.held, &c)
+			x.inflight -= r.out.dropInflight()
 			delete(x.peers, a)
-			delete(x.owed, a)
+			delete(x.ackOwed, a)
 		}
 	}
 	x.mu.Unlock()
-	x.Changed()
+	x.wakeSender()
 }
 
 // Run handles received messages, sends hellos and states and repairs
@@ -283,13 +285,59 @@ func (x *Exchange) Run(ctx context.Context) {
 	defer wg.Wait()
 	wg.Go(func() { x.tick(ctx) })
 	wg.Go(func() { x.sendStates(ctx) })
+	// A batch that ended within applyGap of the last hand-over is handed
+	// over when the gap ends (due), not at the next tick.
+	t := x.clock.NewTimer(time.Hour)
+	defer t.Stop()
+	var due time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case in := <-x.inbox:
-			x.receive(in.from, in.msg)
+			if at := x.receive(in.from, in.msg); !at.IsZero() && (due.IsZero() || at.Before(due)) {
+				due = at
+				t.Reset(max(at.Sub(x.clock.Now()), 0))
+			}
+			if len(x.inbox) == 0 {
+				x.flushAcks()
+			}
+		case <-t.C:
+			due = time.Time{}
+			x.applyDirty()
 		}
+	}
+}
+
+// applyDirty hands the peers' states that changed to the router, where
+// applyGap allows.
+func (x *Exchange) applyDirty() {
+	now := x.clock.Now()
+	x.mu.Lock()
+	var addrs []netip.Addr
+	for a, r := range x.peers {
+		if r.in.dirty && r.in.applyDue(now) {
+			addrs = append(addrs, a)
+		}
+	}
+	x.mu.Unlock()
+	for _, a := range addrs {
+		x.applyTo(a)
+	}
+}
+
+// flushAcks acknowledges the updates taken and not yet acknowledged.
+func (x *Exchange) flushAcks() {
+	x.mu.Lock()
+	if len(x.ackOwed) == 0 {
+		x.mu.Unlock()
+		return
+	}
+	addrs := slices.Collect(maps.Keys(x.ackOwed))
+	clear(x.ackOwed)
+	x.mu.Unlock()
+	for _, a := range addrs {
+		x.send(a, sendFlags{})
 	}
 }
 
@@ -307,266 +355,129 @@ func (x *Exchange) tick(ctx context.Context) {
 	}
 }
 
-// step sends hellos, owes unacknowledged states, forgets silent peers and
-// repairs sessions that answer nothing: one tick's work.
+// stepped is what one step found to do outside the lock.
+type stepped struct {
+	hellos, wants, repair, apply []netip.Addr
+	pathChanged, wake            bool
+}
+
+// step sends hellos, resends what is not acknowledged, expires what
+// peers withhold, forgets silent peers and repairs sessions that answer
+// nothing: one tick's work.
 func (x *Exchange) step() {
 	now := x.clock.Now()
+	var s stepped
+	var c counts
 	x.mu.Lock()
-	var hellos, repair []netip.Addr
-	pathChanged := false
 	for a, r := range x.peers {
-		if (!r.ackedOK || r.acked != r.mineGen || r.requested) && r.mayResend(now) {
-			x.owed[a] = true
-		}
-		last := x.lastFrom(a, r)
-		silent := time.Duration(0)
-		if !last.IsZero() {
-			silent = now.Sub(last)
-		}
-		every := r.helloInterval(x.since(now), silent)
-		if x.watched != nil && x.watched(a) {
-			every = min(every, pathHello)
-		}
-		// Half a tick early is on time: a ticker's ticks are not
-		// exactly tickInterval apart.
-		if now.Sub(r.lastHello) >= every-tickInterval/2 {
-			r.lastHello = now
-			hellos = append(hellos, a)
-		}
-		if d := r.isDirect(now, x.since(now)); d != r.direct {
-			r.direct, pathChanged = d, true
-		}
-		if !r.quietUntil.IsZero() && !now.Before(r.quietUntil) {
-			// Toward a peer it kept quiet with (see quietStart) and
-			// has still not heard from, the state goes as soon as
-			// the quiet ends, not at the next resend.
-			if x.waitsFor(a, r) {
-				x.owed[a] = true
-			}
-			r.quietUntil = time.Time{}
-		}
-		if x.repairDue(a, r, now, last) {
-			repair = append(repair, a)
-		}
-		if r.epoch != 0 && now.Sub(r.lastHeard) > HoldTime {
-			// Forget the peer: its next message starts afresh.
-			x.log.Info("peer silent, dropping its subscriptions", "peer", a, "silent_for", now.Sub(r.lastHeard).Round(time.Second))
-			*r = remote{mine: r.mine, parts: r.parts, mineGen: r.mineGen, lastHeard: r.lastHeard, health: r.health}
-			x.apply(a, false, nil)
-		}
+		x.stepPeer(a, r, now, &s, &c)
 	}
 	x.mu.Unlock()
-	if pathChanged && x.pathed != nil {
+	x.count(&c)
+	if s.pathChanged && x.pathed != nil {
 		x.pathed()
 	}
-	x.wakeSender()
-	for _, a := range hellos {
-		x.send(a, 0, sendFlags{ping: true})
-	}
-	if len(repair) > 0 && x.repair != nil {
-		x.log.Debug("repairing sessions that answer nothing", "peers", repair)
-		x.repair(repair, minRTO)
-	}
-}
-
-func (x *Exchange) receive(addr netip.Addr, b []byte) {
-	x.mu.Lock()
-	r, known := x.peers[addr]
-	if !known {
-		x.mu.Unlock()
-		x.BadMessages.Add(1)
-		return
-	}
-	m, err := ParseMessage(b)
-	if err != nil {
-		x.mu.Unlock()
-		x.BadMessages.Add(1)
-		return
-	}
-	now := x.clock.Now()
-	r.lastHeard = now
-	r.heardFrom(now)
-	if m.Epoch != r.epoch {
-		// The peer (re)started: its state is to be learnt afresh. What it
-		// subscribed to before stays until the new state is complete.
-		r.epoch, r.applied, r.pending, r.received, r.heard, r.ackedOK = m.Epoch, false, 0, nil, 0, false
-		r.resend.restart(now) // a new start is owed the state at once
-	}
-	r.heard = max(r.heard, m.Stamp)
-	if m.PeerEpoch == x.epoch {
-		r.acked, r.ackedOK = m.PeerGeneration, true
-		r.echoed(m, x.since(now))
-		if r.acked == r.mineGen {
-			r.resend = resend{}
-		}
-	}
-	var changed []mld.GroupState
-	apply, dropped, trimmed := false, 0, 0
-	if m.Parts > 0 {
-		changed, apply, dropped, trimmed = r.collect(m)
-	}
-	capped := apply && r.capped
-	want := m.Parts == 0 && (!r.applied || r.gen != m.Generation)
-	// A request for the state is served at once the first time, then
-	// at most as often as resends (sendstate.go).
-	sendState := (m.Want || m.PeerEpoch != x.epoch) && r.mayResend(now)
-	r.requested = r.requested || ((m.Want || m.PeerEpoch != x.epoch) && !sendState)
-	if sendState {
-		x.owed[addr] = true
-	}
-	pong := m.Ping && r.mayPong(x.since(now))
-	x.mu.Unlock()
-
-	if dropped > 0 {
-		x.OverCap.Add(uint64(dropped))
-	}
-	if trimmed > 0 {
-		x.SourcesOverCap.Add(uint64(trimmed))
-	}
-	if apply {
-		if capped {
-			x.log.Warn("peer subscribed to too many groups; keeping the first ones", "peer", addr, "cap", MaxGroupsPerPeer)
-		}
-		x.apply(addr, m.Relay, changed)
-		x.log.Debug("applied peer subscriptions", "peer", addr, "generation", m.Generation, "groups", len(changed))
-	}
-	if sendState {
+	if s.wake {
 		x.wakeSender()
 	}
-	switch {
-	case want:
-		x.send(addr, 0, sendFlags{want: true, pong: pong})
-	case apply || pong:
-		x.send(addr, 0, sendFlags{pong: pong}) // acknowledge at once: the peer stops resending
+	for _, a := range s.apply {
+		x.applyTo(a)
+	}
+	for _, a := range s.wants {
+		x.send(a, sendFlags{want: true})
+	}
+	for _, a := range s.hellos {
+		x.send(a, sendFlags{ping: true})
+	}
+	if len(s.repair) > 0 && x.repair != nil {
+		x.log.Debug("repairing sessions that answer nothing", "peers", s.repair)
+		x.repair(s.repair, minRTO)
 	}
 }
 
-// collect adds a part of a state; when the state is complete it returns
-// it, sanitized (sorted by group, each group once: see sanitize). Groups
-// beyond MaxGroupsPerPeer, sources beyond MaxSourcesPerGroup in a group
-// and beyond MaxSourcesPerPeer in the state are dropped as their parts
-// arrive, so a peer cannot make this node hold more; collect returns how
-// many groups and sources it dropped of this part (r.capped tells whether
-// the state lost any groups).
-func (r *remote) collect(m *Message) (all []mld.GroupState, complete bool, dropped, trimmed int) {
-	if r.applied && m.Generation <= r.gen {
-		return nil, false, 0, 0 // stale or repeated
-	}
-	if m.Generation != r.pending || r.received == nil {
-		r.pending, r.received, r.held, r.heldSrcs, r.capped = m.Generation, map[uint16][]mld.GroupState{}, 0, 0, false
-	}
-	for _, g := range r.received[m.Part] { // a part sent again replaces itself
-		r.held--
-		r.heldSrcs -= len(g.Sources)
-	}
-	groups := m.Groups
-	if room := MaxGroupsPerPeer - r.held; len(groups) > room {
-		groups, dropped, r.capped = groups[:room], len(groups)-room, true
-	}
-	for i := range groups {
-		room := min(MaxSourcesPerGroup, MaxSourcesPerPeer-r.heldSrcs)
-		if n := len(groups[i].Sources); n > room {
-			groups[i].Sources, trimmed = groups[i].Sources[:room], trimmed+n-room
-		}
-		r.heldSrcs += len(groups[i].Sources)
-	}
-	r.received[m.Part] = groups
-	r.held += len(groups)
-	if len(r.received) < int(m.Parts) {
-		return nil, false, dropped, trimmed
-	}
-	all = make([]mld.GroupState, 0, r.held)
-	for i := range m.Parts {
-		all = append(all, r.received[i]...)
-	}
-	r.applied, r.gen, r.received, r.held, r.heldSrcs = true, m.Generation, nil, 0, 0
-	all, merged := sanitize(all)
-	return all, true, dropped, trimmed + merged
-}
+// stepPeer is step's work for the peer at addr, under the lock.
+func (x *Exchange) stepPeer(a netip.Addr, r *remote, now time.Time, s *stepped, c *counts) {
 
-// isDirect reports whether, at now (since the exchange's start), the
-// path to the peer is direct: the peer applied a state of this node's, so
-// that it sends this node's groups straight to it, and its session
-// answers both ways: no ping is overdue by half a ping interval (one lost
-// ping or pong does not end a path, when the next is answered).
-func (r *remote) isDirect(now time.Time, since time.Duration) bool {
-	return r.epoch != 0 && r.ackedOK && r.acked != 0 && r.answered != 0 && now.Sub(r.lastHeard) < ConnectedWithin &&
-		!r.overdue(since, pathHello/2)
-}
-
-// Direct reports whether the path to the peer at addr is direct, as the
-// exchange last found (every tickInterval).
-func (x *Exchange) Direct(addr netip.Addr) bool {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	r, ok := x.peers[addr]
-	return ok && r.direct
-}
-
-// Silence returns how long the peer at addr has sent nothing, counted from
-// the exchange's start if it never did (or was forgotten, after
-// HoldTime); 0 for a peer the exchange does not know.
-func (x *Exchange) Silence(addr netip.Addr, now time.Time) time.Duration {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	r, ok := x.peers[addr]
-	switch {
-	case !ok:
-		return 0
-	case r.lastHeard.IsZero():
-		return now.Sub(x.started)
+	if p := r.in.pend; p != nil && now.Sub(p.since) > pendingHold {
+		r.in.dropPending(&x.held, c)
+		r.in.wantOwed = true
 	}
-	return now.Sub(r.lastHeard)
-}
-
-func (x *Exchange) wakeSender() {
-	select {
-	case x.wake <- struct{}{}:
-	default:
+	if r.in.wantOwed && r.in.asks.allow(now) {
+		r.in.wantOwed = false
+		s.wants = append(s.wants, a)
+	}
+	if r.in.dirty && r.in.applyDue(now) {
+		s.apply = append(s.apply, a)
+	}
+	last := x.lastFrom(a, r)
+	silent := time.Duration(0)
+	if !last.IsZero() {
+		silent = now.Sub(last)
+	}
+	// Toward a peer heard from within a second, what is lost is resent
+	// every rto; toward a silent one, less and less often.
+	alive := !last.IsZero() && silent < time.Second
+	if r.out.resendDue(now, alive, r.rto()) || r.out.syncOwed || r.out.stale {
+		s.wake = true // (the sender is woken where these are set; this is a safety net)
+	}
+	every := r.helloInterval(x.since(now), silent)
+	if x.watched != nil && x.watched(a) {
+		every = min(every, pathHello)
+	}
+	// Half a tick early is on time: a ticker's ticks are not exactly
+	// tickInterval apart.
+	if now.Sub(r.lastHello) >= every-tickInterval/2 {
+		r.lastHello = now
+		s.hellos = append(s.hellos, a)
+	}
+	if d := r.isDirect(now, x.since(now)); d != r.direct {
+		r.direct, s.pathChanged = d, true
+	}
+	if !r.quietUntil.IsZero() && !now.Before(r.quietUntil) {
+		// Toward a peer it kept quiet with (see quietStart) and has still
+		// not heard from, the state goes as soon as the quiet ends.
+		r.quietUntil, s.wake = time.Time{}, true
+	}
+	if x.repairDue(a, r, now, last) {
+		s.repair = append(s.repair, a)
+	}
+	if r.epoch != 0 && now.Sub(r.lastHeard) > HoldTime {
+		// Forget the peer: its next message starts afresh.
+		x.log.Info("peer silent, dropping its subscriptions", "peer", a, "silent_for", now.Sub(r.lastHeard).Round(time.Second))
+		r.in.forget(&x.held, c)
+		r.epoch, r.relay, r.ackedOK, r.heard, r.knownAt = 0, false, false, 0, 0
+		s.apply = append(s.apply, a)
 	}
 }
 
-// quietToward reports whether, at time now, this node keeps quiet toward
-// the peer at addr (see quietStart): it has the higher overlay address and
-// has not heard from the peer since it started or added it, within
-// quietStart.
-func (x *Exchange) quietToward(addr netip.Addr, r *remote, now time.Time) bool {
-	return x.waitsFor(addr, r) && now.Before(r.quietUntil)
+// count adds what c counted to the exchange's counters.
+func (x *Exchange) count(c *counts) {
+	if c.groups > 0 {
+		x.OverCap.Add(uint64(c.groups))
+	}
+	if c.sources > 0 {
+		x.SourcesOverCap.Add(uint64(c.sources))
+	}
+	if c.incomplete > 0 {
+		x.Incomplete.Add(uint64(c.incomplete))
+	}
 }
 
-// waitsFor reports whether this node waits for the peer at addr to speak
-// first: it has the higher overlay address and has not heard from it.
-func (x *Exchange) waitsFor(addr netip.Addr, r *remote) bool {
-	return r.epoch == 0 && x.self.Compare(addr) > 0
-}
-
-// sendFlags are the flags of a message to send.
-type sendFlags struct{ want, ping, pong bool }
-
-// send sends part (1-based; 0 for a hello) of the local state to addr.
-func (x *Exchange) send(addr netip.Addr, part int, f sendFlags) {
+// applyTo hands the peer at addr's subscriptions to Apply, if they
+// changed since it last did. Hand-overs are serialized, each of the state
+// as it is then, so the last is of the newest.
+func (x *Exchange) applyTo(addr netip.Addr) {
+	x.applyMu.Lock()
+	defer x.applyMu.Unlock()
 	x.mu.Lock()
 	r, ok := x.peers[addr]
-	now := x.clock.Now()
-	if !ok || part > len(r.parts) || x.quietToward(addr, r, now) {
+	if !ok || !r.in.dirty {
 		x.mu.Unlock()
 		return
 	}
-	stamp := stampOf(x.since(now))
-	m := Message{Want: f.want, Ping: f.ping, Pong: f.pong, Relay: x.relay, Epoch: x.epoch, PeerEpoch: r.epoch, Generation: r.mineGen,
-		Stamp: stamp, Echo: r.heard}
-	if r.applied {
-		m.PeerGeneration = r.gen
-	}
-	if part > 0 {
-		m.Part, m.Parts, m.Groups = uint16(part-1), uint16(len(r.parts)), r.parts[part-1]
-	}
-	if f.ping {
-		r.pinged(stamp)
-	}
-	b := AppendMessage(nil, &m)
+	groups, relay := r.in.snapshot(), r.relay
+	r.in.dirty, r.in.lastApply = false, x.clock.Now()
 	x.mu.Unlock()
-	if err := x.out(addr, b); err != nil {
-		x.log.Debug("sending subscription message", "peer", addr, "err", err)
-	}
+	x.apply(addr, relay, groups)
+	x.log.Debug("applied peer subscriptions", "peer", addr, "groups", len(groups))
 }

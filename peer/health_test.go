@@ -141,7 +141,7 @@ func (s *healthSim) lastData() time.Time {
 	return time.Time{}
 }
 
-// run runs the simulation for d; states owed go out whole at once.
+// run runs the simulation for d; updates owed go out at once.
 func (s *healthSim) run(d time.Duration) {
 	until := s.clk.now.Add(d)
 	for s.queue.Len() > 0 && !s.queue.peek().After(until) {
@@ -149,8 +149,12 @@ func (s *healthSim) run(d time.Duration) {
 		s.clk.now = e.at
 		e.do()
 		for _, x := range s.nodes {
-			for _, o := range x.takeOwed(nil) {
-				for x.sendPart(o) {
+			x.flushAcks()
+			x.refresh()
+			for b := x.nextUpdates(); len(b) > 0; b = x.nextUpdates() {
+				for _, u := range b {
+					x.transmit(u.addr, u.b)
+					x.sent(u.addr, u.b)
 				}
 			}
 		}

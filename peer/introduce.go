@@ -177,8 +177,14 @@ func (in *Introductions) SetDirect(keys []Key) {
 }
 
 // HandleControl takes an introduction message from the peer at from
-// (authenticated by the transport), for Run to handle (see enqueue).
+// (authenticated by the transport), for Run to handle (see enqueue); one
+// longer than lcast sends is dropped and counted (Malformed), so the
+// inbox holds at most its length times maxMsgPayload bytes.
 func (in *Introductions) HandleControl(from netip.Addr, msg []byte) {
+	if len(msg) > maxMsgPayload {
+		in.Malformed.Add(1)
+		return
+	}
 	enqueue(in.inbox, from, msg, &in.InboxFull)
 }
 

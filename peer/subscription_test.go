@@ -2,7 +2,6 @@ package peer
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -10,46 +9,69 @@ import (
 	"github.com/librecast/lcast/mld"
 )
 
+var (
+	src1 = netip.MustParseAddr("2001:db8::1")
+	src2 = netip.MustParseAddr("fd6c:6361:7374::1")
+)
+
 func TestMessageRoundTrip(t *testing.T) {
-	groups := []mld.GroupState{
-		{Group: netip.MustParseAddr("ff1e::1"), Mode: mld.Exclude, Sources: []netip.Addr{}, Hops: 3},
-		{Group: netip.MustParseAddr("ff3e::8000:1"), Mode: mld.Include, Sources: []netip.Addr{netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("fd6c:6361:7374::1")}},
-	}
-	for _, m := range []Message{
-		{Epoch: 7, PeerEpoch: 9, Generation: 3, PeerGeneration: 4},
-		{Want: true, Epoch: 1},
-		{Relay: true, Epoch: 1},
-		{Epoch: 5, Generation: 2, Part: 1, Parts: 2, Groups: groups},
-		{Epoch: 5, Generation: 2, Part: 0, Parts: 1, Groups: []mld.GroupState{}},
+	for name, m := range map[string]Message{
+		"hello": {Epoch: 7, PeerEpoch: 9, Seq: 3, Ack: 4, Stamp: 5, Echo: 6, Ping: true},
+		"want":  {Want: true, Epoch: 1},
+		"relay": {Relay: true, Pong: true, Epoch: 1, Digest: Digest{1, 2, 3}, DigestOK: true},
+		"empty": {Update: true, Sync: true, Sweep: true, End: true, Epoch: 5, Seq: 2},
+		"update": {Update: true, Epoch: 5, Seq: 9, Ack: 1, DigestOK: true, Digest: Digest{15: 9}, Records: []Record{
+			{Group: netip.MustParseAddr("ff1e::1"), Mode: mld.Exclude, Hops: 3, Sources: []netip.Addr{}},
+			{Group: netip.MustParseAddr("ff3e::8000:1"), Mode: mld.Include, Total: 120, First: 60, Sources: []netip.Addr{src1, src2}},
+			{Group: netip.MustParseAddr("ff1e::2"), Remove: true},
+		}},
 	} {
-		got, err := ParseMessage(AppendMessage(nil, &m))
-		if err != nil {
-			t.Fatalf("%+v: %v", m, err)
-		}
-		if m.Groups == nil {
-			m.Groups = []mld.GroupState{}
-		}
-		if !reflect.DeepEqual(*got, m) {
-			t.Fatalf("round trip\n got %+v\nwant %+v", *got, m)
-		}
+		t.Run(name, func(t *testing.T) {
+			b := AppendMessage(nil, &m)
+			got, err := ParseMessage(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Records == nil {
+				m.Records = []Record{}
+			}
+			for i := range m.Records {
+				if m.Records[i].Sources == nil && !m.Records[i].Remove {
+					m.Records[i].Sources = []netip.Addr{}
+				}
+			}
+			if !reflect.DeepEqual(*got, m) {
+				t.Fatalf("round trip\n got %+v\nwant %+v", *got, m)
+			}
+		})
 	}
 }
 
 func TestParseMessageRejects(t *testing.T) {
-	valid := AppendMessage(nil, &Message{Epoch: 5, Generation: 2, Parts: 1, Groups: []mld.GroupState{{Group: netip.MustParseAddr("ff1e::1"), Mode: mld.Include, Sources: []netip.Addr{netip.MustParseAddr("2001:db8::1")}}}})
+	valid := AppendMessage(nil, &Message{Update: true, Epoch: 5, Seq: 2, Records: []Record{
+		{Group: netip.MustParseAddr("ff1e::1"), Mode: mld.Include, Total: 1, Sources: []netip.Addr{src1}}}})
 	mod := func(f func([]byte) []byte) []byte { return f(append([]byte(nil), valid...)) }
+	rec := msgHeaderLen
 	for name, b := range map[string][]byte{
-		"short":          valid[:10],
-		"bad magic":      mod(func(b []byte) []byte { b[0] = 'X'; return b }),
-		"bad version":    mod(func(b []byte) []byte { b[3] = 9; return b }),
-		"zero epoch":     mod(func(b []byte) []byte { clear(b[10:18]); return b }),
-		"part >= parts":  mod(func(b []byte) []byte { b[7] = 1; return b }),
-		"hello w/groups": mod(func(b []byte) []byte { b[9] = 0; return b }),
-		"truncated":      valid[:len(valid)-1],
-		"trailing":       append(append([]byte(nil), valid...), 0),
-		"unicast group":  mod(func(b []byte) []byte { b[msgHeaderLen] = 0x20; return b }),
-		"bad mode":       mod(func(b []byte) []byte { b[msgHeaderLen+16] = 2; return b }),
-		"many sources":   mod(func(b []byte) []byte { b[msgHeaderLen+18] = 0xff; return b }),
+		"short":            valid[:10],
+		"bad magic":        mod(func(b []byte) []byte { b[0] = 'X'; return b }),
+		"old version":      mod(func(b []byte) []byte { b[3] = 3; return b }),
+		"zero epoch":       mod(func(b []byte) []byte { clear(b[8:16]); return b }),
+		"zero seq":         mod(func(b []byte) []byte { clear(b[24:32]); return b }),
+		"unknown flag":     mod(func(b []byte) []byte { b[5] |= 2; return b }),
+		"hello w/records":  mod(func(b []byte) []byte { b[4] &^= flagUpdate; return b }),
+		"hello w/sweep":    AppendMessage(nil, &Message{Epoch: 1, Sweep: true}),
+		"truncated":        valid[:len(valid)-1],
+		"trailing":         append(append([]byte(nil), valid...), 0),
+		"count too high":   mod(func(b []byte) []byte { b[7] = 2; return b }),
+		"unicast group":    mod(func(b []byte) []byte { b[rec] = 0x20; return b }),
+		"bad op":           mod(func(b []byte) []byte { b[rec+16] = 2; return b }),
+		"bad mode":         mod(func(b []byte) []byte { b[rec+17] = 2; return b }),
+		"reserved":         mod(func(b []byte) []byte { b[rec+19] = 1; return b }),
+		"chunk past total": mod(func(b []byte) []byte { b[rec+23] = 1; return b }),
+		"sources missing":  mod(func(b []byte) []byte { b[rec+25] = 2; b[rec+21] = 2; return b }),
+		"remove w/sources": mod(func(b []byte) []byte { b[rec+16] = opRemove; return b }),
+		"longer than sent": append(AppendMessage(nil, &Message{Epoch: 1}), make([]byte, maxMsgPayload)...),
 	} {
 		if _, err := ParseMessage(b); !errors.Is(err, ErrBadMessage) {
 			t.Errorf("%s: error %v, want ErrBadMessage", name, err)
@@ -57,43 +79,69 @@ func TestParseMessageRejects(t *testing.T) {
 	}
 }
 
-func TestSplitGroupsFitsMessages(t *testing.T) {
+// Any state is carried, whatever its shape: a group of 1,000 sources is
+// cut into chunks, no message is longer than maxMsgPayload, and the
+// receiver rebuilds the state exactly, with the sender's digest.
+func TestFullStateFitsMessages(t *testing.T) {
 	var groups []mld.GroupState
 	for i := range 500 {
-		g := mld.GroupState{Group: netip.MustParseAddr(fmt.Sprintf("ff1e::%x", i)), Mode: mld.Include}
-		for j := range i % 5 {
-			g.Sources = append(g.Sources, netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", j)))
+		g := mld.GroupState{Group: numbered(groupsBase, i), Mode: mld.Include, Sources: []netip.Addr{}}
+		n := i % 5
+		if i == 250 {
+			n = 1000
+		}
+		for j := range n {
+			g.Sources = append(g.Sources, numbered(sourcesBase, j))
 		}
 		groups = append(groups, g)
 	}
-	parts := SplitGroups(groups)
-	total := 0
-	for _, p := range parts {
-		if n := len(AppendMessage(nil, &Message{Epoch: 1, Parts: 1, Groups: p})); n > maxMsgPayload {
-			t.Fatalf("part of %d bytes", n)
+	msgs := FullState(7, 1, groups)
+	var in inState
+	var b budget
+	var c counts
+	var last *Message
+	for _, raw := range msgs {
+		if len(raw) > maxMsgPayload {
+			t.Fatalf("message of %d bytes", len(raw))
 		}
-		total += len(p)
+		m, err := ParseMessage(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in.take(m, &b, t0, &c) {
+			t.Fatalf("update %d asks for a full state", m.Seq)
+		}
+		last = m
 	}
-	if total != 500 || len(SplitGroups(nil)) != 1 {
-		t.Fatalf("split %d groups into %d parts; nil into %d", total, len(parts), len(SplitGroups(nil)))
+	if got := in.snapshot(); !reflect.DeepEqual(got, groups) {
+		t.Fatalf("rebuilt %d groups, want %d", len(got), len(groups))
+	}
+	if !last.Sweep || !last.End || !last.DigestOK || last.Digest != in.digest || in.digest != digestOf(groups) {
+		t.Fatalf("last update %+v; receiver's digest %x, state's %x", last, in.digest, digestOf(groups))
+	}
+	if c != (counts{}) || b.groups != 500 {
+		t.Fatalf("counted %+v, held %+v", c, b)
 	}
 }
 
 // FuzzParseMessage: no datagram makes ParseMessage panic, and what it
 // accepts encodes back to the same bytes.
 func FuzzParseMessage(f *testing.F) {
-	f.Add(AppendMessage(nil, &Message{Epoch: 7, PeerEpoch: 9, Generation: 3}))
-	f.Add(AppendMessage(nil, &Message{Epoch: 5, Generation: 2, Parts: 1, Groups: []mld.GroupState{{Group: netip.MustParseAddr("ff1e::1"), Mode: mld.Exclude, Sources: []netip.Addr{netip.MustParseAddr("2001:db8::1")}}}}))
+	f.Add(AppendMessage(nil, &Message{Epoch: 7, PeerEpoch: 9, Seq: 3, Ack: 2, DigestOK: true}))
+	for _, m := range FullState(5, 2, []mld.GroupState{{Group: netip.MustParseAddr("ff1e::1"), Mode: mld.Exclude, Sources: []netip.Addr{src1}}}) {
+		f.Add(m)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := ParseMessage(b)
 		if err != nil {
 			return
 		}
 		if again := AppendMessage(nil, m); string(again) != string(b) {
-			// Only the reserved byte and unknown flag bits may differ.
-			if len(again) != len(b) || string(again[6:]) != string(b[6:]) {
-				t.Fatalf("re-encoded %x\nfrom %x", again, b)
-			}
+			t.Fatalf("re-encoded %x\nfrom %x", again, b)
 		}
+		var in inState
+		var bud budget
+		var c counts
+		in.take(m, &bud, t0, &c) // whatever it holds, it does not panic
 	})
 }

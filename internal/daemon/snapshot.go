@@ -74,6 +74,8 @@ func (d *Daemon) drops() map[string]uint64 {
 	drops["bad_subscription_message"] = d.exchange.BadMessages.Load()
 	drops["peer_groups_over_cap"] = d.exchange.OverCap.Load()
 	drops["peer_sources_over_cap"] = d.exchange.SourcesOverCap.Load()
+	drops["peer_group_incomplete"] = d.exchange.Incomplete.Load()
+	drops["subscription_send_failed"] = d.exchange.SendFailed.Load()
 	drops["control_inbox_full"] = d.exchange.InboxFull.Load() + d.intros.InboxFull.Load()
 	drops["untrusted_introduction"] = d.intros.Untrusted.Load()
 	drops["bad_introduction_message"] = d.intros.Malformed.Load()

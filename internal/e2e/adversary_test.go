@@ -55,7 +55,8 @@ type adversaryResult struct {
 //	           target's overlay address (the port lcast's messages once
 //	           used), with the victim's address as source
 //	states     twenty claims of a new start, then a subscription state of
-//	           100,000 sources in one group and one of the same group
+//	           100,000 sources in one group (65,535 of them: what a record
+//	           announces) and one of the same group
 //	           10,000 times; it never acknowledges the target's state and
 //	           asks for it in every message
 //
@@ -181,11 +182,7 @@ func (a *adversary) attack(name string) (time.Duration, error) {
 			binary.BigEndian.PutUint32(b[12:], uint32(i+1))
 			many[i] = netip.AddrFrom16(b)
 		}
-		var entries []mld.GroupState
-		for i := 0; i < len(many); i += 70 {
-			entries = append(entries, mld.GroupState{Group: a.group, Mode: mld.Include, Sources: many[i:min(i+70, len(many))]})
-		}
-		a.state(entries)
+		a.state([]mld.GroupState{{Group: a.group, Mode: mld.Include, Sources: many}})
 		same := make([]mld.GroupState, 10000)
 		for i := range same {
 			same[i] = mld.GroupState{Group: a.group, Mode: mld.Include, Sources: many[i : i+1]}
@@ -214,26 +211,29 @@ func (a *adversary) underlay() error {
 		a.udp = pc
 	}
 	a.gen++
-	msg := peer.AppendMessage(nil, &peer.Message{Parts: 1, Epoch: a.epoch, Generation: a.gen,
-		Groups: []mld.GroupState{{Group: underlayGroup, Mode: mld.Exclude, Sources: []netip.Addr{}}}})
+	msg := peer.FullState(a.epoch, a.gen, []mld.GroupState{{Group: underlayGroup, Mode: mld.Exclude, Sources: []netip.Addr{}}})[0]
 	a.sent++
 	_, err := a.udp.WriteTo(msg, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a.target, oldControlPort)))
 	return err
 }
 
-// state sends groups as a full state of a new generation, each message
-// asking for the target's state and acknowledging none.
+// state sends groups as a full state (its updates numbered on from the
+// last), each message asking for the target's state and acknowledging
+// none.
 func (a *adversary) state(groups []mld.GroupState) {
-	a.gen++
-	parts := peer.SplitGroups(groups)
-	for i, p := range parts {
-		m := &peer.Message{Want: true, Part: uint16(i), Parts: uint16(len(parts)), Epoch: a.epoch, Generation: a.gen, Groups: p}
+	for _, msg := range peer.FullState(a.epoch, a.gen+1, groups) {
+		m, err := peer.ParseMessage(msg)
+		if err != nil {
+			panic(err)
+		}
+		m.Want = true
+		a.gen = m.Seq
 		a.send(a.router.AppendControl(nil, a.target, peer.AppendMessage(nil, m)))
 	}
 }
 
 // countStates reads what the target sends until done, and counts the full
-// states (their first parts) among it.
+// states (their first updates, flagged sync) among it.
 func (a *adversary) countStates(done <-chan struct{}) int {
 	n := 0
 	for {
@@ -244,7 +244,7 @@ func (a *adversary) countStates(done <-chan struct{}) int {
 			if len(pkt) < 40 || pkt[6] != router.ProtoControl {
 				continue
 			}
-			if m, err := peer.ParseMessage(pkt[40:]); err == nil && m.Parts > 0 && m.Part == 0 {
+			if m, err := peer.ParseMessage(pkt[40:]); err == nil && m.Sync {
 				n++
 			}
 		}

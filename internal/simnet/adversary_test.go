@@ -169,6 +169,12 @@ func TestHostilePeer(t *testing.T) {
 			for range 20 {
 				x.NewStart(b)
 			}
+			// One record of the group with all its sources, past the
+			// cap: a group's sources come in chunks, and the chunks
+			// past the cap are trimmed and counted. (b takes one full
+			// state from a peer per 125 ms: the two after it are
+			// refused, a state of the same group in many entries.)
+			x.SendState(b, []mld.GroupState{{Group: g, Mode: mld.Include, Sources: many}})
 			x.SendState(b, manyEntries)
 			x.SendState(b, sameEntries)
 			time.Sleep(500 * time.Millisecond)
@@ -293,8 +299,7 @@ func TestHostilePeer(t *testing.T) {
 // advStateMessage returns a full state of group, as a node's first
 // subscription message.
 func advStateMessage(group netip.Addr) []byte {
-	return peer.AppendMessage(nil, &peer.Message{Parts: 1, Epoch: rand.Uint64() | 1, Generation: 1,
-		Groups: []mld.GroupState{{Group: group, Mode: mld.Exclude}}})
+	return peer.FullState(rand.Uint64()|1, 1, []mld.GroupState{{Group: group, Mode: mld.Exclude}})[0]
 }
 
 // A program that sends multicast from another node's address gets none of

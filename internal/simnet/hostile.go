@@ -247,24 +247,29 @@ func (h *Hostile) NewStart(n *Node) {
 	h.SendControl(n, peer.AppendMessage(nil, m))
 }
 
-// SendState sends n groups as the hostile peer's full state, of a new
-// generation, in as many messages as they take, each asking for n's
-// state and acknowledging none of it. The groups need be neither sorted,
-// nor distinct, nor within any cap.
+// SendState sends n groups as the hostile peer's full state, its updates
+// numbered on from the last, each asking for n's state and acknowledging
+// none of it. The groups need be neither sorted, nor distinct, nor within
+// any cap.
 func (h *Hostile) SendState(n *Node, groups []mld.GroupState) {
 	h.mu.Lock()
-	h.gen++
-	epoch, gen := h.epoch, h.gen
+	epoch, seq := h.epoch, h.gen+1
 	h.mu.Unlock()
-	parts := peer.SplitGroups(groups)
-	for i, p := range parts {
-		m := &peer.Message{Want: true, Part: uint16(i), Parts: uint16(len(parts)), Epoch: epoch, Generation: gen, Groups: p}
+	for _, msg := range peer.FullState(epoch, seq, groups) {
+		m, err := peer.ParseMessage(msg)
+		if err != nil {
+			panic(err) // FullState makes what ParseMessage takes
+		}
+		m.Want = true
+		h.mu.Lock()
+		h.gen = m.Seq
+		h.mu.Unlock()
 		h.SendControl(n, peer.AppendMessage(nil, m))
 	}
 }
 
-// States returns how many full states (their first parts) the hostile
-// peer's peers have sent it.
+// States returns how many full states (their first updates, flagged
+// sync) the hostile peer's peers have sent it.
 func (h *Hostile) States() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -295,7 +300,7 @@ func (h *Hostile) read() {
 		}
 		switch pkt[6] {
 		case router.ProtoControl:
-			if m, err := peer.ParseMessage(pkt[40:]); err == nil && m.Parts > 0 && m.Part == 0 {
+			if m, err := peer.ParseMessage(pkt[40:]); err == nil && m.Sync {
 				h.mu.Lock()
 				h.states++
 				h.mu.Unlock()

@@ -137,27 +137,39 @@ func (k *kernel) changed(recs []mld.ReportRecord, joined bool) {
 	k.report(recs)
 }
 
-// report writes recs into lc0 in as few MLDv2 reports as lc0's MTU holds,
-// as Linux merges them.
+// reportMTU is the largest report the kernel writes: lc0's least MTU.
+const reportMTU = 1280
+
+// report writes recs as Linux does: in as few reports as it takes for
+// each to fit reportMTU, a record with more sources than fit one cut into
+// records of the same type.
 func (k *kernel) report(recs []mld.ReportRecord) {
-	mtu := 1280
-	k.mu.Lock()
-	if k.dev != nil {
-		mtu = k.dev.mtu
-	}
-	k.mu.Unlock()
-	// An IPv6 header, the Router Alert option and the report's header
-	// come before the records.
-	const overhead = 40 + 8 + 8
-	for len(recs) > 0 {
-		n, size := 0, overhead
-		for n < len(recs) && (n == 0 || size+20+16*len(recs[n].Sources) <= mtu) {
-			size += 20 + 16*len(recs[n].Sources)
-			n++
+	empty := len(mld.AppendV2Report(nil, k.linkLocal, nil))
+	var out []mld.ReportRecord
+	size := empty
+	flush := func() {
+		if len(out) > 0 {
+			k.write(mld.AppendV2Report(nil, k.linkLocal, out))
 		}
-		k.write(mld.AppendV2Report(nil, k.linkLocal, recs[:n]))
-		recs = recs[n:]
+		out, size = nil, empty
 	}
+	for _, r := range recs {
+		srcs := r.Sources
+		for first := true; first || len(srcs) > 0; first = false {
+			room := (reportMTU - size - 20) / 16
+			if room < 1 && len(srcs) > 0 || size+20 > reportMTU {
+				flush()
+				room = (reportMTU - size - 20) / 16
+			}
+			n := min(room, len(srcs))
+			part := r
+			part.Sources = srcs[:n]
+			srcs = srcs[n:]
+			out = append(out, part)
+			size += 20 + 16*n
+		}
+	}
+	flush()
 }
 
 // current returns the current-state records of group (every group, if
