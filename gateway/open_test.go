@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,6 +39,18 @@ func addAddrs(t *testing.T, ns netns.NsHandle, dev string, addrs ...string) {
 	}
 }
 
+// syncWriter serializes writes to w.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
+
 func testConfig(lans ...string) Config {
 	return Config{
 		LANs:      lans,
@@ -61,7 +75,10 @@ func TestGatewayOpenClose(t *testing.T) {
 	}
 
 	var g *Gateway
-	inNamespace(t, ns, func() { g, err = Open(testConfig("lan1")) })
+	var log strings.Builder
+	cfg := testConfig("lan1")
+	cfg.Log = slog.New(slog.NewTextHandler(&syncWriter{w: &log}, nil))
+	inNamespace(t, ns, func() { g, err = Open(cfg) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,6 +103,9 @@ func TestGatewayOpenClose(t *testing.T) {
 	}
 	if got := tables(t, check); len(got) != 0 {
 		t.Errorf("tables after Run ended: %q", got)
+	}
+	if strings.Contains(log.String(), "level=ERROR") || strings.Contains(log.String(), "level=WARN") {
+		t.Errorf("the gateway complained:\n%s", log.String())
 	}
 
 	// Failed starts.
