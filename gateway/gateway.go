@@ -67,12 +67,12 @@ type Gateway struct {
 	lc0Dirty atomic.Bool   // lc0's groups may have changed (each LAN has its own)
 
 	// Only Open and then Run's goroutine touch these.
-	state  *state // what the sets hold
-	broken bool   // a change failed: the table is made anew
+	state   *state // what the sets hold
+	broken  bool   // a change failed: the table is made anew
+	lc0Over int    // groups wanted through lc0 beyond maxLc0Groups
 
-	lc0OverCap atomic.Int64 // groups wanted through lc0 beyond maxLc0Groups
-	closed     atomic.Bool
-	closeOnce  sync.Once
+	closed    atomic.Bool
+	closeOnce sync.Once
 }
 
 // retryDelay is how long after a failed change of the rules the gateway
@@ -104,7 +104,7 @@ func open(cfg Config, newKernel func(table string) (kernel, error)) (_ *Gateway,
 	}()
 	lc0, err := net.InterfaceByName(cfg.Lc0)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("interface %s: %w", cfg.Lc0, err)
 	}
 	var links []link
 	var prefixes [][]netip.Prefix
@@ -121,9 +121,11 @@ func open(cfg Config, newKernel func(table string) (kernel, error)) (_ *Gateway,
 	for i, l := range g.lans {
 		l.counter = g.layout.lans[i].counter()
 	}
-	if g.kernel, err = newKernel(g.layout.table); err != nil {
-		return nil, err
+	k, err := newKernel(g.layout.table)
+	if err != nil {
+		return nil, err // and g.kernel stays nil, not a nil *nftKernel
 	}
+	g.kernel = k
 	// The table starts anew, replacing what a crashed daemon left.
 	if err := g.kernel.create(g.layout); err != nil {
 		return nil, err
@@ -224,10 +226,11 @@ func (g *Gateway) apply() error {
 		want := slices.DeleteFunc(g.cfg.Lc0Groups(), func(a netip.Addr) bool { return !g.cfg.Routable(a) })
 		var over int
 		ops, over = g.state.lc0Changes(ops, want)
-		if old := g.lc0OverCap.Swap(int64(over)); over > 0 && old == 0 {
+		if over > 0 && g.lc0Over == 0 {
 			g.cfg.Log.Warn("gateway: more groups wanted through lc0 than the rules hold: LAN hosts' packets to the others do not reach peers",
 				"wanted", len(want), "held", maxLc0Groups)
 		}
+		g.lc0Over = over
 	}
 	for i, l := range g.lans {
 		if l.dirty.Swap(false) {
@@ -261,10 +264,6 @@ func (g *Gateway) ForeignSources(l *LAN) uint64 {
 	}
 	return n
 }
-
-// Lc0GroupsOverCap returns how many groups wanted through lc0 the rules
-// leave out, beyond their cap (2^19).
-func (g *Gateway) Lc0GroupsOverCap() int { return int(g.lc0OverCap.Load()) }
 
 // lanChanged follows a change of a LAN's listeners: the rules, then the
 // node's subscriptions (OnChange).

@@ -32,7 +32,7 @@ import (
 // the sets by construction. lc0's groups are the union of every peer's
 // subscriptions (each at most peer.MaxGroupsPerPeer, 2^18) and local
 // programs': the set takes twice one peer's cap, and groups beyond it are
-// not copied from the LANs into lc0 (Gateway.Lc0GroupsOverCap).
+// not copied from the LANs into lc0 (a warning says so).
 const (
 	maxLANGroups  = mld.MaxGroups
 	maxLANSources = mld.MaxSources
