@@ -2,9 +2,12 @@
 // (gateway mode; docs/design.md, "Gateway mode and nftables"). On each LAN
 // interface it is the MLD router (package mld: the LAN's listener state,
 // General Queries, querier election). Packets move between the LANs and
-// lc0 in the kernel: nftables rules that the gateway keeps to what the
-// LANs' listeners and lc0 want copy each packet onto exactly the links
-// that want it (see ruleset), taking one off its hop limit as routers do.
+// lc0 in the kernel: nftables rules copy each packet onto exactly the
+// links that want it, taking one off its hop limit as routers do. The
+// rules are made once; what the LANs' listeners and lc0 want are elements
+// of sets keyed by group (and by group and source, for source filters),
+// which the gateway changes one at a time over netlink as they change
+// (see rules.go and nft.go).
 // Link-scope groups are never routed, and a LAN host's packets go onward
 // only if their source lies on the LAN they arrived on; those that do not
 // are counted.
@@ -19,18 +22,16 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
-	"os/exec"
-	"regexp"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/librecast/lcast/mld"
 	"github.com/librecast/lcast/mroute"
@@ -44,8 +45,9 @@ type Config struct {
 	// Routable reports whether packets to group may cross between links
 	// (the scope policy; link scope never does).
 	Routable func(group netip.Addr) bool
-	// Lc0Groups returns the groups wanted through lc0, sorted: those the
-	// peers subscribed to, and those programs on this node listen to.
+	// Lc0Groups returns the groups wanted through lc0, sorted and
+	// without duplicates: those the peers subscribed to, and those
+	// programs on this node listen to.
 	Lc0Groups func() []netip.Addr
 	// OnChange is called (without locks held) after the listeners on a
 	// LAN changed.
@@ -55,26 +57,38 @@ type Config struct {
 
 // Gateway is the multicast router of a node's LANs.
 type Gateway struct {
-	cfg   Config
-	table string         // the nftables table of the routing rules
-	mr    *mroute.Socket // held so that no other multicast router runs here; nil without MRT6
-	lans  []*LAN
+	cfg    Config
+	mr     *mroute.Socket // held so that no other multicast router runs here; nil without MRT6
+	lans   []*LAN
+	kernel kernel // nftables; nil until Open made it
+	layout layout // the table's rules, which stay
 
-	wake chan struct{} // the rules may need a change
+	wake     chan struct{} // the sets may need a change
+	lc0Dirty atomic.Bool   // lc0's groups may have changed (each LAN has its own)
 
-	mu      sync.Mutex // guards applied
-	applied string     // the ruleset in the kernel
+	// Only Open and then Run's goroutine touch these.
+	state   *state // what the sets hold
+	broken  bool   // a change failed: the table is made anew
+	lc0Over int    // groups wanted through lc0 beyond maxLc0Groups
 
+	closed    atomic.Bool
 	closeOnce sync.Once
 }
 
+// retryDelay is how long after a failed change of the rules the gateway
+// makes its table anew.
+const retryDelay = time.Second
+
 // Open takes the namespace's multicast routing (failing, with the holder
-// named, if another router has it) and opens the LANs. Nothing runs until
-// Run; Close releases it all if Run is never called.
-func Open(cfg Config) (g *Gateway, err error) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		return nil, errors.New("gateway mode needs nftables' nft command (Debian: apt install nftables)")
-	}
+// named, if another router has it), opens the LANs and makes the
+// nftables table. Nothing runs until Run; Close releases it all if Run is
+// never called.
+func Open(cfg Config) (*Gateway, error) {
+	return open(cfg, func(table string) (kernel, error) { return newNftKernel(table, 0) })
+}
+
+// open is Open with the nftables newKernel returns for a table.
+func open(cfg Config, newKernel func(table string) (kernel, error)) (_ *Gateway, err error) {
 	mr, err := mroute.Open()
 	switch {
 	case errors.Is(err, mroute.ErrUnsupported):
@@ -82,24 +96,42 @@ func Open(cfg Config) (g *Gateway, err error) {
 	case err != nil:
 		return nil, err
 	}
-	g = &Gateway{cfg: cfg, table: "lcast_" + identifier(cfg.Lc0), mr: mr, wake: make(chan struct{}, 1)}
+	g := &Gateway{cfg: cfg, mr: mr, wake: make(chan struct{}, 1)}
 	defer func() {
 		if err != nil {
-			g.Close()
+			g.Close() // of what was made, whatever failed
 		}
 	}()
+	lc0, err := net.InterfaceByName(cfg.Lc0)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: %w", cfg.Lc0, err)
+	}
+	var links []link
+	var prefixes [][]netip.Prefix
 	for _, name := range cfg.LANs {
 		l, err := g.openLAN(name)
 		if err != nil {
 			return nil, fmt.Errorf("LAN interface %s: %w", name, err)
 		}
 		g.lans = append(g.lans, l)
+		links = append(links, link{name: name, index: l.index})
+		prefixes = append(prefixes, l.prefixes)
 	}
-	// The counters of packets from sources foreign to each LAN, and the
-	// rules, start anew (replacing what a crashed daemon left).
-	if err := nft(g.counters()); err != nil {
+	g.layout = newLayout("lcast_"+identifier(cfg.Lc0), link{name: cfg.Lc0, index: lc0.Index}, links, prefixes)
+	for i, l := range g.lans {
+		l.counter = g.layout.lans[i].counter()
+	}
+	k, err := newKernel(g.layout.table)
+	if err != nil {
+		return nil, err // and g.kernel stays nil, not a nil *nftKernel
+	}
+	g.kernel = k
+	// The table starts anew, replacing what a crashed daemon left.
+	if err := g.kernel.create(g.layout); err != nil {
 		return nil, err
 	}
+	g.state = newState(g.layout)
+	g.lc0Dirty.Store(true)
 	if err := g.apply(); err != nil {
 		return nil, err
 	}
@@ -114,16 +146,20 @@ func (g *Gateway) Run(ctx context.Context) {
 		wg.Go(func() { l.read(g.cfg.Log) })
 		wg.Go(func() { l.querier.Run(ctx) })
 	}
+	var retry <-chan time.Time
 	for {
 		select {
 		case <-g.wake:
-			if err := g.apply(); err != nil {
-				g.cfg.Log.Error("gateway: updating the routing rules", "err", err)
-			}
+		case <-retry:
+			retry = nil
 		case <-ctx.Done():
 			g.Close()
 			wg.Wait()
 			return
+		}
+		if err := g.apply(); err != nil {
+			g.cfg.Log.Error("gateway: changing the routing rules; the table is made anew", "err", err, "in", retryDelay)
+			retry = time.After(retryDelay)
 		}
 	}
 }
@@ -132,16 +168,19 @@ func (g *Gateway) Run(ctx context.Context) {
 // routing; reads blocked on the sockets return.
 func (g *Gateway) Close() {
 	g.closeOnce.Do(func() {
+		g.closed.Store(true)
 		for _, l := range g.lans {
-			l.sock.close()
+			if l.sock != nil { // nil in tests
+				l.sock.close()
+			}
 		}
-		// Either table may never have been made (start-up failed half
-		// way): dropTable deletes each all the same.
-		var del strings.Builder
-		dropTable(&del, g.table)
-		dropTable(&del, g.table+"_foreign")
-		if err := nft(del.String()); err != nil {
-			g.cfg.Log.Warn("gateway: removing the routing rules", "table", g.table, "err", err)
+		// The table may never have been made (start-up failed half way):
+		// remove deletes it all the same.
+		if g.kernel != nil {
+			if err := g.kernel.remove(); err != nil {
+				g.cfg.Log.Warn("gateway: removing the routing rules", "table", g.layout.table, "err", err)
+			}
+			g.kernel.close()
 		}
 		if g.mr != nil {
 			g.mr.Close()
@@ -152,104 +191,85 @@ func (g *Gateway) Close() {
 // Update has the rules follow what lc0 wants (a peer's subscriptions,
 // programs' listeners on lc0). A change on a LAN updates them itself.
 func (g *Gateway) Update() {
+	g.lc0Dirty.Store(true)
+	g.poke()
+}
+
+// poke wakes Run to bring the sets up to date.
+func (g *Gateway) poke() {
 	select {
 	case g.wake <- struct{}{}:
 	default:
 	}
 }
 
-// apply loads the rules for the state now, if they changed.
+// apply brings the sets up to what lc0 and the LANs whose listeners
+// changed want, with the element changes only. After a change failed,
+// the table and every element are made anew: what the kernel holds is
+// then not known.
 func (g *Gateway) apply() error {
-	lans := make([]lanState, len(g.lans))
-	for i, l := range g.lans {
-		lans[i] = lanState{name: l.name, prefixes: l.prefixes, groups: g.routableGroups(l)}
-	}
-	lc0 := slices.DeleteFunc(g.cfg.Lc0Groups(), func(a netip.Addr) bool { return !g.cfg.Routable(a) })
-	rules := ruleset(g.table, g.cfg.Lc0, lans, lc0)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if rules == g.applied {
+	if g.closed.Load() {
 		return nil
 	}
-	if err := nft(rules); err != nil {
+	if g.broken {
+		if err := g.kernel.create(g.layout); err != nil {
+			return err
+		}
+		g.state, g.broken = newState(g.layout), false
+		g.lc0Dirty.Store(true)
+		for _, l := range g.lans {
+			l.dirty.Store(true)
+		}
+	}
+	var ops []setOp
+	if g.lc0Dirty.Swap(false) {
+		want := slices.DeleteFunc(g.cfg.Lc0Groups(), func(a netip.Addr) bool { return !g.cfg.Routable(a) })
+		var over int
+		ops, over = g.state.lc0Changes(ops, want)
+		if over > 0 && g.lc0Over == 0 {
+			g.cfg.Log.Warn("gateway: more groups wanted through lc0 than the rules hold: LAN hosts' packets to the others do not reach peers",
+				"wanted", len(want), "held", maxLc0Groups)
+		}
+		g.lc0Over = over
+	}
+	for i, l := range g.lans {
+		if l.dirty.Swap(false) {
+			var over int
+			ops, over = g.state.lanChanges(ops, g.layout.lans[i], i, g.routableGroups(l))
+			if over > 0 {
+				g.cfg.Log.Warn("gateway: a LAN's groups beyond the rules' caps are not routed", "lan", l.name, "groups", over)
+			}
+		}
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	if err := g.kernel.change(ops); err != nil {
+		g.broken = true
 		return err
 	}
-	g.applied = rules
 	return nil
-}
-
-// nft runs an nftables script, in one transaction.
-func nft(script string) error {
-	cmd := exec.Command("nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("nft: %v: %s", err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
-// counters returns the nftables script of the table that counts, per LAN,
-// the multicast packets of routable scope whose source does not lie on the
-// LAN. It is loaded once: it stays as the routing rules change, and so do
-// its counts.
-func (g *Gateway) counters() string {
-	var b strings.Builder
-	t := g.table + "_foreign"
-	dropTable(&b, t)
-	fmt.Fprintf(&b, "table ip6 %s {\n", t)
-	for _, l := range g.lans {
-		fmt.Fprintf(&b, "\tcounter %s { }\n", counterName(l))
-	}
-	b.WriteString("\tchain prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n")
-	for _, l := range g.lans {
-		match := ""
-		if len(l.prefixes) > 0 {
-			match = " ip6 saddr != " + set(l.prefixes)
-		}
-		// @nh,204,4 is the scope of the destination (the low 4 bits of
-		// its second byte): wider than link scope.
-		fmt.Fprintf(&b, "\t\tiifname %q%s ip6 daddr ff00::/8 @nh,204,4 > 2 counter name %q\n", l.name, match, counterName(l))
-	}
-	b.WriteString("\t}\n}\n")
-	return b.String()
 }
 
 // ForeignSources counts the LAN's multicast packets of routable scope that
 // were not routed because their source does not lie on the LAN (0 if the
-// count cannot be read).
+// count cannot be read). It reads the kernel's counter over netlink.
 func (g *Gateway) ForeignSources(l *LAN) uint64 {
-	out, err := exec.Command("nft", "list", "counter", "ip6", g.table+"_foreign", counterName(l)).Output()
+	if g.kernel == nil {
+		return 0
+	}
+	n, err := g.kernel.counter(l.counter)
 	if err != nil {
 		return 0
 	}
-	m := packetsRE.FindSubmatch(out)
-	if m == nil {
-		return 0
-	}
-	n, _ := strconv.ParseUint(string(m[1]), 10, 64)
 	return n
-}
-
-var packetsRE = regexp.MustCompile(`packets (\d+)`)
-
-// counterName is the name of the LAN's counter of foreign sources.
-func counterName(l *LAN) string { return "lan_" + identifier(l.name) }
-
-// identifier turns an interface name into the tail of an nftables
-// identifier.
-func identifier(name string) string {
-	return strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
-			return r
-		}
-		return '_'
-	}, name)
 }
 
 // lanChanged follows a change of a LAN's listeners: the rules, then the
 // node's subscriptions (OnChange).
-func (g *Gateway) lanChanged() {
-	g.Update()
+func (g *Gateway) lanChanged(l *LAN) {
+	l.dirty.Store(true)
+	g.poke()
 	if g.cfg.OnChange != nil {
 		g.cfg.OnChange()
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/librecast/lcast/mld"
@@ -15,10 +16,13 @@ import (
 // LAN is one LAN interface the gateway is the multicast router of.
 type LAN struct {
 	name     string
+	index    int
 	prefixes []netip.Prefix // of its global and unique-local addresses
 	sock     *lanSocket
 	link     *mld.Link
 	querier  *mld.Querier
+	counter  string      // the nftables counter of its foreign sources
+	dirty    atomic.Bool // its listeners changed since the sets last followed them
 }
 
 // openLAN makes the interface name a multicast interface of the kernel's
@@ -28,7 +32,7 @@ func (g *Gateway) openLAN(name string) (*LAN, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &LAN{name: name}
+	l := &LAN{name: name, index: ifc.Index}
 	var source netip.Addr
 	addrs, err := ifc.Addrs()
 	if err != nil {
@@ -56,7 +60,7 @@ func (g *Gateway) openLAN(name string) (*LAN, error) {
 	if l.sock, err = openLANSocket(ifc.Index); err != nil {
 		return nil, err
 	}
-	l.link = mld.NewLink(mld.LANTiming, g.lanChanged)
+	l.link = mld.NewLink(mld.LANTiming, func() { g.lanChanged(l) })
 	log := g.cfg.Log.With("lan", name)
 	l.querier = &mld.Querier{Link: l.link, Source: source, Timing: mld.LANTiming, Send: l.sock.write, Log: log}
 	return l, nil

@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -20,6 +22,7 @@ type lanSocket struct {
 	ifindex int
 	f       *os.File
 	rc      syscall.RawConn
+	closed  atomic.Bool // the raw conn's error after close is not net.ErrClosed
 }
 
 // hopByHopOnly passes IPv6 packets whose next header is hop-by-hop (0).
@@ -75,6 +78,8 @@ func (s *lanSocket) read(buf []byte) (int, error) {
 			return rerr != unix.EAGAIN
 		})
 		switch {
+		case err != nil && s.closed.Load():
+			return 0, net.ErrClosed
 		case err != nil:
 			return 0, err
 		case rerr != nil:
@@ -107,4 +112,7 @@ func (s *lanSocket) write(pkt []byte) error {
 }
 
 // close closes the socket; a read blocked on it returns.
-func (s *lanSocket) close() error { return s.f.Close() }
+func (s *lanSocket) close() error {
+	s.closed.Store(true)
+	return s.f.Close()
+}

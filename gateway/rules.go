@@ -9,169 +9,321 @@ import (
 	"github.com/librecast/lcast/mld"
 )
 
-// lanState is what the rules need of one LAN: its interface, the prefixes
-// its hosts send from, and the groups its hosts listen to (routable ones
-// only, sorted by group).
+// The routing rules are one nftables table whose rules are made once, at
+// start, and never change; what changes with the listeners are the
+// elements of its sets (docs/design.md, "Gateway mode and nftables"):
+//
+//   - lc0_groups: the groups wanted through lc0 (peers' subscriptions and
+//     programs on this node);
+//   - per LAN, <lan>_exclude: the groups whose listeners on the LAN are in
+//     Exclude mode (an any-source join is Exclude with no sources);
+//     <lan>_blocked: group . source for each source they exclude; and
+//     <lan>_include: group . source for each source listeners in Include
+//     mode (SSM) want.
+//
+// A packet to group G from source S goes onto a LAN when G is in its
+// exclude set and G . S is not in its blocked set, or G . S is in its
+// include set: exactly the LAN's filter (mld.GroupState.Wants). A change
+// of listeners is a few element additions and deletions, and the rules
+// stay a fixed handful whatever the number of groups.
+
+// Caps on what the sets hold. A LAN's are those of its listener state
+// (mld.MaxGroups, mld.MaxSources), which never reaches them: they bound
+// the sets by construction. lc0's groups are the union of every peer's
+// subscriptions (each at most peer.MaxGroupsPerPeer, 2^18) and local
+// programs': the set takes twice one peer's cap, and groups beyond it are
+// not copied from the LANs into lc0 (a warning says so).
+const (
+	maxLANGroups  = mld.MaxGroups
+	maxLANSources = mld.MaxSources
+	maxLc0Groups  = 2 << 18
+)
+
+// link is an interface a rule names: by name (packets coming in) and
+// index (dup's device).
+type link struct {
+	name  string
+	index int
+}
+
+// lanLayout is what the rules say about one LAN.
+type lanLayout struct {
+	link
+	id       string         // the stem of its nftables names: lan_<identifier>
+	prefixes []netip.Prefix // its hosts' sources, disjoint, sorted
+}
+
+// layout is the table's fixed part: its name, lc0 and the LANs.
+type layout struct {
+	table string
+	lc0   link
+	lans  []lanLayout
+}
+
+// newLayout returns the layout of the table for lc0 and the LANs, whose
+// names give each LAN's nftables names (made unique).
+func newLayout(table string, lc0 link, lans []link, prefixes [][]netip.Prefix) layout {
+	l := layout{table: table, lc0: lc0}
+	used := map[string]bool{}
+	for i, lan := range lans {
+		id := "lan_" + identifier(lan.name)
+		for n := 2; used[id]; n++ {
+			id = fmt.Sprintf("lan_%s_%d", identifier(lan.name), n)
+		}
+		used[id] = true
+		l.lans = append(l.lans, lanLayout{link: lan, id: id, prefixes: disjoint(prefixes[i])})
+	}
+	return l
+}
+
+// Names of the table's sets, counters and chains.
+const (
+	setLc0     = "lc0_groups"
+	chainPre   = "prerouting"
+	chainFromL = "from_lc0"
+)
+
+func (l lanLayout) setExclude() string { return l.id + "_exclude" }
+func (l lanLayout) setBlocked() string { return l.id + "_blocked" }
+func (l lanLayout) setInclude() string { return l.id + "_include" }
+func (l lanLayout) counter() string    { return l.id + "_foreign" }
+func (l lanLayout) chainFrom() string  { return "from_" + l.id }
+func (l lanLayout) chainRoute() string { return "route_" + l.id }
+
+// ownPrefixes returns every LAN's prefixes, disjoint and sorted: the
+// sources whose packets from lc0 are not copied onto a LAN (they came from
+// one).
+func (l layout) ownPrefixes() []netip.Prefix {
+	var all []netip.Prefix
+	for _, lan := range l.lans {
+		all = append(all, lan.prefixes...)
+	}
+	return disjoint(all)
+}
+
+// disjoint returns the prefixes without duplicates and without those
+// another contains, sorted (a LAN with two addresses in one prefix lists
+// it twice).
+func disjoint(prefixes []netip.Prefix) []netip.Prefix {
+	ps := slices.Clone(prefixes)
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	var out []netip.Prefix
+	for _, p := range ps {
+		// Sorted by address then length, a prefix that contains p comes
+		// before it; of disjoint prefixes, the last kept is the only one
+		// that can.
+		if n := len(out); n > 0 && out[n-1].Bits() <= p.Bits() && out[n-1].Contains(p.Addr()) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// setOp adds an element to a set or deletes one from it: a group, or a
+// group . source for the sets keyed by both.
+type setOp struct {
+	del    bool
+	set    string
+	group  netip.Addr
+	source netip.Addr // valid in the group . source sets
+}
+
+// String returns the op as the tests write it: "+set group" or
+// "-set group . source".
+func (o setOp) String() string {
+	sign := "+"
+	if o.del {
+		sign = "-"
+	}
+	if o.source.IsValid() {
+		return fmt.Sprintf("%s%s %s . %s", sign, o.set, o.group, o.source)
+	}
+	return fmt.Sprintf("%s%s %s", sign, o.set, o.group)
+}
+
+// state is what the sets hold: the elements the gateway added and did not
+// delete. Diffing the listeners against it gives the element changes.
+type state struct {
+	lc0  []netip.Addr // sorted
+	lans []lanState
+}
+
+// lanState is what one LAN's sets hold: its routable groups' filters,
+// sorted by group, and how many elements the sets have (against the caps).
 type lanState struct {
-	name     string
-	prefixes []netip.Prefix
-	groups   []mld.GroupState
+	groups  []mld.GroupState
+	exclude int // groups in <lan>_exclude
+	sources int // elements of <lan>_blocked and <lan>_include together
 }
 
-// ruleset returns the nftables script (for `nft -f -`) that replaces the
-// table with rules that route multicast between lc0 and the LANs:
+// newState returns the state of a table with empty sets.
+func newState(l layout) *state {
+	return &state{lans: make([]lanState, len(l.lans))}
+}
+
+// lc0Changes appends to ops the changes that make lc0_groups hold want
+// (sorted, deduplicated, routable), deletions first, and records them.
+// Groups beyond maxLc0Groups are left out; it returns how many.
 //
-//   - a packet that came in on lc0 (from a peer) is copied onto each LAN
-//     whose listeners want its group and source, unless its source lies on
-//     one of the gateway's LANs (it was copied into lc0 from there);
-//   - a packet a LAN host sent, with a source on that LAN, is copied onto
-//     each other LAN that wants it, and into lc0 when lc0 wants its group
-//     (the peers that subscribed, or programs on the gateway; the daemon
-//     then sends it to exactly the peers whose filters take its source).
-//
-// nftables' dup statement copies in the kernel, taking one off the copy's
-// hop limit as a router does; packets with hop limit 1 are not copied. A
-// group is found in a verdict map, so a packet costs one lookup however
-// many groups there are.
-func ruleset(table, lc0 string, lans []lanState, lc0Groups []netip.Addr) string {
-	var b strings.Builder
-	// Dropping and declaring again replaces the table in one transaction,
-	// whatever was there (a crashed daemon's rules).
-	dropTable(&b, table)
-	fmt.Fprintf(&b, "table ip6 %s {\n", table)
-	var chains strings.Builder
-	var pre []string
-	chainNo := 0
-	// addChain writes a chain of dup rules and returns its name, or ""
-	// when it would be empty.
-	addChain := func(dups []string) string {
-		if len(dups) == 0 {
-			return ""
-		}
-		name := fmt.Sprintf("g%d", chainNo)
-		chainNo++
-		fmt.Fprintf(&chains, "\tchain %s {\n", name)
-		for _, d := range dups {
-			fmt.Fprintf(&chains, "\t\t%s\n", d)
-		}
-		chains.WriteString("\t}\n")
-		return name
-	}
-	var own []netip.Prefix
-	for _, l := range lans {
-		own = append(own, l.prefixes...)
-	}
-	// From lc0: each group some LAN listens to.
-	var vmap []string
-	for _, g := range groupsOf(lans) {
-		var dups []string
-		for _, l := range lans {
-			if s, ok := find(l.groups, g); ok {
-				dups = append(dups, dup(s, l.name))
-			}
-		}
-		if c := addChain(dups); c != "" {
-			vmap = append(vmap, fmt.Sprintf("%s : jump %s", g, c))
+// The state then is want itself (given up by the caller, and changed in
+// place when groups are left out).
+func (s *state) lc0Changes(ops []setOp, want []netip.Addr) ([]setOp, int) {
+	// First the deletions, counting what stays and what is new; then
+	// the additions, as many as there is room for.
+	have, next, kept, added := s.lc0, want, 0, 0
+	for len(have) > 0 || len(next) > 0 {
+		switch {
+		case len(next) == 0 || len(have) > 0 && have[0].Less(next[0]):
+			ops = append(ops, setOp{del: true, set: setLc0, group: have[0]})
+			have = have[1:]
+		case len(have) == 0 || next[0].Less(have[0]):
+			added++
+			next = next[1:]
+		default:
+			kept++
+			have, next = have[1:], next[1:]
 		}
 	}
-	if len(vmap) > 0 {
-		match := fmt.Sprintf("iifname %q", lc0)
-		if len(own) > 0 {
-			match += " ip6 saddr != " + set(own)
-		}
-		pre = append(pre, fmt.Sprintf("%s ip6 daddr vmap { %s }", match, strings.Join(vmap, ", ")))
-	}
-	// From each LAN: the groups of the other LANs, and those lc0 wants.
-	for _, from := range lans {
-		if len(from.prefixes) == 0 {
-			continue // no source can lie on it
-		}
-		groups := slices.Concat(lc0Groups, groupsOf(lans))
-		slices.SortFunc(groups, netip.Addr.Compare)
-		vmap = vmap[:0]
-		for _, g := range slices.Compact(groups) {
-			var dups []string
-			for _, l := range lans {
-				if s, ok := find(l.groups, g); ok && l.name != from.name {
-					dups = append(dups, dup(s, l.name))
+	room := max(maxLc0Groups-kept, 0)
+	over := max(added-room, 0)
+	ops = slices.Grow(ops, added-over)
+	var out map[netip.Addr]bool // those left out: the last of the new
+	have, next = s.lc0, want
+	for len(next) > 0 {
+		switch {
+		case len(have) > 0 && have[0].Less(next[0]):
+			have = have[1:]
+		case len(have) == 0 || next[0].Less(have[0]):
+			if room > 0 {
+				ops = append(ops, setOp{set: setLc0, group: next[0]})
+				room--
+			} else {
+				if out == nil {
+					out = make(map[netip.Addr]bool, over)
 				}
+				out[next[0]] = true
 			}
-			if _, ok := slices.BinarySearchFunc(lc0Groups, g, netip.Addr.Compare); ok {
-				dups = append(dups, fmt.Sprintf("dup to %s device %q", g, lc0))
-			}
-			if c := addChain(dups); c != "" {
-				vmap = append(vmap, fmt.Sprintf("%s : jump %s", g, c))
-			}
-		}
-		if len(vmap) > 0 {
-			pre = append(pre, fmt.Sprintf("iifname %q ip6 saddr %s ip6 daddr vmap { %s }", from.name, set(from.prefixes), strings.Join(vmap, ", ")))
+			next = next[1:]
+		default:
+			have, next = have[1:], next[1:]
 		}
 	}
-	b.WriteString("\tchain prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n")
-	if len(pre) > 0 {
-		b.WriteString("\t\tip6 hoplimit <= 1 return\n")
+	if out != nil {
+		want = slices.DeleteFunc(want, func(g netip.Addr) bool { return out[g] })
 	}
-	for _, r := range pre {
-		fmt.Fprintf(&b, "\t\t%s\n", r)
-	}
-	b.WriteString("\t}\n")
-	b.WriteString(chains.String())
-	b.WriteString("}\n")
-	return b.String()
+	s.lc0 = want
+	return ops, over
 }
 
-// dropTable writes the nftables commands that delete the table, whether
-// or not it exists: declaring a table first makes sure it does.
-func dropTable(b *strings.Builder, table string) {
-	fmt.Fprintf(b, "table ip6 %s\ndelete table ip6 %s\n", table, table)
-}
-
-// dup is the rule that copies a group's packets onto the interface dev,
-// for the sources its listeners' filter takes.
-func dup(s mld.GroupState, dev string) string {
-	match := ""
-	switch {
-	case s.Mode == mld.Include:
-		match = "ip6 saddr " + addrSet(s.Sources) + " "
-	case len(s.Sources) > 0:
-		match = "ip6 saddr != " + addrSet(s.Sources) + " "
-	}
-	return fmt.Sprintf("%sdup to %s device %q", match, s.Group, dev)
-}
-
-// groupsOf returns the groups any LAN listens to, sorted.
-func groupsOf(lans []lanState) []netip.Addr {
-	var out []netip.Addr
-	for _, l := range lans {
-		for _, g := range l.groups {
-			out = append(out, g.Group)
+// lanChanges appends to ops the changes that make LAN i's sets hold the
+// filters want (sorted by group, routable), and records them: for each
+// group that changed, the elements its old filter had and its new one has
+// not are deleted, and those its new one has are added. Deletions come
+// first, so that room freed under the caps is used; a group whose
+// elements would go beyond them is left out (it returns how many).
+//
+// The state then is want itself (given up by the caller, and changed in
+// place when groups are left out).
+func (s *state) lanChanges(ops []setOp, l lanLayout, i int, want []mld.GroupState) ([]setOp, int) {
+	st := &s.lans[i]
+	have, next := st.groups, want
+	type change struct{ from, to *mld.GroupState }
+	var adds []change // groups new or changed, added after every deletion
+	for len(have) > 0 || len(next) > 0 {
+		switch {
+		case len(next) == 0 || len(have) > 0 && have[0].Group.Less(next[0].Group):
+			ops = st.elements(ops, l, true, have[0], nil)
+			have = have[1:]
+		case len(have) == 0 || next[0].Group.Less(have[0].Group):
+			adds = append(adds, change{to: &next[0]})
+			next = next[1:]
+		default:
+			if !same(have[0], next[0]) {
+				// The old filter's elements the new one lacks go now.
+				ops = st.elements(ops, l, true, have[0], &next[0])
+				adds = append(adds, change{from: &have[0], to: &next[0]})
+			}
+			have, next = have[1:], next[1:]
 		}
 	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
+	var out map[netip.Addr]bool // groups left out
+	for _, c := range adds {
+		g := *c.to
+		if c.from == nil {
+			groups, sources := 1, len(g.Sources)
+			if g.Mode == mld.Include {
+				groups = 0
+			}
+			if st.exclude+groups > maxLANGroups || st.sources+sources > maxLANSources {
+				if out == nil {
+					out = map[netip.Addr]bool{}
+				}
+				out[g.Group] = true
+				continue
+			}
+			ops = st.elements(ops, l, false, g, nil)
+		} else {
+			// A changed group keeps its place: what it adds is bounded
+			// by the LAN's own caps, which its listener state holds to.
+			ops = st.elements(ops, l, false, g, c.from)
+		}
+	}
+	if out != nil {
+		want = slices.DeleteFunc(want, func(g mld.GroupState) bool { return out[g.Group] })
+	}
+	st.groups = want
+	return ops, len(out)
 }
 
-// find returns the state of group in groups (sorted by group).
-func find(groups []mld.GroupState, group netip.Addr) (mld.GroupState, bool) {
-	i, ok := slices.BinarySearchFunc(groups, group, func(s mld.GroupState, g netip.Addr) int { return s.Group.Compare(g) })
-	if !ok {
-		return mld.GroupState{}, false
+// elements appends the ops that add (or delete, del) the elements of
+// filter g's to (or from) the LAN's sets, leaving out those filter but
+// also has, and counts them in st.
+func (st *lanState) elements(ops []setOp, l lanLayout, del bool, g mld.GroupState, but *mld.GroupState) []setOp {
+	n := 1
+	if del {
+		n = -1
 	}
-	return groups[i], true
+	var butSources []netip.Addr
+	sameMode := but != nil && but.Mode == g.Mode
+	if sameMode {
+		butSources = but.Sources
+	}
+	set := l.setInclude()
+	if g.Mode == mld.Exclude {
+		set = l.setBlocked()
+		if !sameMode {
+			ops = append(ops, setOp{del: del, set: l.setExclude(), group: g.Group})
+			st.exclude += n
+		}
+	}
+	for _, src := range g.Sources {
+		if _, found := slices.BinarySearchFunc(butSources, src, netip.Addr.Compare); found {
+			continue
+		}
+		ops = append(ops, setOp{del: del, set: set, group: g.Group, source: src})
+		st.sources += n
+	}
+	return ops
 }
 
-func set(prefixes []netip.Prefix) string {
-	s := make([]string, len(prefixes))
-	for i, p := range prefixes {
-		s[i] = p.String()
-	}
-	return "{ " + strings.Join(s, ", ") + " }"
+// same reports whether two filters of a group have the same elements.
+func same(a, b mld.GroupState) bool {
+	return a.Mode == b.Mode && slices.Equal(a.Sources, b.Sources)
 }
 
-func addrSet(addrs []netip.Addr) string {
-	s := make([]string, len(addrs))
-	for i, a := range addrs {
-		s[i] = a.String()
-	}
-	return "{ " + strings.Join(s, ", ") + " }"
+// identifier turns an interface name into the tail of an nftables
+// identifier.
+func identifier(name string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '_'
+	}, name)
 }

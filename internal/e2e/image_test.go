@@ -30,7 +30,10 @@ var (
 // container's command makes a key, 0600, on a read-only root; lcast with
 // NET_ADMIN alone and /dev/net/tun, in a test namespace, brings lc0 up,
 // answers status, and a stop (SIGTERM) removes lc0 and its routes. The
-// manifest names exactly the image the archive holds.
+// manifest names exactly the image the archive holds. The image runs
+// gateway mode too (it needs no nft command), with NET_RAW added: its
+// nftables table appears, status lists the LAN, and the stop removes the
+// table, with no complaint in the log.
 func TestImage(t *testing.T) {
 	if *imageFlag == "" || *manifestFlag == "" {
 		t.Skip("make check-deploy runs this test with the image and manifest make image builds (-deploy.image, -deploy.manifest)")
@@ -121,6 +124,40 @@ func TestImage(t *testing.T) {
 		t.Errorf("lcast did not log its clean stop:\n%s", logs)
 	} else {
 		t.Logf("lcast's log in the container:\n%s", logs)
+	}
+	p.must("rm", "lcast")
+
+	// Gateway mode, of a LAN in another namespace.
+	gw := netlab.NewNamespace(t, "lcast-image-gw")
+	gw.Run("ip", "link", "add", "lan0", "type", "veth", "peer", "name", "host0")
+	for _, dev := range []string{"lan0", "host0"} {
+		gw.Run("ip", "link", "set", dev, "up")
+	}
+	gw.Run("ip", "addr", "add", "fe80::1/64", "dev", "lan0", "nodad")
+	gw.Run("ip", "addr", "add", "2001:db8:101::1/64", "dev", "lan0", "nodad")
+	doc += "lan_interfaces = [\"lan0\"]\n"
+	if err := os.WriteFile(filepath.Join(conf, "lc0.toml"), []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.must("run", "-d", "--name", "lcast", "--read-only", "--cap-drop", "all", "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW",
+		"--device", "/dev/net/tun", "--network", "ns:/run/netns/"+gw.Name,
+		"-v", conf+":/etc/lcast:ro", "-v", keys+":/var/lib/lcast:ro", ref)
+	if _, ok := netlab.Poll(10*time.Second, func() bool {
+		return gw.Command("nft", "list", "table", "ip6", "lcast_lc0").Run() == nil
+	}); !ok {
+		t.Fatalf("the gateway's nftables table did not appear:\n%s", p.logs())
+	}
+	if out := p.must("exec", "lcast", "/usr/bin/lcast", "status", "-c", "/etc/lcast/lc0.toml"); !strings.Contains(out, "lan lan0") {
+		t.Errorf("lcast status of the gateway in the container lists no LAN:\n%s", out)
+	}
+	p.must("stop", "lcast")
+	if out, _ := gw.Command("nft", "list", "tables").Output(); len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("podman stop left nftables tables: %s", out)
+	}
+	if logs := p.logs(); strings.Contains(logs, "level=WARN") || strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, "removed interface") {
+		t.Errorf("the gateway in the container complained, or did not stop cleanly:\n%s", logs)
+	} else {
+		t.Logf("the gateway's log in the container:\n%s", logs)
 	}
 }
 
