@@ -417,7 +417,8 @@ func (x *Exchange) stepPeer(a netip.Addr, r *remote, now time.Time, s *stepped, 
 	// Toward a peer heard from within a second, what is lost is resent
 	// every rto; toward a silent one, less and less often.
 	alive := !last.IsZero() && silent < time.Second
-	if r.out.resendDue(now, alive, r.rto()) || r.out.syncOwed || r.out.stale {
+	if r.out.resendDue(now, alive, r.rto()) || r.out.syncOwed || r.out.stale ||
+		len(r.out.inflight) < window && r.out.owes() {
 		s.wake = true // (the sender is woken where these are set; this is a safety net)
 	}
 	every := r.helloInterval(x.since(now), silent)

@@ -20,7 +20,7 @@ func (x *Exchange) receive(addr netip.Addr, b []byte) (applyAt time.Time) {
 	}
 	now := x.clock.Now()
 	var c counts
-	x.heard(r, m, now, &c)
+	freed := x.heard(r, m, now, &c)
 	want := false
 	if m.Update {
 		want = r.in.take(m, &x.held, now, &c)
@@ -38,7 +38,11 @@ func (x *Exchange) receive(addr netip.Addr, b []byte) (applyAt time.Time) {
 	if m.Want {
 		r.out.syncOwed = true
 	}
-	wake := r.out.syncOwed // asked for, or the peer restarted or forgot this node
+	// The sender is woken when a full state is owed (asked for, or the
+	// peer restarted or forgot this node), and when the acknowledgement
+	// made room for updates that wait for it: the window toward this
+	// peer, or maxInflight, which other peers' queues may wait for.
+	wake := r.out.syncOwed || freed
 	pong := m.Ping && r.mayPong(x.since(now))
 	applyNow := r.in.dirty && m.End && r.in.applyDue(now)
 	if r.in.dirty && m.End && !applyNow {
@@ -60,8 +64,9 @@ func (x *Exchange) receive(addr netip.Addr, b []byte) (applyAt time.Time) {
 }
 
 // heard notes message m from the peer of r, at now: its session's health,
-// a restart, whether it holds this node's state, and acknowledgements.
-func (x *Exchange) heard(r *remote, m *Message, now time.Time, c *counts) {
+// a restart, whether it holds this node's state, and acknowledgements. It
+// reports whether an acknowledgement freed updates in flight.
+func (x *Exchange) heard(r *remote, m *Message, now time.Time, c *counts) (freed bool) {
 	r.lastHeard = now
 	r.heardFrom(now)
 	if m.Epoch != r.epoch {
@@ -87,11 +92,13 @@ func (x *Exchange) heard(r *remote, m *Message, now time.Time, c *counts) {
 			x.inflight -= r.out.restart()
 		}
 		r.ackedOK = false
-		return
+		return false
 	}
 	r.ackedOK, r.knownAt = true, max(r.knownAt, m.Stamp)
 	r.echoed(m, x.since(now))
-	x.inflight -= r.out.ackTo(m.Ack, now, r.rto())
+	n := r.out.ackTo(m.Ack, now, r.rto())
+	x.inflight -= n
+	return n > 0
 }
 
 // compare reports whether m's digest tells that this node's copy of the

@@ -154,6 +154,14 @@ func (o *outState) queued() bool {
 	return ok
 }
 
+// owes reports whether an update waits to be numbered: changes, or the
+// first update of a full state, which a full state of no groups is made
+// of alone (a sync with its sweep), and which the peer must still get: it
+// empties what the peer held of this node's, and its acknowledgement
+// tells that the peer holds this node's state (holds; a path is direct
+// only then).
+func (o *outState) owes() bool { return o.syncing && !o.syncSent || o.queued() }
+
 // fill numbers the next update into m: records of the changes while they
 // fit maxMsgPayload, a group's sources cut into chunks where they do not.
 func (o *outState) fill(m *Message) {
@@ -292,7 +300,7 @@ func (x *Exchange) refresh() time.Time {
 	x.mu.Lock()
 	for a, r := range x.peers {
 		o := &r.out
-		if x.quietToward(a, r, now) || !(o.stale && !o.queued() || o.syncOwed) {
+		if x.quietToward(a, r, now) || !(o.stale && !o.owes() || o.syncOwed) {
 			continue
 		}
 		at := o.nextState
@@ -329,7 +337,7 @@ func (x *Exchange) refresh() time.Time {
 			x.inflight -= o.dropInflight()
 			o.startSync(states[i])
 			x.Syncs.Add(1)
-		} else if !o.queued() {
+		} else if !o.owes() {
 			o.queueChanges(states[i])
 		} else {
 			o.stale = true // a full state is on its way; the change follows it
@@ -359,7 +367,7 @@ func (x *Exchange) nextUpdates() []outgoing {
 			}
 			out = append(out, outgoing{a, b})
 			x.Retransmits.Add(1)
-		case o.queued() && len(o.inflight) < window && x.inflight < maxInflight:
+		case o.owes() && len(o.inflight) < window && x.inflight < maxInflight:
 			m := x.header(r, now)
 			o.fill(&m)
 			b := AppendMessage(nil, &m)
@@ -405,7 +413,7 @@ func FullState(epoch, seq uint64, groups []mld.GroupState) [][]byte {
 	}
 	o.startSync(gs)
 	var out [][]byte
-	for !o.syncSent || o.queued() {
+	for o.owes() {
 		m := Message{Epoch: epoch}
 		o.fill(&m)
 		out = append(out, AppendMessage(nil, &m))

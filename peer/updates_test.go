@@ -27,12 +27,20 @@ type link struct {
 	wants   map[netip.Addr]int // requests for a full state, by sender
 	longest int
 	stops   map[netip.Addr]func()
-	synced  map[uint64]bool
+	synced  map[syncID]bool
+}
+
+// syncID names a full state: its sender, the sender's epoch and the
+// number of its first update. (Every node sends one, empty or not, and
+// nodes number their updates alike.)
+type syncID struct {
+	from       netip.Addr
+	epoch, seq uint64
 }
 
 func newLink() *link {
 	return &link{nodes: map[netip.Addr]*Exchange{}, rng: rand.New(rand.NewPCG(1, 2)),
-		updates: map[netip.Addr]int{}, syncs: map[netip.Addr]int{}, wants: map[netip.Addr]int{}, stops: map[netip.Addr]func(){}, synced: map[uint64]bool{}}
+		updates: map[netip.Addr]int{}, syncs: map[netip.Addr]int{}, wants: map[netip.Addr]int{}, stops: map[netip.Addr]func(){}, synced: map[syncID]bool{}}
 }
 
 func (l *link) count(from netip.Addr, f func(updates, syncs, wants int) bool) bool {
@@ -103,9 +111,9 @@ func (l *link) start(t *testing.T, self netip.Addr, peers []netip.Addr, clk cloc
 			if m.Update {
 				l.updates[self]++
 			}
-			if m.Sync && !l.synced[m.Seq] {
+			if id := (syncID{self, m.Epoch, m.Seq}); m.Sync && !l.synced[id] {
 				l.syncs[self]++ // once, however often it is sent
-				l.synced[m.Seq] = true
+				l.synced[id] = true
 			}
 			if m.Want {
 				l.wants[self]++
@@ -201,6 +209,54 @@ func TestUpdatesCarryAnyState(t *testing.T) {
 			t.Errorf("the change took %d updates and %d full states were sent, want 1 and 1", u-before, s)
 		}
 		return true
+	})
+}
+
+// A change that takes more updates than the window (10,000 groups, 233
+// updates, joined and then left) arrives whole though nothing else
+// happens meanwhile: the acknowledgements that make room in the window
+// wake the sender, which would otherwise leave the rest queued until the
+// next change (a program that left 10,000 groups left thousands at its
+// peer for good).
+func TestChangeBeyondWindowArrives(t *testing.T) {
+	l, st, ap := newLink(), &state{}, newLatest()
+	all := many(10000)
+	st.set(all)
+	l.start(t, addrB, []netip.Addr{addrA}, nil, &state{}, ap) // first: nothing A sends is lost
+	a := l.start(t, addrA, []netip.Addr{addrB}, nil, st, newLatest())
+	start := time.Now()
+	waitState(t, ap, addrA, all, 10*time.Second, nil)
+	joined := time.Since(start)
+	st.set(nil)
+	a.Changed()
+	waitState(t, ap, addrA, nil, 10*time.Second, nil)
+	l.count(addrA, func(u, _, _ int) bool {
+		t.Logf("%d groups joined in %v and left in %v: %d updates, window %d", len(all), joined, time.Since(start)-joined, u, window)
+		if u <= 2*window {
+			t.Errorf("%d updates: the test does not go beyond the window", u)
+		}
+		return true
+	})
+}
+
+// A node with no groups still sends its (empty) full state and has it
+// acknowledged: the peer applies it, and each finds the path to the other
+// direct, which needs the peer to hold this node's state. (An empty full
+// state, a sync with its sweep and no records, was never sent: two homes
+// with no groups never found their hub direct, so unicast between them
+// never went through it.)
+func TestEmptyStateSent(t *testing.T) {
+	l, apA, apB := newLink(), newLatest(), newLatest()
+	b := l.start(t, addrB, []netip.Addr{addrA}, nil, &state{}, apB)
+	a := l.start(t, addrA, []netip.Addr{addrB}, nil, &state{}, apA)
+	applied := func(ap *latest, p netip.Addr) bool {
+		ap.mu.Lock()
+		defer ap.mu.Unlock()
+		_, ok := ap.by[p]
+		return ok
+	}
+	until(t, "each applies the other's empty state and finds the path direct", func() bool {
+		return applied(apB, addrA) && applied(apA, addrB) && a.Direct(addrB) && b.Direct(addrA)
 	})
 }
 
