@@ -137,16 +137,12 @@ func helper(mode string, args []string) int {
 		return joinManyHelper(args)
 	case "mldinject":
 		return mldInjectHelper(args)
-	case "relay":
-		return relayHelper(args)
 	case "soak":
 		return soakHelper(args)
 	case "scrape":
 		return scrapeHelper(args)
 	case "gate":
 		return gateHelper(args)
-	case "adversary":
-		return adversaryHelper(args)
 	case "mldquerier":
 		return mldquerierHelper(args)
 	case "stream":

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"encoding/binary"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/librecast/lcast/internal/netlab"
-	"github.com/librecast/lcast/peer"
 )
 
 // send starts the send helper in site i.
@@ -258,52 +256,6 @@ func (m *mesh) streamTo(t *testing.T, group string, n int, idle string) *netlab.
 	return recv
 }
 
-// After a peer restarts (crash or clean stop), delivery resumes within 3 s.
-func TestPeerRestart(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		site int // whose daemon restarts: 0 the sender's, 1 the receiver's
-		sig  syscall.Signal
-	}{
-		{"receiver crashes", 1, syscall.SIGKILL},
-		{"sender crashes", 0, syscall.SIGKILL},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			m := newMesh(t, 2)
-			recv := m.streamTo(t, "ff1e::7", 6000, "5s")
-			n := m.nodes[tc.site]
-			n.daemon.Signal(tc.sig)
-			n.daemon.Wait(5 * time.Second)
-			n.up()
-			waitExit(t, recv, 15*time.Second, "receiver")
-			res := parseReceived(t, recv.Output())
-			t.Logf("%s: %+v (longest gap %d ms)", tc.name, res, res.maxGap)
-			if res.maxGap > 3000 || res.last < 5900 || res.dups != 0 {
-				t.Fatalf("delivery after restart: %+v", res)
-			}
-		})
-	}
-}
-
-// A program that sends multicast from another node's address gets none of
-// it to the peers: its own node drops it (not_own_source), before it is
-// wrapped. (A peer that sends such packets itself meets forged_source at
-// the receiver: the router's unit tests.)
-func TestForgedSourceDropped(t *testing.T) {
-	m := newMesh(t, 2)
-	startHelper(t, m.sites[1].Namespace, "recv", "ff1e::8", "lc0", "1s")
-	m.waitSubscribed(t, 0, 1, "ff1e::8", true, 3*time.Second)
-	// Another node's address, added to site 1's lc0 so a program can
-	// send from it.
-	forged := peer.OverlayAddr(newKey(t).PublicKey()).String()
-	m.sites[0].Run("ip", "addr", "add", forged+"/128", "dev", "lc0", "nodad")
-	waitExit(t, m.send(0, "ff1e::8", "100", "1000", "200", forged), 5*time.Second, "sender")
-	_, ok := netlab.Poll(2*time.Second, func() bool { return m.nodes[0].status(t).Drops["not_own_source"] >= 100 })
-	if !ok {
-		t.Fatalf("sender's drops: %v\n%s", m.nodes[0].status(t).Drops, m.diagnose(t))
-	}
-}
-
 // Unicast from site 3 to site 1's overlay address arrives.
 func TestUnicastBetweenOverlayAddresses(t *testing.T) {
 	netlab.Require(t, "socat")
@@ -369,89 +321,6 @@ func TestLinkScopeOptIn(t *testing.T) {
 				t.Fatalf("received %+v, want 50", res)
 			}
 		})
-	}
-}
-
-// A node whose key the receiving node does not list never gets a packet
-// into its lc0, even knowing its overlay address and port.
-func TestUnknownKeyNeverReachesLc0(t *testing.T) {
-	netlab.Require(t, "socat")
-	inet := netlab.NewInternet(t)
-	s1, s2 := inet.AddSite("lcast-known"), inet.AddSite("lcast-stranger")
-	k1, k2 := newKey(t), newKey(t)
-	n1 := newNodeWithKey(t, s1.Namespace, k1, "")
-	n2 := newNodeWithKey(t, s2.Namespace, k2, fmt.Sprintf("[[peer]]\npublic_key = %q\nendpoint = \"[%s]:%d\"\n", k1.PublicKey(), s1.Addr, listenPort))
-	n1.up()
-	n2.up()
-	addr1 := peer.OverlayAddr(k1.PublicKey()).String()
-	recv := s1.Start("socat", "-u", "UDP6-RECV:5000,bind=["+addr1+"]", "-")
-	for range 20 {
-		cmd := s2.Command("socat", "-u", "-", "UDP6-SENDTO:["+addr1+"]:5000")
-		cmd.Stdin = strings.NewReader("from a stranger\n")
-		cmd.Run()
-		time.Sleep(50 * time.Millisecond)
-	}
-	time.Sleep(500 * time.Millisecond)
-	if recv.Output() != "" {
-		t.Fatalf("a packet from an unknown key reached lc0: %q", recv.Output())
-	}
-	if st := n2.status(t); st.Peers[0].Connected || st.Peers[0].LastHandshake != nil {
-		t.Fatalf("the stranger completed a handshake: %+v", st.Peers[0])
-	}
-}
-
-// With 30% of the peer traffic lost both ways on a site's underlay (random
-// drops by nftables), its subscriptions still converge at the sender's site,
-// on join and on leave.
-func TestSubscriptionsConvergeUnderLoss(t *testing.T) {
-	netlab.Require(t, "nft")
-	m := newMesh(t, 2)
-	// Connected before the loss starts: the rounds time the subscription
-	// exchange only.
-	m.waitConnected(t)
-	s := m.sites[1]
-	s.Run("nft", "add", "table", "inet", "lossy")
-	for _, hook := range []string{"input", "output"} {
-		s.Run("nft", "add", "chain", "inet", "lossy", hook, "{ type filter hook "+hook+" priority 0; }")
-		s.Run("nft", "add", "rule", "inet", "lossy", hook, "udp", "dport", strconv.Itoa(listenPort), "numgen", "random", "mod", "100", "lt", "30", "drop")
-	}
-	for round := range 3 {
-		group := fmt.Sprintf("ff1e::a:%d", round)
-		recv := startHelper(t, s.Namespace, "join", group, "lc0")
-		joined := m.waitSubscribed(t, 0, 1, group, true, 10*time.Second)
-		recv.Stop()
-		left := m.waitSubscribed(t, 0, 1, group, false, 10*time.Second)
-		t.Logf("round %d with 30%% loss: join known after %v, leave after %v", round+1, joined.Round(time.Millisecond), left.Round(time.Millisecond))
-	}
-}
-
-// A peer listed without an endpoint is one that connects to us: once it
-// has, multicast flows both ways.
-func TestPeerWithoutEndpoint(t *testing.T) {
-	inet := netlab.NewInternet(t)
-	s1, s2 := inet.AddSite("lcast-public"), inet.AddSite("lcast-hidden")
-	k1, k2 := newKey(t), newKey(t)
-	// Site 1 does not know where site 2 is; site 2 knows site 1.
-	n1 := newNodeWithKey(t, s1.Namespace, k1, fmt.Sprintf("[[peer]]\npublic_key = %q\n", k2.PublicKey()))
-	n2 := newNodeWithKey(t, s2.Namespace, k2, fmt.Sprintf("[[peer]]\npublic_key = %q\nendpoint = \"[%s]:%d\"\n", k1.PublicKey(), s1.Addr, listenPort))
-	m := &mesh{inet: inet, sites: []*netlab.Site{s1, s2}, nodes: []*node{n1, n2}}
-	n1.up()
-	n2.up()
-	// Site 1 can send to site 2 only once site 2 has spoken: the test
-	// starts there.
-	m.waitConnected(t)
-	for _, dir := range []struct{ from, to int }{{0, 1}, {1, 0}} {
-		group := fmt.Sprintf("ff1e::b:%d", dir.from)
-		recv := startHelper(t, m.sites[dir.to].Namespace, "recv", group, "lc0", "1s")
-		m.waitSubscribed(t, dir.from, dir.to, group, true, 5*time.Second)
-		waitExit(t, m.send(dir.from, group, "200", "1000", "500"), 5*time.Second, "sender")
-		waitExit(t, recv, 5*time.Second, "receiver")
-		if res := parseReceived(t, recv.Output()); res.unique != 200 {
-			t.Fatalf("site %d → site %d: %+v", dir.from+1, dir.to+1, res)
-		}
-	}
-	if ep := n1.status(t).Peers[0].Endpoint; ep != fmt.Sprintf("[%s]:%d", s2.Addr, listenPort) {
-		t.Fatalf("site 1 learnt endpoint %q for site 2", ep)
 	}
 }
 
