@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -23,10 +24,21 @@ import (
 // its peers; the others take it in the same way. So trust goes one hop
 // from what an operator wrote: an introducer introduces only nodes its
 // configuration lists, and a node takes introductions only from the peers
-// its configuration marks. Introduced peers are dropped when the
-// introducer stops listing them, or when no answer came from it for
-// IntroducedHold. An introducer tells every asker when its list changes,
-// at most every tellGap, and paces what it sends at introRate.
+// its configuration marks. An introducer tells every asker when its list
+// changes, at most every tellGap, and paces what it sends at introRate.
+//
+// A hub is a directory, not a single point of failure (docs/design.md,
+// "Reach: introducers, direct paths, relays"): an introduced peer stays
+// while some introducer lists it, and after that while it is heard from
+// directly (within KeptHold), unless an introducer that introduced it
+// has said otherwise: its list, settled in one epoch of the introducer
+// (for settle), leaves the peer out. So a member the hub stops listing
+// (a reload) is dropped at once, a hub that falls silent or goes for
+// good changes nothing for members that meet directly, and a hub that
+// restarts has settle for its members to ask again before its word
+// counts. A peer kept that way goes when nothing came from it for
+// KeptHold, or when the last introducer that introduced it is no longer
+// marked introducer.
 //
 // The same messages tell each relay a node trusts which peers the node
 // reaches directly (SetDirect), so that the relay passes on to it none of
@@ -42,6 +54,15 @@ const (
 	// member that stopped asking, and how long a relay keeps what a peer
 	// said it reaches directly.
 	IntroducedHold = time.Minute
+	// KeptHold is how long an introduced peer that no introducer lists
+	// any more, and none revoked, is kept after it was last heard from.
+	KeptHold = IntroducedHold
+	// settle is how long an introducer's list must have stood in one of
+	// its epochs before a member it leaves out is dropped though heard
+	// from directly: longer than its members take to ask again when it
+	// restarted or came back (AskInterval, or askFast once their lists
+	// expired).
+	settle = 2 * AskInterval
 	// answerGap limits the answers to one asker.
 	answerGap = 200 * time.Millisecond
 	// tellGap is the least time between two looks at whether the list
@@ -70,6 +91,10 @@ type IntroductionsConfig struct {
 	// Introducers returns the overlay addresses of the peers this node's
 	// configuration marks introducer, Relays those it trusts as relays.
 	Introducers, Relays func() []netip.Addr
+	// LastRx returns when a packet of the peer at an overlay address
+	// last came (zero if never). An introduced peer is no relay, so what
+	// comes from it came directly. Nil: never.
+	LastRx func(peer netip.Addr) time.Time
 	// Changed is called, from Run's goroutine, when the introduced
 	// members change, and DirectChanged when what peers said they reach
 	// directly changed.
@@ -89,6 +114,7 @@ type Introductions struct {
 	wake  chan struct{}
 	inbox chan inbound
 	pace  *rate.Limiter
+	epoch uint32 // this node's, random, per start
 
 	mu      sync.Mutex
 	askers  map[netip.Addr]time.Time // configured peers that asked, when last
@@ -99,6 +125,10 @@ type Introductions struct {
 	directs map[netip.Addr]*list     // what peers reach directly
 	direct  []Member                 // the peers this node reaches directly
 	told    bool                     // direct changed since it was last sent
+	// kept are the introduced peers no introducer lists now, kept while
+	// heard from (see keeps); introduced is what Introduced returned at
+	// the last refresh, lists and kept together.
+	kept, introduced map[Key]Introduced
 	// Untrusted counts introduction messages from peers that may not
 	// send them (lists from peers that are not this node's introducers,
 	// asks from peers its configuration does not list), Malformed those
@@ -116,17 +146,36 @@ type Introduced struct {
 // NewIntroductions returns the introductions of cfg.
 func NewIntroductions(cfg IntroductionsConfig) *Introductions {
 	return &Introductions{cfg: cfg, clock: clock.Or(cfg.Clock), wake: make(chan struct{}, 1), inbox: make(chan inbound, introInboxLen),
-		pace: rate.NewLimiter(introRate, introBurst), askers: map[netip.Addr]time.Time{},
-		answers: map[netip.Addr]time.Time{}, full: map[netip.Addr]sentList{}, from: map[netip.Addr]*list{}, directs: map[netip.Addr]*list{}}
+		pace: rate.NewLimiter(introRate, introBurst), epoch: rand.Uint32() | 1, askers: map[netip.Addr]time.Time{},
+		answers: map[netip.Addr]time.Time{}, full: map[netip.Addr]sentList{}, from: map[netip.Addr]*list{}, directs: map[netip.Addr]*list{},
+		kept: map[Key]Introduced{}, introduced: map[Key]Introduced{}}
 }
 
 // Introduced returns the members that the introducers intros (overlay
 // addresses) introduce now, by public key, each with the introducers
 // (sorted) that introduce it; the endpoint is the first introducer's.
+// Peers kept after their introducers stopped listing them (see keeps)
+// are among them while one of their introducers is in intros.
 func (in *Introductions) Introduced(intros []netip.Addr) map[Key]Introduced {
-	intros = slices.SortedFunc(slices.Values(intros), netip.Addr.Compare)
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	out := in.listedBy(intros)
+	for k, i := range in.kept {
+		if _, ok := out[k]; ok {
+			continue
+		}
+		i.By = slices.DeleteFunc(slices.Clone(i.By), func(a netip.Addr) bool { return !slices.Contains(intros, a) })
+		if len(i.By) > 0 {
+			out[k] = i
+		}
+	}
+	return out
+}
+
+// listedBy returns the members the complete lists of intros name, as
+// Introduced does; the caller holds mu.
+func (in *Introductions) listedBy(intros []netip.Addr) map[Key]Introduced {
+	intros = slices.SortedFunc(slices.Values(intros), netip.Addr.Compare)
 	out := map[Key]Introduced{}
 	for _, by := range intros {
 		l := in.from[by]
@@ -146,6 +195,77 @@ func (in *Introductions) Introduced(intros []netip.Addr) map[Key]Introduced {
 		}
 	}
 	return out
+}
+
+// refresh looks again at what the introducers introduce, at now: the
+// peers no introducer lists any more are kept or dropped (see keeps),
+// and it reports whether what Introduced returns changed. It runs in
+// Run's goroutine, which alone changes the lists.
+func (in *Introductions) refresh(now time.Time) bool {
+	intros := in.cfg.Introducers()
+	in.mu.Lock()
+	listed := in.listedBy(intros)
+	var unlisted []Key
+	for k := range in.introduced {
+		if _, ok := listed[k]; !ok {
+			unlisted = append(unlisted, k)
+		}
+	}
+	in.mu.Unlock()
+	heard := make(map[Key]time.Time, len(unlisted))
+	for _, k := range unlisted {
+		if in.cfg.LastRx != nil {
+			heard[k] = in.cfg.LastRx(OverlayAddr(k))
+		}
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	kept := make(map[Key]Introduced, len(unlisted))
+	for _, k := range unlisted {
+		i := in.introduced[k]
+		i.By = slices.DeleteFunc(slices.Clone(i.By), func(a netip.Addr) bool { return !slices.Contains(intros, a) })
+		switch why := in.keeps(k, i, heard[k], now); {
+		case why == "":
+			if _, was := in.kept[k]; !was {
+				in.cfg.Log.Info("introduced peer kept: no introducer lists it now, and it is heard from directly", "peer", k, "by", i.By)
+			}
+			kept[k] = i
+		default:
+			in.cfg.Log.Info("introduced peer no longer kept", "peer", k, "reason", why)
+		}
+	}
+	in.kept = kept
+	next := in.listedBy(intros)
+	for k, i := range kept {
+		next[k] = i
+	}
+	changed := !maps.EqualFunc(next, in.introduced, func(a, b Introduced) bool {
+		return a.Endpoint == b.Endpoint && slices.Equal(a.By, b.By)
+	})
+	in.introduced = next
+	return changed
+}
+
+// keeps returns why the introduced peer k (as i, introduced by i.By, of
+// the introducers marked now), which no introducer lists now, last heard
+// from at heard, is not kept at now; "" if it is. It is kept while heard
+// from within KeptHold, unless an introducer that introduced it has a
+// list settled in its epoch (for settle) that leaves it out: that
+// introducer answers, has heard from its members since it came back, and
+// does not introduce the peer. The caller holds mu.
+func (in *Introductions) keeps(k Key, i Introduced, heard, now time.Time) string {
+	switch {
+	case len(i.By) == 0:
+		return "none of its introducers is marked introducer"
+	case heard.IsZero() || now.Sub(heard) > KeptHold:
+		return "not heard from directly"
+	}
+	for _, by := range i.By {
+		if l := in.from[by]; l != nil && !l.complete.IsZero() && now.Sub(l.since) >= settle && !l.names(k) {
+			return "its introducer stopped listing it"
+		}
+	}
+	return ""
 }
 
 // DirectOf returns, by peer, the overlay addresses of the peers it said
@@ -248,7 +368,7 @@ func (in *Introductions) receive(ctx context.Context, from netip.Addr, msg []byt
 			in.mu.Lock()
 			direct := in.direct
 			in.mu.Unlock()
-			in.send(ctx, from, listParts(direct, true)...)
+			in.send(ctx, from, listParts(direct, true, in.epoch)...)
 		}
 	case m.direct && m.same && !in.has(in.directs, from, m.list):
 		in.send(ctx, from, appendIntro(nil, &introMessage{direct: true, ask: true}))
@@ -262,7 +382,7 @@ func (in *Introductions) receive(ctx context.Context, from netip.Addr, msg []byt
 		in.asked(ctx, from, m.list)
 	case !slices.Contains(in.cfg.Introducers(), from):
 		in.Untrusted.Add(1)
-	case in.take(in.from, from, m):
+	case in.take(in.from, from, m) && in.refresh(in.clock.Now()):
 		in.cfg.Log.Debug("introductions changed", "introducer", from)
 		in.cfg.Changed()
 	}
@@ -318,7 +438,7 @@ func (in *Introductions) asked(ctx context.Context, from netip.Addr, have uint64
 	id := listID(listed)
 	switch {
 	case id == have:
-		in.send(ctx, from, appendIntro(nil, &introMessage{same: true, list: id}))
+		in.send(ctx, from, appendIntro(nil, &introMessage{same: true, list: id, epoch: in.epoch}))
 	case lastFull.id != id || now.Sub(lastFull.at) >= askFast:
 		// The whole list again goes at most every askFast to one asker
 		// (which lost a part, say), so that one cannot take the pace of
@@ -326,7 +446,7 @@ func (in *Introductions) asked(ctx context.Context, from netip.Addr, have uint64
 		in.mu.Lock()
 		in.full[from] = sentList{id, now}
 		in.mu.Unlock()
-		in.send(ctx, from, listParts(listed, false)...)
+		in.send(ctx, from, listParts(listed, false, in.epoch)...)
 	}
 }
 
@@ -393,11 +513,11 @@ func (in *Introductions) sendDirect(ctx context.Context, now, sent time.Time) ti
 	var msgs [][]byte
 	switch {
 	case changed:
-		msgs = listParts(direct, true)
+		msgs = listParts(direct, true, in.epoch)
 	case now.Sub(sent) < AskInterval:
 		return sent
 	default:
-		msgs = [][]byte{appendIntro(nil, &introMessage{direct: true, same: true, list: listID(direct)})}
+		msgs = [][]byte{appendIntro(nil, &introMessage{direct: true, same: true, list: listID(direct), epoch: in.epoch})}
 	}
 	for _, r := range in.cfg.Relays() {
 		in.send(ctx, r, msgs...)
@@ -422,6 +542,10 @@ func (in *Introductions) expire(now time.Time) {
 		if !slices.Contains(intros, a) || (!l.complete.IsZero() && now.Sub(l.complete) > IntroducedHold) {
 			delete(in.from, a)
 			changed = changed || !l.complete.IsZero()
+			if !l.complete.IsZero() && slices.Contains(intros, a) {
+				in.cfg.Log.Info("introducer silent: its introductions stand while their peers are heard from directly", "introducer", a,
+					"silent", now.Sub(l.complete).Round(time.Second))
+			}
 		}
 	}
 	for a, l := range in.directs {
@@ -430,8 +554,9 @@ func (in *Introductions) expire(now time.Time) {
 			directChanged = true
 		}
 	}
+	kept := len(in.kept) > 0
 	in.mu.Unlock()
-	if changed {
+	if (changed || kept) && in.refresh(now) {
 		in.cfg.Changed()
 	}
 	if directChanged {
@@ -462,7 +587,7 @@ func (in *Introductions) tell(ctx context.Context) {
 		in.answers[a], in.full[a] = now, sentList{id, now}
 	}
 	in.mu.Unlock()
-	msgs := listParts(members, false)
+	msgs := listParts(members, false, in.epoch)
 	for _, a := range askers {
 		in.send(ctx, a, msgs...)
 	}

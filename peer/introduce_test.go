@@ -221,7 +221,7 @@ func TestListTake(t *testing.T) {
 		}
 		return m
 	}
-	if !l.take(msg(listParts(one, false)[0]), t0) || l.id != listID(one) {
+	if !l.take(msg(listParts(one, false, 1)[0]), t0) || l.id != listID(one) {
 		t.Fatalf("first list: %+v", l)
 	}
 	t1 := t0.Add(time.Second)
@@ -260,10 +260,112 @@ func BenchmarkIntroduce(b *testing.B) {
 	to := slices.Collect(maps.Keys(seen))
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		for _, msg := range listParts(in.members(seen), false) {
+		for _, msg := range listParts(in.members(seen), false, 1) {
 			in.cfg.Send(to[i%n], msg)
 		}
 	}
 	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "members/s")
 	b.ReportMetric(float64(sent)/float64(b.N), "msgs/op")
+}
+
+// An introduced peer stays while an introducer lists it, then while it
+// is heard from; it goes when an introducer leaves it out of a list
+// settled in one of its epochs, when it falls silent for KeptHold, or
+// when its introducers are no longer marked.
+func TestIntroducedKept(t *testing.T) {
+	ctx := context.Background()
+	clk := clock.NewWarp()
+	hub := OverlayAddr(testKey(t).PublicKey())
+	b, c := testKey(t).PublicKey(), testKey(t).PublicKey()
+	var mu sync.Mutex
+	heard := map[netip.Addr]time.Time{}
+	intros := []netip.Addr{hub}
+	in := NewIntroductions(IntroductionsConfig{Self: testKey(t).PublicKey(), Send: func(netip.Addr, []byte) error { return nil },
+		Introducers: func() []netip.Addr { mu.Lock(); defer mu.Unlock(); return slices.Clone(intros) },
+		LastRx:      func(a netip.Addr) time.Time { mu.Lock(); defer mu.Unlock(); return heard[a] },
+		Changed:     func() {}, DirectChanged: func() {}, Log: slog.New(slog.DiscardHandler), Clock: clk})
+	hear := func(keys ...Key) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, k := range keys {
+			heard[OverlayAddr(k)] = clk.Now()
+		}
+	}
+	list := func(epoch uint32, keys ...Key) {
+		var ms []Member
+		for _, k := range slices.SortedFunc(slices.Values(keys), Key.Compare) {
+			ms = append(ms, Member{PublicKey: k})
+		}
+		for _, msg := range listParts(ms, false, epoch) {
+			in.receive(ctx, hub, msg)
+		}
+	}
+	want := func(what string, keys ...Key) {
+		t.Helper()
+		in.expire(clk.Now())
+		got := keysOf(in.Introduced(in.cfg.Introducers()))
+		if !slices.Equal(got, slices.SortedFunc(slices.Values(keys), Key.Compare)) {
+			t.Fatalf("%s: introduced %v, want %v", what, got, keys)
+		}
+	}
+	list(1, b, c)
+	want("listed", b, c)
+	clk.Advance(settle)
+	hear(b, c)
+	list(1, b)
+	want("c left out by a settled list", b)
+
+	list(1, b, c)
+	clk.Advance(settle)
+	hear(b, c)
+	list(2, c) // the hub restarted: b has not asked it yet
+	want("a new epoch's first list", b, c)
+	clk.Advance(settle / 2)
+	hear(b, c)
+	want("the new epoch settling", b, c)
+	clk.Advance(settle / 2)
+	hear(b, c)
+	want("the new epoch settled", c)
+
+	list(2, b, c)
+	for range 3 { // the hub falls silent; b and c are heard from
+		clk.Advance(IntroducedHold / 2)
+		hear(b, c)
+	}
+	want("the hub silent", b, c)
+	clk.Advance(KeptHold / 2)
+	hear(b)
+	want("c silent for half KeptHold", b, c)
+	clk.Advance(KeptHold/2 + time.Second)
+	hear(b)
+	want("c silent past KeptHold", b)
+	mu.Lock()
+	intros = nil
+	mu.Unlock()
+	want("no introducer marked")
+}
+
+// FuzzParseIntro: no datagram makes parseIntro panic, and what it accepts
+// encodes back to the same bytes, but for endpoints it takes as none and
+// the reserved byte.
+func FuzzParseIntro(f *testing.F) {
+	k := Key{1, 2, 3}
+	f.Add(appendIntro(nil, &introMessage{ask: true, list: 9}))
+	f.Add(appendIntro(nil, &introMessage{same: true, list: 9, epoch: 3}))
+	f.Add(appendIntro(nil, &introMessage{part: 0, parts: 1, list: 9, epoch: 3, members: []Member{
+		{PublicKey: k, Endpoint: netip.MustParseAddrPort("[2001:db8::1]:51820")}, {PublicKey: k}}}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := parseIntro(b)
+		if err != nil {
+			return
+		}
+		again, err := parseIntro(appendIntro(nil, m))
+		if err != nil {
+			t.Fatalf("re-encoded message does not parse: %v", err)
+		}
+		if again.ask != m.ask || again.direct != m.direct || again.same != m.same || again.part != m.part || again.parts != m.parts ||
+			again.list != m.list || again.epoch != m.epoch || !slices.Equal(again.members, m.members) {
+			t.Fatalf("round trip: %+v\nfrom %+v", again, m)
+		}
+	})
 }

@@ -14,7 +14,7 @@ import (
 // the peers a node reaches directly) goes in parts; its identity is a hash
 // of its content, so a node that has a list need not get it again:
 //
-//	0  "LCI" 1     magic and version
+//	0  "LCI" 2     magic and version
 //	4  flags       bit 0: ask (introduce me; list: the last list I have
 //	               from you, 0 for none); bit 1: direct (the list is of the
 //	               peers the sender reaches directly, for a relay); bit 2:
@@ -22,11 +22,14 @@ import (
 //	5  0           reserved
 //	6  part, parts uint16 each; parts 0: an ask, or a list named unchanged
 //	10 list        uint64: the list's identity
-//	18 count       uint16: members that follow
-//	20 per member: public key (32), endpoint address (16, IPv4-mapped for
+//	18 epoch       uint32: the sender's epoch (random, per start), so
+//	               that a receiver tells a restarted introducer's first,
+//	               partial lists from a change (see Introductions.keeps)
+//	22 count       uint16: members that follow
+//	24 per member: public key (32), endpoint address (16, IPv4-mapped for
 //	               IPv4; all zero: none), port (2)
 const (
-	introHeaderLen  = 20
+	introHeaderLen  = 24
 	introMemberLen  = KeyLen + 16 + 2
 	introFlagAsk    = 1
 	introFlagDirect = 2
@@ -37,7 +40,7 @@ const (
 	maxListParts  = (MaxIntroduced + introPerMessage - 1) / introPerMessage
 )
 
-var introMagic = [4]byte{'L', 'C', 'I', 1}
+var introMagic = [4]byte{'L', 'C', 'I', 2}
 
 // ErrBadIntroduction marks an introduction message that is malformed.
 var ErrBadIntroduction = errors.New("malformed introduction message")
@@ -58,6 +61,7 @@ type introMessage struct {
 	ask, direct, same bool
 	part, parts       uint16
 	list              uint64
+	epoch             uint32
 	members           []Member
 }
 
@@ -76,6 +80,7 @@ func appendIntro(b []byte, m *introMessage) []byte {
 	b = binary.BigEndian.AppendUint16(b, m.part)
 	b = binary.BigEndian.AppendUint16(b, m.parts)
 	b = binary.BigEndian.AppendUint64(b, m.list)
+	b = binary.BigEndian.AppendUint32(b, m.epoch)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(m.members)))
 	for _, mem := range m.members {
 		b = append(b, mem.PublicKey[:]...)
@@ -102,8 +107,9 @@ func parseIntro(b []byte) (*introMessage, error) {
 		part:   binary.BigEndian.Uint16(b[6:8]),
 		parts:  binary.BigEndian.Uint16(b[8:10]),
 		list:   binary.BigEndian.Uint64(b[10:18]),
+		epoch:  binary.BigEndian.Uint32(b[18:22]),
 	}
-	n := int(binary.BigEndian.Uint16(b[18:20]))
+	n := int(binary.BigEndian.Uint16(b[22:24]))
 	rest := b[introHeaderLen:]
 	if (m.parts > 0 && (m.part >= m.parts || m.ask || m.same)) || (m.parts == 0 && n > 0) || len(rest) != n*introMemberLen ||
 		m.parts > maxListParts {
@@ -136,14 +142,14 @@ func listID(members []Member) uint64 {
 }
 
 // listParts cuts a list into the messages that carry it, flagged direct
-// or not.
-func listParts(members []Member, direct bool) [][]byte {
+// or not, from the sender's epoch.
+func listParts(members []Member, direct bool, epoch uint32) [][]byte {
 	id := listID(members)
 	parts := max(1, (len(members)+introPerMessage-1)/introPerMessage)
 	out := make([][]byte, parts)
 	for i := range parts {
 		chunk := members[min(i*introPerMessage, len(members)):min((i+1)*introPerMessage, len(members))]
-		out[i] = appendIntro(nil, &introMessage{direct: direct, part: uint16(i), parts: uint16(parts), list: id, members: chunk})
+		out[i] = appendIntro(nil, &introMessage{direct: direct, part: uint16(i), parts: uint16(parts), list: id, epoch: epoch, members: chunk})
 	}
 	return out
 }
@@ -153,9 +159,14 @@ type list struct {
 	members  []Member
 	id       uint64    // members' identity, 0 before the first
 	complete time.Time // when members came whole, or were named unchanged
-	pending  uint64
-	parts    map[uint16][]Member
-	nparts   uint16
+	// epoch is the sender's epoch when members came, since when the list
+	// first came whole in that epoch (see Introductions.keeps).
+	epoch   uint32
+	since   time.Time
+	index   map[Key]int // members' positions, by key (the first of each)
+	pending uint64
+	parts   map[uint16][]Member
+	nparts  uint16
 }
 
 // take adds m, a part of a list or a list named unchanged, received at
@@ -164,6 +175,7 @@ func (l *list) take(m *introMessage, now time.Time) bool {
 	if m.same {
 		if m.list == l.id {
 			l.complete = now
+			l.renew(m.epoch, now)
 		}
 		return false
 	}
@@ -180,6 +192,28 @@ func (l *list) take(m *introMessage, now time.Time) bool {
 	}
 	members = members[:min(len(members), MaxIntroduced)]
 	changed := l.id != m.list
+	l.renew(m.epoch, now)
 	l.members, l.id, l.complete, l.parts = members, m.list, now, nil
+	l.index = make(map[Key]int, len(members))
+	for i, mem := range members {
+		if _, twice := l.index[mem.PublicKey]; !twice {
+			l.index[mem.PublicKey] = i
+		}
+	}
 	return changed
+}
+
+// renew notes that the list came whole, or named unchanged, at now in
+// the sender's epoch: a first list, or the first of a new epoch (the
+// sender restarted), starts since afresh.
+func (l *list) renew(epoch uint32, now time.Time) {
+	if l.since.IsZero() || l.epoch != epoch {
+		l.epoch, l.since = epoch, now
+	}
+}
+
+// names reports whether the list names the member with key k.
+func (l *list) names(k Key) bool {
+	_, ok := l.index[k]
+	return ok
 }
