@@ -63,6 +63,22 @@ const (
 	// restarted or came back (AskInterval, or askFast once their lists
 	// expired).
 	settle = 2 * AskInterval
+	// Introduced endpoints never heard from are tried at most maxTrying
+	// at once, maxTryingPerAddr at one address, started at most tryRate
+	// a second, each for tryFor (see try).
+	maxTrying        = 64
+	maxTryingPerAddr = 4
+	tryRate          = 20
+	tryFor           = 30 * time.Second
+	// A peer may send at most directRate direct-list messages a second
+	// (directBurst at once: a whole list of MaxIntroduced and more);
+	// beyond, they are dropped and counted. What peers reach directly is
+	// applied at most every directGap, whatever they send.
+	directRate  = 50
+	directBurst = 2*maxIntroParts + 16
+	directGap   = 250 * time.Millisecond
+	// partsHold is how long the parts of an incomplete list are kept.
+	partsHold = 10 * time.Second
 	// answerGap limits the answers to one asker.
 	answerGap = 200 * time.Millisecond
 	// tellGap is the least time between two looks at whether the list
@@ -129,18 +145,59 @@ type Introductions struct {
 	// heard from (see keeps); introduced is what Introduced returned at
 	// the last refresh, lists and kept together.
 	kept, introduced map[Key]Introduced
+	// attempts are the introduced endpoints tried, tries paces them,
+	// trying tells that some are tried or wait (see try).
+	attempts map[Key]*attempt
+	tries    *rate.Limiter
+	trying   bool
+	heard    map[Key]bool // introduced peers with no endpoint, heard from
+	quiet    bool         // some introduced peers are quiet
+	quietDue time.Time    // when expire looks at them again (Run's alone)
+
+	// directPace paces each peer's direct lists; directDirty tells that
+	// what peers reach directly changed since DirectChanged was last
+	// called, nextDirect when it may be called again (see flushDirect;
+	// both Run's alone).
+	directPace  map[netip.Addr]*rate.Limiter
+	directDirty bool
+	nextDirect  time.Time
+	// overCap are the members left out over MaxIntroduced, conflicts
+	// the endpoints other introducers name that were not taken, at the
+	// last refresh.
+	overCap   map[Key]bool
+	conflicts map[Key]netip.AddrPort
 	// Untrusted counts introduction messages from peers that may not
 	// send them (lists from peers that are not this node's introducers,
 	// asks from peers its configuration does not list), Malformed those
 	// that do not parse, InboxFull those dropped because introInboxLen
 	// waited.
 	Untrusted, Malformed, InboxFull atomic.Uint64
+	// OverCap counts members introducers named that this node did not
+	// take (beyond MaxIntroduced), EndpointsRefused endpoints they named
+	// that no peer may have (overlay, link-local, loopback, multicast,
+	// unspecified), EndpointConflicts endpoints an introducer named that
+	// differ from the one another gave first, Unanswered introduced
+	// endpoints tried for tryFor and never heard from.
+	OverCap, EndpointsRefused, EndpointConflicts, Unanswered atomic.Uint64
+	// DirectOverRate counts direct-list messages dropped beyond their
+	// sender's pace.
+	DirectOverRate atomic.Uint64
 }
 
 // Introduced is a member as introduced to this node.
 type Introduced struct {
 	Endpoint netip.AddrPort
 	By       []netip.Addr // its introducers' overlay addresses
+	// Unreached tells that the endpoint was tried and never answered:
+	// the transport is to forget it.
+	Unreached bool
+	// Quiet tells that the peer was never heard from and its endpoint is
+	// not being tried (it waits its turn, was tried in vain, or none was
+	// given): the node does not speak to it first (no hellos, no
+	// repairs), but takes it at once when it speaks (see try).
+	Quiet bool
+	// endpointBy is the introducer whose endpoint was taken.
+	endpointBy netip.Addr
 }
 
 // NewIntroductions returns the introductions of cfg.
@@ -148,22 +205,22 @@ func NewIntroductions(cfg IntroductionsConfig) *Introductions {
 	return &Introductions{cfg: cfg, clock: clock.Or(cfg.Clock), wake: make(chan struct{}, 1), inbox: make(chan inbound, introInboxLen),
 		pace: rate.NewLimiter(introRate, introBurst), epoch: rand.Uint32() | 1, askers: map[netip.Addr]time.Time{},
 		answers: map[netip.Addr]time.Time{}, full: map[netip.Addr]sentList{}, from: map[netip.Addr]*list{}, directs: map[netip.Addr]*list{},
-		kept: map[Key]Introduced{}, introduced: map[Key]Introduced{}}
+		kept: map[Key]Introduced{}, introduced: map[Key]Introduced{}, attempts: map[Key]*attempt{},
+		tries: rate.NewLimiter(tryRate, maxTrying), directPace: map[netip.Addr]*rate.Limiter{}, heard: map[Key]bool{}, overCap: map[Key]bool{}, conflicts: map[Key]netip.AddrPort{}}
 }
 
 // Introduced returns the members that the introducers intros (overlay
 // addresses) introduce now, by public key, each with the introducers
-// (sorted) that introduce it; the endpoint is the first introducer's.
-// Peers kept after their introducers stopped listing them (see keeps)
-// are among them while one of their introducers is in intros.
+// (sorted) that introduce it, as the last refresh found them: at most
+// MaxIntroduced, peers kept after their introducers stopped listing them
+// (see keeps) among them, each at the endpoint its first introducer gave
+// while that one lists it (see listedBy), or at none while its endpoint
+// waits its turn to be tried or was tried in vain (see try).
 func (in *Introductions) Introduced(intros []netip.Addr) map[Key]Introduced {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	out := in.listedBy(intros)
-	for k, i := range in.kept {
-		if _, ok := out[k]; ok {
-			continue
-		}
+	out := make(map[Key]Introduced, len(in.introduced))
+	for k, i := range in.introduced {
 		i.By = slices.DeleteFunc(slices.Clone(i.By), func(a netip.Addr) bool { return !slices.Contains(intros, a) })
 		if len(i.By) > 0 {
 			out[k] = i
@@ -172,11 +229,17 @@ func (in *Introductions) Introduced(intros []netip.Addr) map[Key]Introduced {
 	return out
 }
 
-// listedBy returns the members the complete lists of intros name, as
-// Introduced does; the caller holds mu.
-func (in *Introductions) listedBy(intros []netip.Addr) map[Key]Introduced {
+// listedBy returns the members the complete lists of intros name, each
+// with the introducers that name it (sorted) and the endpoint one of them
+// gives: the one whose endpoint was taken before, while it names one (an
+// endpoint from one introducer is not overridden by another's), else the
+// first that names one. At most MaxIntroduced: those introduced before
+// first, then the others by key. It also returns the members left out
+// over the cap and, by member, the endpoint other introducers name that
+// differs from the one taken. The caller holds mu.
+func (in *Introductions) listedBy(intros []netip.Addr) (out map[Key]Introduced, over []Key, conflicts map[Key]netip.AddrPort) {
 	intros = slices.SortedFunc(slices.Values(intros), netip.Addr.Compare)
-	out := map[Key]Introduced{}
+	out = map[Key]Introduced{}
 	for _, by := range intros {
 		l := in.from[by]
 		if l == nil || l.complete.IsZero() {
@@ -186,34 +249,79 @@ func (in *Introductions) listedBy(intros []netip.Addr) map[Key]Introduced {
 			if m.PublicKey == in.cfg.Self {
 				continue
 			}
-			i, ok := out[m.PublicKey]
-			if !ok {
-				i.Endpoint = m.Endpoint
+			i := out[m.PublicKey]
+			if !slices.Contains(i.By, by) {
+				i.By = append(i.By, by)
 			}
-			i.By = append(i.By, by)
 			out[m.PublicKey] = i
 		}
 	}
-	return out
+	if len(out) > MaxIntroduced {
+		keys := slices.SortedFunc(maps.Keys(out), func(a, b Key) int {
+			_, hadA := in.introduced[a]
+			_, hadB := in.introduced[b]
+			switch {
+			case hadA && !hadB:
+				return -1
+			case hadB && !hadA:
+				return 1
+			}
+			return a.Compare(b)
+		})
+		over = keys[MaxIntroduced:]
+		for _, k := range over {
+			delete(out, k)
+		}
+	}
+	conflicts = map[Key]netip.AddrPort{}
+	for k, i := range out {
+		endpoint := func(by netip.Addr) netip.AddrPort {
+			l := in.from[by]
+			return l.members[l.index[k]].Endpoint
+		}
+		i.endpointBy = netip.Addr{}
+		if prev := in.introduced[k].endpointBy; slices.Contains(i.By, prev) && endpoint(prev).IsValid() {
+			i.endpointBy = prev
+		} else if j := slices.IndexFunc(i.By, func(by netip.Addr) bool { return endpoint(by).IsValid() }); j >= 0 {
+			i.endpointBy = i.By[j]
+		}
+		if i.endpointBy.IsValid() {
+			i.Endpoint = endpoint(i.endpointBy)
+			for _, by := range i.By {
+				if ep := endpoint(by); ep.IsValid() && ep != i.Endpoint {
+					conflicts[k] = ep
+				}
+			}
+		}
+		out[k] = i
+	}
+	return out, over, conflicts
 }
 
 // refresh looks again at what the introducers introduce, at now: the
 // peers no introducer lists any more are kept or dropped (see keeps),
-// and it reports whether what Introduced returns changed. It runs in
-// Run's goroutine, which alone changes the lists.
+// endpoints are tried (see try), and it reports whether what Introduced
+// returns changed. It runs in Run's goroutine, which alone changes the
+// lists.
 func (in *Introductions) refresh(now time.Time) bool {
 	intros := in.cfg.Introducers()
 	in.mu.Lock()
-	listed := in.listedBy(intros)
-	var unlisted []Key
+	listed, _, _ := in.listedBy(intros)
+	var unlisted, ask []Key
 	for k := range in.introduced {
 		if _, ok := listed[k]; !ok {
 			unlisted = append(unlisted, k)
 		}
 	}
+	ask = append(ask, unlisted...)
+	for k := range listed {
+		if a := in.attempts[k]; (a == nil && !in.heard[k]) || (a != nil && !a.proven) {
+			ask = append(ask, k)
+		}
+	}
 	in.mu.Unlock()
-	heard := make(map[Key]time.Time, len(unlisted))
-	for _, k := range unlisted {
+	heard := make(map[Key]time.Time, len(ask))
+	for _, k := range ask {
 		if in.cfg.LastRx != nil {
 			heard[k] = in.cfg.LastRx(OverlayAddr(k))
 		}
@@ -235,15 +343,124 @@ func (in *Introductions) refresh(now time.Time) bool {
 		}
 	}
 	in.kept = kept
-	next := in.listedBy(intros)
+	next, over, conflicts := in.listedBy(intros)
 	for k, i := range kept {
 		next[k] = i
 	}
+	for _, k := range over {
+		if !in.overCap[k] {
+			in.OverCap.Add(1)
+		}
+	}
+	in.overCap = map[Key]bool{}
+	for _, k := range over {
+		in.overCap[k] = true
+	}
+	for k, ep := range conflicts {
+		if in.conflicts[k] != ep {
+			in.EndpointConflicts.Add(1)
+			in.cfg.Log.Warn("introducers name different endpoints: the first one's stands", "peer", k,
+				"endpoint", next[k].Endpoint, "by", next[k].endpointBy, "other", ep)
+		}
+	}
+	in.conflicts = conflicts
+	in.try(next, heard, now)
 	changed := !maps.EqualFunc(next, in.introduced, func(a, b Introduced) bool {
-		return a.Endpoint == b.Endpoint && slices.Equal(a.By, b.By)
+		return a.Endpoint == b.Endpoint && a.Unreached == b.Unreached && a.Quiet == b.Quiet && slices.Equal(a.By, b.By)
 	})
 	in.introduced = next
+	in.quiet = slices.ContainsFunc(slices.Collect(maps.Values(next)), func(i Introduced) bool { return i.Quiet })
 	return changed
+}
+
+// attempt is an introduced endpoint as this node tries it.
+type attempt struct {
+	endpoint netip.AddrPort
+	since    time.Time // when it was first given to the transport; zero while it waits
+	proven   bool      // the peer was heard from
+	over     bool      // tried for tryFor, never heard from
+}
+
+// try bounds how fast this node sends handshakes to endpoints that
+// introducers name (a hostile one may name a third party's): an
+// introduced peer never heard from gets its endpoint only while it is
+// tried, at most maxTrying at once, maxTryingPerAddr at one address,
+// started at most tryRate a second, each for tryFor; after that, unless
+// the peer was heard from, the transport forgets the endpoint
+// (Introduced.Unreached) and the peer, which has this node's endpoint
+// from the introducer too, may still reach this node, or be reached
+// through a relay. A peer heard from has its endpoint for good; a new
+// endpoint is tried afresh. It sets the endpoints in next, whose peers
+// were last heard from at heard, at now. The caller holds mu.
+func (in *Introductions) try(next map[Key]Introduced, heard map[Key]time.Time, now time.Time) {
+	for k := range in.attempts {
+		if _, ok := next[k]; !ok {
+			delete(in.attempts, k)
+		}
+	}
+	trying, at := 0, map[netip.Addr]int{}
+	var waiting []Key
+	for k, i := range next {
+		if !i.Endpoint.IsValid() {
+			delete(in.attempts, k)
+			continue
+		}
+		a := in.attempts[k]
+		if a == nil || a.endpoint != i.Endpoint {
+			a = &attempt{endpoint: i.Endpoint}
+			in.attempts[k] = a
+		}
+		switch {
+		case a.proven:
+		case !heard[k].IsZero():
+			a.proven = true
+		case a.over:
+		case a.since.IsZero():
+			waiting = append(waiting, k)
+		case now.Sub(a.since) >= tryFor:
+			a.over = true
+			in.Unanswered.Add(1)
+			in.cfg.Log.Info("introduced endpoint never answered: no longer tried", "peer", k, "endpoint", a.endpoint)
+		default:
+			trying++
+			at[a.endpoint.Addr()]++
+		}
+	}
+	slices.SortFunc(waiting, Key.Compare)
+	for _, k := range waiting {
+		a := in.attempts[k]
+		if trying >= maxTrying || at[a.endpoint.Addr()] >= maxTryingPerAddr {
+			continue
+		}
+		if !in.tries.AllowN(now, 1) {
+			break
+		}
+		a.since = now
+		trying++
+		at[a.endpoint.Addr()]++
+	}
+	in.trying = trying > 0 || len(waiting) > 0
+	for k, i := range next {
+		a := in.attempts[k]
+		switch {
+		case a == nil:
+			i.Quiet = heard[k].IsZero() && !in.heard[k]
+		case a.proven || (!a.since.IsZero() && !a.over):
+		case a.over:
+			i.Endpoint, i.Unreached, i.Quiet = netip.AddrPort{}, true, true
+		default:
+			i.Endpoint, i.Quiet = netip.AddrPort{}, true
+		}
+		if !heard[k].IsZero() {
+			in.heard[k] = true
+		}
+		next[k] = i
+	}
+	for k := range in.heard {
+		if _, ok := next[k]; !ok {
+			delete(in.heard, k)
+		}
+	}
 }
 
 // keeps returns why the introduced peer k (as i, introduced by i.By, of
@@ -362,6 +579,8 @@ func (in *Introductions) receive(ctx context.Context, from netip.Addr, msg []byt
 	case err != nil:
 		in.Malformed.Add(1)
 		return
+	case m.direct && !in.directAllowed(from):
+		in.DirectOverRate.Add(1)
 	case m.direct && m.ask:
 		// A relay that lacks this node's list asks for it.
 		if slices.Contains(in.cfg.Relays(), from) {
@@ -376,15 +595,19 @@ func (in *Introductions) receive(ctx context.Context, from netip.Addr, msg []byt
 		// What a peer says it reaches directly changes only what this
 		// node passes on to that peer.
 		if in.take(in.directs, from, m) {
-			in.cfg.DirectChanged()
+			in.directDirty = true
+			in.flushDirect(in.clock.Now())
 		}
 	case m.ask:
 		in.asked(ctx, from, m.list)
 	case !slices.Contains(in.cfg.Introducers(), from):
 		in.Untrusted.Add(1)
-	case in.take(in.from, from, m) && in.refresh(in.clock.Now()):
-		in.cfg.Log.Debug("introductions changed", "introducer", from)
-		in.cfg.Changed()
+	default:
+		in.EndpointsRefused.Add(uint64(m.refused))
+		if in.take(in.from, from, m) && in.refresh(in.clock.Now()) {
+			in.cfg.Log.Debug("introductions changed", "introducer", from)
+			in.cfg.Changed()
+		}
 	}
 }
 
@@ -407,7 +630,10 @@ func (in *Introductions) take(lists map[netip.Addr]*list, from netip.Addr, m *in
 		l = &list{}
 		lists[from] = l
 	}
-	return l.take(m, in.clock.Now())
+	changed := l.take(m, in.clock.Now())
+	in.OverCap.Add(uint64(l.overCap))
+	l.overCap = 0
+	return changed
 }
 
 // asked answers the ask of the peer at from, which has the list have of
@@ -554,14 +780,59 @@ func (in *Introductions) expire(now time.Time) {
 			directChanged = true
 		}
 	}
-	kept := len(in.kept) > 0
+	// Lists left incomplete go after partsHold; so do the peers' paces
+	// once they are full again.
+	for _, lists := range []map[netip.Addr]*list{in.from, in.directs} {
+		for a, l := range lists {
+			if l.parts != nil && now.Sub(l.pendingSince) > partsHold {
+				l.parts, l.held = nil, 0
+			}
+			if l.parts == nil && l.complete.IsZero() {
+				delete(lists, a)
+			}
+		}
+	}
+	for a, p := range in.directPace {
+		if p.TokensAt(now) >= directBurst {
+			delete(in.directPace, a)
+		}
+	}
+	// Quiet peers are looked at every second, to notice when they speak.
+	due := changed || len(in.kept) > 0 || in.trying || (in.quiet && !now.Before(in.quietDue))
 	in.mu.Unlock()
-	if (changed || kept) && in.refresh(now) {
+	if due {
+		in.quietDue = now.Add(time.Second)
+	}
+	if due && in.refresh(now) {
 		in.cfg.Changed()
 	}
-	if directChanged {
-		in.cfg.DirectChanged()
+	in.directDirty = in.directDirty || directChanged
+	in.flushDirect(now)
+}
+
+// directAllowed reports whether a direct-list message from the peer at
+// from is within its pace (directRate, directBurst).
+func (in *Introductions) directAllowed(from netip.Addr) bool {
+	now := in.clock.Now()
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	p := in.directPace[from]
+	if p == nil {
+		p = rate.NewLimiter(directRate, directBurst)
+		in.directPace[from] = p
 	}
+	return p.AllowN(now, 1)
+}
+
+// flushDirect tells DirectChanged that what peers reach directly changed,
+// if it did, at most every directGap: each telling rebuilds the router's
+// table.
+func (in *Introductions) flushDirect(now time.Time) {
+	if !in.directDirty || now.Before(in.nextDirect) {
+		return
+	}
+	in.directDirty, in.nextDirect = false, now.Add(directGap)
+	in.cfg.DirectChanged()
 }
 
 // tell sends every asker the list when it changed (a member came, went or

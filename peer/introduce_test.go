@@ -2,6 +2,7 @@ package peer
 
 import (
 	"context"
+	"encoding/binary"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -368,4 +369,131 @@ func FuzzParseIntro(f *testing.F) {
 			t.Fatalf("round trip: %+v\nfrom %+v", again, m)
 		}
 	})
+}
+
+// A hostile introducer is bounded: it introduces at most MaxIntroduced
+// members (the rest counted), names no endpoint in the overlay,
+// link-local, loopback, multicast or unspecified (counted), cannot
+// override the endpoint another introducer gave first (counted), and the
+// endpoints it names are tried at most maxTryingPerAddr at one address,
+// maxTrying in all, each for tryFor.
+func TestHostileIntroducerBounded(t *testing.T) {
+	ctx := context.Background()
+	clk := clock.NewWarp()
+	hub, evil := OverlayAddr(testKey(t).PublicKey()), OverlayAddr(testKey(t).PublicKey())
+	b := testKey(t).PublicKey()
+	epB := netip.MustParseAddrPort("[2001:db8:b::1]:51820")
+	in := NewIntroductions(IntroductionsConfig{Self: testKey(t).PublicKey(), Send: func(netip.Addr, []byte) error { return nil },
+		Introducers: func() []netip.Addr { return []netip.Addr{hub, evil} },
+		LastRx:      func(netip.Addr) time.Time { return time.Time{} },
+		Changed:     func() {}, DirectChanged: func() {}, Log: slog.New(slog.DiscardHandler), Clock: clk})
+	send := func(from netip.Addr, ms []Member) {
+		for _, msg := range listParts(ms, false, 1) {
+			in.receive(ctx, from, msg)
+		}
+	}
+	send(hub, []Member{{PublicKey: b, Endpoint: epB}})
+
+	victim := netip.MustParseAddr("2001:db8:99::1")
+	refused := []string{"[" + OverlayAddr(b).String() + "]:51820", "[fe80::1]:51820", "[::1]:51820", "[ff02::1]:51820",
+		"[::]:51820", "127.0.0.1:51820", "224.0.0.1:51820", "0.0.0.0:51820", "169.254.1.1:51820", "[2001:db8::1]:0"}
+	ms := []Member{{PublicKey: b, Endpoint: netip.MustParseAddrPort("[2001:db8:66::1]:51820")}}
+	for i := range 5000 {
+		var k Key
+		binary.BigEndian.PutUint32(k[:], uint32(i)+1)
+		ep := netip.AddrPortFrom(victim, uint16(1000+i))
+		if i < len(refused) {
+			ep = netip.MustParseAddrPort(refused[i])
+		}
+		ms = append(ms, Member{PublicKey: k, Endpoint: ep})
+	}
+	send(evil, ms)
+
+	got := in.Introduced([]netip.Addr{hub, evil})
+	if len(got) > MaxIntroduced || in.OverCap.Load() != 5001-MaxIntroduced {
+		t.Fatalf("%d introduced, %d counted over the cap; want at most %d, and %d", len(got), in.OverCap.Load(), MaxIntroduced, 5001-MaxIntroduced)
+	}
+	if got[b].Endpoint != epB || in.EndpointConflicts.Load() != 1 {
+		t.Fatalf("b at %v (%d conflicts counted); want the hub's %v, 1", got[b].Endpoint, in.EndpointConflicts.Load(), epB)
+	}
+	if n := in.EndpointsRefused.Load(); n != uint64(len(refused)) {
+		t.Fatalf("%d endpoints refused, want %d", n, len(refused))
+	}
+	trying := func() (all, atVictim int) {
+		for _, i := range in.Introduced([]netip.Addr{hub, evil}) {
+			if i.Endpoint.IsValid() {
+				all++
+				if i.Endpoint.Addr() == victim {
+					atVictim++
+				}
+			}
+		}
+		return all, atVictim
+	}
+	if all, v := trying(); all > maxTrying || v != maxTryingPerAddr {
+		t.Fatalf("%d endpoints tried, %d at the victim; want at most %d, and %d", all, v, maxTrying, maxTryingPerAddr)
+	}
+	clk.Advance(tryFor)
+	in.expire(clk.Now())
+	// b, never heard from either, was tried as well.
+	if all, v := trying(); all > maxTrying || v != maxTryingPerAddr || in.Unanswered.Load() != maxTryingPerAddr+1 {
+		t.Fatalf("after tryFor: %d endpoints tried, %d at the victim, %d unanswered", all, v, in.Unanswered.Load())
+	}
+	unreached := 0
+	for _, i := range in.Introduced([]netip.Addr{hub, evil}) {
+		if i.Unreached {
+			unreached++
+		}
+	}
+	if unreached != maxTryingPerAddr+1 {
+		t.Fatalf("%d endpoints forgotten, want %d", unreached, maxTryingPerAddr)
+	}
+}
+
+// Direct lists are paced per peer (beyond directBurst at once, or
+// directRate a second, dropped and counted), applied at most every
+// directGap whatever a peer sends, and the parts of an incomplete list
+// go after partsHold.
+func TestDirectListsPacedAndExpire(t *testing.T) {
+	ctx := context.Background()
+	clk := clock.NewWarp()
+	p, q := OverlayAddr(testKey(t).PublicKey()), OverlayAddr(testKey(t).PublicKey())
+	var applied int
+	in := NewIntroductions(IntroductionsConfig{Self: testKey(t).PublicKey(), Send: func(netip.Addr, []byte) error { return nil },
+		Introducers: func() []netip.Addr { return nil }, Relays: func() []netip.Addr { return nil },
+		Changed: func() {}, DirectChanged: func() { applied++ }, Log: slog.New(slog.DiscardHandler), Clock: clk})
+	const flood = 1000
+	for i := range flood {
+		var k Key
+		binary.BigEndian.PutUint32(k[:], uint32(i)+1)
+		in.receive(ctx, p, listParts([]Member{{PublicKey: k}}, true, 1)[0])
+	}
+	// (The clock runs with real time: a few tokens may come meanwhile.)
+	if n := in.DirectOverRate.Load(); n > flood-directBurst || n < flood-directBurst-directRate || applied != 1 {
+		t.Fatalf("a flood of %d direct lists: %d dropped, applied %d times; want about %d, once", flood, n, applied, flood-directBurst)
+	}
+	// Another peer's list is not held up by p's flood, but applied
+	// with the next directGap.
+	in.receive(ctx, q, listParts([]Member{{PublicKey: Key{9}}}, true, 1)[0])
+	clk.Advance(directGap)
+	in.expire(clk.Now())
+	if applied != 2 || len(in.DirectOf()[q]) != 1 {
+		t.Fatalf("q's list: applied %d times, q reaches %v", applied, in.DirectOf()[q])
+	}
+	// A list of two parts that never completes.
+	var two []Member
+	for i := range introPerMessage + 1 {
+		var k Key
+		binary.BigEndian.PutUint32(k[:], uint32(i)+5000)
+		two = append(two, Member{PublicKey: k})
+	}
+	in.receive(ctx, q, listParts(two, true, 1)[0])
+	if in.directs[q].parts == nil {
+		t.Fatal("the first part was not kept")
+	}
+	clk.Advance(partsHold + time.Second)
+	in.expire(clk.Now())
+	if l := in.directs[q]; l == nil || l.parts != nil || len(in.DirectOf()[q]) != 1 {
+		t.Fatalf("after partsHold: %+v", l)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"slices"
 	"time"
 
 	"golang.org/x/crypto/blake2s"
@@ -35,9 +36,16 @@ const (
 	introFlagDirect = 2
 	introFlagSame   = 4
 	introPerMessage = (maxMsgPayload - introHeaderLen) / introMemberLen
-	// MaxIntroduced caps the members of one list.
+	// MaxIntroduced caps the members this node takes from one list, and
+	// from all its introducers together; the rest are counted
+	// (Introductions.OverCap).
 	MaxIntroduced = 4096
-	maxListParts  = (MaxIntroduced + introPerMessage - 1) / introPerMessage
+	// maxListMembers caps the members a list may have: a hub may
+	// introduce more members than one member takes.
+	maxListMembers = 65536
+	maxListParts   = (maxListMembers + introPerMessage - 1) / introPerMessage
+	// maxIntroParts is how many parts carry MaxIntroduced members.
+	maxIntroParts = (MaxIntroduced + introPerMessage - 1) / introPerMessage
 )
 
 var introMagic = [4]byte{'L', 'C', 'I', 2}
@@ -59,6 +67,7 @@ type Member struct {
 // introMessage is a decoded introduction message.
 type introMessage struct {
 	ask, direct, same bool
+	refused           int // endpoints taken as none
 	part, parts       uint16
 	list              uint64
 	epoch             uint32
@@ -95,7 +104,8 @@ func appendIntro(b []byte, m *introMessage) []byte {
 }
 
 // parseIntro decodes b. An endpoint that is no global unicast address
-// (loopback, multicast, link-local...) is taken as none.
+// (loopback, multicast, link-local, unspecified...), or lies in the
+// overlay, is taken as none, and counted in refused.
 func parseIntro(b []byte) (*introMessage, error) {
 	if len(b) < introHeaderLen || !IsIntroduction(b) {
 		return nil, ErrBadIntroduction
@@ -119,8 +129,11 @@ func parseIntro(b []byte) (*introMessage, error) {
 		e := rest[i*introMemberLen:]
 		mem := Member{PublicKey: Key(e[:KeyLen])}
 		a := netip.AddrFrom16([16]byte(e[KeyLen : KeyLen+16])).Unmap()
-		if port := binary.BigEndian.Uint16(e[KeyLen+16:]); a.IsGlobalUnicast() && port != 0 {
+		switch port := binary.BigEndian.Uint16(e[KeyLen+16:]); {
+		case a.IsGlobalUnicast() && port != 0 && !OverlayPrefix.Contains(a):
 			mem.Endpoint = netip.AddrPortFrom(a, port)
+		case !a.IsUnspecified() || port != 0:
+			m.refused++
 		}
 		m.members = append(m.members, mem)
 	}
@@ -167,6 +180,12 @@ type list struct {
 	pending uint64
 	parts   map[uint16][]Member
 	nparts  uint16
+	held    int // members in parts
+	// pendingSince is when the first part of pending came.
+	pendingSince time.Time
+	// overCap counts the members left out over MaxIntroduced, for the
+	// caller to take.
+	overCap int
 }
 
 // take adds m, a part of a list or a list named unchanged, received at
@@ -180,17 +199,23 @@ func (l *list) take(m *introMessage, now time.Time) bool {
 		return false
 	}
 	if l.parts == nil || l.pending != m.list || l.nparts != m.parts {
-		l.pending, l.nparts, l.parts = m.list, m.parts, map[uint16][]Member{}
+		l.pending, l.nparts, l.parts, l.held, l.pendingSince = m.list, m.parts, map[uint16][]Member{}, 0, now
 	}
-	l.parts[m.part] = m.members
+	if _, dup := l.parts[m.part]; !dup {
+		// What a list holds while it is assembled is bounded as the
+		// list is: parts beyond MaxIntroduced members count, empty.
+		keep := m.members[:min(len(m.members), MaxIntroduced-l.held)]
+		l.overCap += len(m.members) - len(keep)
+		l.parts[m.part] = slices.Clip(keep)
+		l.held += len(keep)
+	}
 	if len(l.parts) < int(m.parts) {
 		return false
 	}
-	var members []Member
+	members := make([]Member, 0, l.held)
 	for i := range m.parts {
 		members = append(members, l.parts[i]...)
 	}
-	members = members[:min(len(members), MaxIntroduced)]
 	changed := l.id != m.list
 	l.renew(m.epoch, now)
 	l.members, l.id, l.complete, l.parts = members, m.list, now, nil
@@ -216,4 +241,22 @@ func (l *list) renew(epoch uint32, now time.Time) {
 func (l *list) names(k Key) bool {
 	_, ok := l.index[k]
 	return ok
+}
+
+// IntroductionList returns the messages that carry members as an
+// introducer's list, from the introducer's epoch: what an introducer
+// sends, for tests that play a hostile one (internal/simnet).
+func IntroductionList(members []Member, epoch uint32) [][]byte {
+	return listParts(members, false, epoch)
+}
+
+// DirectList returns the messages that tell a relay that the sender
+// reaches the peers keys directly, from the sender's epoch: for tests
+// that play a hostile peer (internal/simnet).
+func DirectList(keys []Key, epoch uint32) [][]byte {
+	members := make([]Member, len(keys))
+	for i, k := range keys {
+		members[i] = Member{PublicKey: k}
+	}
+	return listParts(members, true, epoch)
 }
