@@ -19,13 +19,15 @@ import (
 // configuration marks a peer `introducer` asks it, every AskInterval, to
 // introduce it; the introducer answers with the members it introduces:
 // the peers in its own configuration that asked (within IntroducedHold),
-// each with the endpoint it sees the member at, or, when the asker has
-// that list already, with the list's name alone. The asker takes them as
+// each with the endpoint it sees the member at. The asker takes them as
 // its peers; the others take it in the same way. So trust goes one hop
 // from what an operator wrote: an introducer introduces only nodes its
 // configuration lists, and a node takes introductions only from the peers
-// its configuration marks. An introducer tells every asker when its list
-// changes, at most every tellGap, and paces what it sends at introRate.
+// its configuration marks. An introducer looks at its list every tellGap
+// and tells every asker what changed: a list goes whole once, then as
+// numbered changes (see publisher); an asker that has it all is sent the
+// list's name. What a node sends, a goroutine of its own sends (sender),
+// at introRate, so that the loop that receives never waits for the pace.
 //
 // A hub is a directory, not a single point of failure (docs/design.md,
 // "Reach: introducers, direct paths, relays"): an introduced peer stays
@@ -42,8 +44,8 @@ import (
 //
 // The same messages tell each relay a node trusts which peers the node
 // reaches directly (SetDirect), so that the relay passes on to it none of
-// their packets (router.SetDirectOf): on every change, and again every
-// AskInterval.
+// their packets (router.SetDirectOf): its changes as they come, and its
+// name every AskInterval.
 const (
 	// AskInterval is how often a node asks each introducer once it has
 	// an answer; before the first it asks every askFast.
@@ -86,8 +88,8 @@ const (
 	tellGap = 250 * time.Millisecond
 	// introRate and introBurst pace the introduction messages a node
 	// sends, across all peers.
-	introRate     = 2000 // messages per second
-	introBurst    = 64
+	introRate     = 20000 // messages per second
+	introBurst    = 256
 	introInboxLen = 1024
 	introTick     = 100 * time.Millisecond
 )
@@ -135,12 +137,18 @@ type Introductions struct {
 	mu      sync.Mutex
 	askers  map[netip.Addr]time.Time // configured peers that asked, when last
 	answers map[netip.Addr]time.Time // when each asker was last answered
-	full    map[netip.Addr]sentList  // the list each asker was last sent whole
-	listed  []Member                 // this node's list as last told
 	from    map[netip.Addr]*list     // introducers' lists
 	directs map[netip.Addr]*list     // what peers reach directly
-	direct  []Member                 // the peers this node reaches directly
-	told    bool                     // direct changed since it was last sent
+	// pub is this node's introductions, sent to the askers (subs); dpub
+	// the peers it reaches directly, sent to the relays it trusts
+	// (dsubs). What each receiver is to be sent is worked out when its
+	// turn comes to send (see next), by the sender goroutine, which
+	// alone waits on the pace: the loop that receives never does.
+	pub, dpub   *publisher
+	subs, dsubs map[netip.Addr]*sub
+	queue       []queued // receivers with something due, in turn
+	misc        []outMsg // asks, at most maxMisc waiting
+	sendWake    chan struct{}
 	// kept are the introduced peers no introducer lists now, kept while
 	// heard from (see keeps); introduced is what Introduced returned at
 	// the last refresh, lists and kept together.
@@ -180,9 +188,38 @@ type Introductions struct {
 	// endpoints tried for tryFor and never heard from.
 	OverCap, EndpointsRefused, EndpointConflicts, Unanswered atomic.Uint64
 	// DirectOverRate counts direct-list messages dropped beyond their
-	// sender's pace.
-	DirectOverRate atomic.Uint64
+	// sender's pace; Unsent the messages this node did not send (asks
+	// beyond maxMisc waiting, or the transport refused them).
+	DirectOverRate, Unsent atomic.Uint64
 }
+
+// sub is what a receiver of a list (an asker of this node's, or a relay
+// for the direct list) has of it: what it said it has, or what it was
+// sent last; whether it is owed an answer (it asked) and is queued; when
+// it was last sent the list whole.
+type sub struct {
+	epoch  uint32
+	has    uint64
+	answer bool
+	queued bool
+	fullAt time.Time
+}
+
+// queued is a receiver with something due: of pub, or with direct of
+// dpub.
+type queued struct {
+	to     netip.Addr
+	direct bool
+}
+
+// outMsg is a message to send as it is.
+type outMsg struct {
+	to  netip.Addr
+	msg []byte
+}
+
+// maxMisc bounds the asks waiting to be sent.
+const maxMisc = 1024
 
 // Introduced is a member as introduced to this node.
 type Introduced struct {
@@ -202,10 +239,13 @@ type Introduced struct {
 
 // NewIntroductions returns the introductions of cfg.
 func NewIntroductions(cfg IntroductionsConfig) *Introductions {
+	epoch := rand.Uint32() | 1
 	return &Introductions{cfg: cfg, clock: clock.Or(cfg.Clock), wake: make(chan struct{}, 1), inbox: make(chan inbound, introInboxLen),
-		pace: rate.NewLimiter(introRate, introBurst), epoch: rand.Uint32() | 1, askers: map[netip.Addr]time.Time{},
-		answers: map[netip.Addr]time.Time{}, full: map[netip.Addr]sentList{}, from: map[netip.Addr]*list{}, directs: map[netip.Addr]*list{},
-		kept: map[Key]Introduced{}, introduced: map[Key]Introduced{}, attempts: map[Key]*attempt{},
+		pace: rate.NewLimiter(introRate, introBurst), epoch: epoch, askers: map[netip.Addr]time.Time{},
+		answers: map[netip.Addr]time.Time{}, from: map[netip.Addr]*list{}, directs: map[netip.Addr]*list{},
+		pub: newPublisher(false, epoch), dpub: newPublisher(true, epoch), subs: map[netip.Addr]*sub{}, dsubs: map[netip.Addr]*sub{},
+		sendWake: make(chan struct{}, 1),
+		kept:     map[Key]Introduced{}, introduced: map[Key]Introduced{}, attempts: map[Key]*attempt{},
 		tries: rate.NewLimiter(tryRate, maxTrying), directPace: map[netip.Addr]*rate.Limiter{}, heard: map[Key]bool{}, overCap: map[Key]bool{}, conflicts: map[Key]netip.AddrPort{}}
 }
 
@@ -466,10 +506,12 @@ func (in *Introductions) try(next map[Key]Introduced, heard map[Key]time.Time, n
 // keeps returns why the introduced peer k (as i, introduced by i.By, of
 // the introducers marked now), which no introducer lists now, last heard
 // from at heard, is not kept at now; "" if it is. It is kept while heard
-// from within KeptHold, unless an introducer that introduced it has a
-// list settled in its epoch (for settle) that leaves it out: that
-// introducer answers, has heard from its members since it came back, and
-// does not introduce the peer. The caller holds mu.
+// from within KeptHold, unless an introducer that introduced it said it
+// is gone: a change, or a list, of the epoch that listed it, removed it
+// (the introducer no longer lists it, or it stopped asking); or a list
+// settled in a new epoch (for settle) leaves it out (the introducer
+// restarted, has heard from its members since, and does not introduce
+// it). The caller holds mu.
 func (in *Introductions) keeps(k Key, i Introduced, heard, now time.Time) string {
 	switch {
 	case len(i.By) == 0:
@@ -478,7 +520,12 @@ func (in *Introductions) keeps(k Key, i Introduced, heard, now time.Time) string
 		return "not heard from directly"
 	}
 	for _, by := range i.By {
-		if l := in.from[by]; l != nil && !l.complete.IsZero() && now.Sub(l.since) >= settle && !l.names(k) {
+		l := in.from[by]
+		switch {
+		case l == nil || l.complete.IsZero() || l.names(k):
+		case l.gone[k]:
+			return "its introducer removed it"
+		case now.Sub(l.since) >= settle:
 			return "its introducer stopped listing it"
 		}
 	}
@@ -506,11 +553,14 @@ func (in *Introductions) SetDirect(keys []Key) {
 	for i, k := range slices.SortedFunc(slices.Values(keys), Key.Compare) {
 		members[i] = Member{PublicKey: k}
 	}
+	relays := in.cfg.Relays()
 	in.mu.Lock()
-	in.told = in.told && slices.Equal(members, in.direct)
-	in.direct = members
+	if in.dpub.set(members) {
+		for _, r := range relays {
+			in.due(r, true, false)
+		}
+	}
 	in.mu.Unlock()
-	in.poke()
 }
 
 // HandleControl takes an introduction message from the peer at from
@@ -529,19 +579,25 @@ func (in *Introductions) poke() {
 // Run handles the messages received, asks the introducers, tells relays
 // what this node reaches directly, forgets what is older than
 // IntroducedHold, and tells every asker when what this node introduces
-// changes, until ctx is done.
+// changes, until ctx is done. What it sends, a goroutine of its own sends,
+// at introRate, and Run waits for it before it returns.
 func (in *Introductions) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() { in.sender(ctx) })
 	t := in.clock.NewTicker(introTick)
 	defer t.Stop()
 	asked, directSent := map[netip.Addr]time.Time{}, time.Time{}
 	var nextTell time.Time
 	for {
 		now := in.clock.Now()
-		in.ask(ctx, now, asked)
-		directSent = in.sendDirect(ctx, now, directSent)
+		in.ask(now, asked)
+		directSent = in.sendDirect(now, directSent)
 		in.expire(now)
 		if !now.Before(nextTell) {
-			in.tell(ctx)
+			in.tell()
 			nextTell = now.Add(tellGap)
 		}
 	wait:
@@ -554,26 +610,129 @@ func (in *Introductions) Run(ctx context.Context) {
 			case <-in.wake:
 				break wait
 			case m := <-in.inbox:
-				in.receive(ctx, m.from, m.msg)
+				in.receive(m.from, m.msg)
 			}
 		}
 	}
 }
 
-// send sends msgs to the peer at to, paced at introRate.
-func (in *Introductions) send(ctx context.Context, to netip.Addr, msgs ...[]byte) {
-	for _, msg := range msgs {
-		if in.pace.Wait(ctx) != nil {
+// due queues the receiver at to of pub (or with direct of dpub), owed an
+// answer if answer; the caller holds mu.
+func (in *Introductions) due(to netip.Addr, direct, answer bool) {
+	subs := in.subs
+	if direct {
+		subs = in.dsubs
+	}
+	s := subs[to]
+	if s == nil {
+		s = &sub{}
+		subs[to] = s
+	}
+	s.answer = s.answer || answer
+	if !s.queued {
+		s.queued = true
+		in.queue = append(in.queue, queued{to, direct})
+	}
+	in.wakeSender()
+}
+
+// sendMisc queues msg to the peer at to, unless maxMisc wait (counted);
+// the caller holds mu.
+func (in *Introductions) sendMisc(to netip.Addr, msg []byte) {
+	if len(in.misc) >= maxMisc {
+		in.Unsent.Add(1)
+		return
+	}
+	in.misc = append(in.misc, outMsg{to, msg})
+	in.wakeSender()
+}
+
+func (in *Introductions) wakeSender() {
+	select {
+	case in.sendWake <- struct{}{}:
+	default:
+	}
+}
+
+// sender sends what is due, in turn, paced at introRate, until ctx is
+// done.
+func (in *Introductions) sender(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
 			return
+		case <-in.sendWake:
 		}
-		if err := in.cfg.Send(to, msg); err != nil {
-			in.cfg.Log.Debug("sending introductions", "peer", to, "err", err)
+		for {
+			to, msgs, ok := in.next()
+			if !ok {
+				break
+			}
+			for _, msg := range msgs {
+				if in.pace.Wait(ctx) != nil {
+					return
+				}
+				if err := in.cfg.Send(to, msg); err != nil {
+					in.Unsent.Add(1)
+					in.cfg.Log.Debug("sending introductions", "peer", to, "err", err)
+				}
+			}
 		}
 	}
 }
 
+// next returns the next messages to send, and to whom: an ask waiting,
+// else what the first receiver queued is due (see publisher.messages),
+// noting that it has it now; false if nothing is due.
+func (in *Introductions) next() (netip.Addr, [][]byte, bool) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if len(in.misc) > 0 {
+		m := in.misc[0]
+		in.misc = in.misc[1:]
+		if len(in.misc) == 0 {
+			in.misc = nil
+		}
+		return m.to, [][]byte{m.msg}, true
+	}
+	now := in.clock.Now()
+	for len(in.queue) > 0 {
+		q := in.queue[0]
+		in.queue = in.queue[1:]
+		if len(in.queue) == 0 {
+			in.queue = nil
+		}
+		subs, pub := in.subs, in.pub
+		if q.direct {
+			subs, pub = in.dsubs, in.dpub
+		}
+		s := subs[q.to]
+		if s == nil {
+			continue // gone meanwhile
+		}
+		s.queued = false
+		msgs, full := pub.messages(s.epoch, s.has, s.answer)
+		if full && s.answer && now.Sub(s.fullAt) < askFast {
+			// The whole list goes at most every askFast to one
+			// receiver that asks (it lost a part, say), so that one
+			// cannot take the pace of all by asking again; it asks
+			// again.
+			s.answer = false
+			continue
+		}
+		if full {
+			s.fullAt = now
+		}
+		s.epoch, s.has, s.answer = pub.epoch, pub.version, false
+		if len(msgs) > 0 {
+			return q.to, msgs, true
+		}
+	}
+	return netip.Addr{}, nil, false
+}
+
 // receive handles an introduction message from the peer at from.
-func (in *Introductions) receive(ctx context.Context, from netip.Addr, msg []byte) {
+func (in *Introductions) receive(from netip.Addr, msg []byte) {
 	m, err := parseIntro(msg)
 	switch {
 	case err != nil:
@@ -582,104 +741,100 @@ func (in *Introductions) receive(ctx context.Context, from netip.Addr, msg []byt
 	case m.direct && !in.directAllowed(from):
 		in.DirectOverRate.Add(1)
 	case m.direct && m.ask:
-		// A relay that lacks this node's list asks for it.
+		// A relay that lacks this node's list, or some of its changes,
+		// asks for it.
 		if slices.Contains(in.cfg.Relays(), from) {
 			in.mu.Lock()
-			direct := in.direct
+			in.dsubs[from] = &sub{epoch: m.epoch, has: m.version}
+			in.due(from, true, true)
 			in.mu.Unlock()
-			in.send(ctx, from, listParts(direct, true, in.epoch)...)
 		}
-	case m.direct && m.same && !in.has(in.directs, from, m.list):
-		in.send(ctx, from, appendIntro(nil, &introMessage{direct: true, ask: true}))
 	case m.direct:
 		// What a peer says it reaches directly changes only what this
 		// node passes on to that peer.
-		if in.take(in.directs, from, m) {
+		changed, ask := in.take(in.directs, from, m)
+		if changed {
 			in.directDirty = true
 			in.flushDirect(in.clock.Now())
 		}
+		if ask {
+			in.askFor(from, true)
+		}
 	case m.ask:
-		in.asked(ctx, from, m.list)
+		in.asked(from, m.epoch, m.version)
 	case !slices.Contains(in.cfg.Introducers(), from):
 		in.Untrusted.Add(1)
 	default:
 		in.EndpointsRefused.Add(uint64(m.refused))
-		if in.take(in.from, from, m) && in.refresh(in.clock.Now()) {
+		changed, ask := in.take(in.from, from, m)
+		if ask {
+			in.askFor(from, false)
+		}
+		if changed && in.refresh(in.clock.Now()) {
 			in.cfg.Log.Debug("introductions changed", "introducer", from)
 			in.cfg.Changed()
 		}
 	}
 }
 
-// has reports whether the list in lists from the peer at from is the
-// list named id.
-func (in *Introductions) has(lists map[netip.Addr]*list, from netip.Addr, id uint64) bool {
+// askFor asks the peer at from for its list (direct: of the peers it
+// reaches directly), telling what this node has of it.
+func (in *Introductions) askFor(from netip.Addr, direct bool) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	l := lists[from]
-	return l != nil && l.id == id
+	lists := in.from
+	if direct {
+		lists = in.directs
+	}
+	epoch, version, id := lists[from].have()
+	in.sendMisc(from, appendIntro(nil, &introMessage{ask: true, direct: direct, epoch: epoch, version: version, list: id}))
 }
 
 // take adds m, from the peer at from, to its list in lists, and reports
-// whether the list changed.
-func (in *Introductions) take(lists map[netip.Addr]*list, from netip.Addr, m *introMessage) bool {
+// whether the list changed and whether to ask the peer for it.
+func (in *Introductions) take(lists map[netip.Addr]*list, from netip.Addr, m *introMessage) (changed, ask bool) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	l := lists[from]
 	if l == nil {
 		l = &list{}
+		if m.direct {
+			l.limit = MaxIntroduced
+		}
 		lists[from] = l
 	}
-	changed := l.take(m, in.clock.Now())
-	in.OverCap.Add(uint64(l.overCap))
-	l.overCap = 0
-	return changed
+	return l.take(m, in.clock.Now())
 }
 
-// asked answers the ask of the peer at from, which has the list have of
-// this node's: a peer this node's configuration lists is answered (at
-// most every answerGap) with the list, or its name if it has it; a new
-// asker changes what the others are told.
-func (in *Introductions) asked(ctx context.Context, from netip.Addr, have uint64) {
+// asked answers the ask of the peer at from, which has version of this
+// node's list of epoch: a peer this node's configuration lists is
+// answered (at most every answerGap) with what it lacks, or the list
+// named if it lacks nothing; a new asker changes what the others are
+// told (at the next tell).
+func (in *Introductions) asked(from netip.Addr, epoch uint32, version uint64) {
 	if !in.cfg.Lists(from) {
 		in.Untrusted.Add(1)
 		return
 	}
 	now := in.clock.Now()
 	in.mu.Lock()
+	defer in.mu.Unlock()
 	_, known := in.askers[from]
 	in.askers[from] = now
+	if !known {
+		in.poke() // the others are told about it
+	}
 	if now.Sub(in.answers[from]) < answerGap {
-		in.mu.Unlock()
 		return
 	}
 	in.answers[from] = now
-	listed := in.listed
-	lastFull := in.full[from]
-	in.mu.Unlock()
-	if !known {
-		in.poke() // the others are told about it, the asker at once
-		listed = in.members(in.cfg.Seen())
+	s := in.subs[from]
+	if s == nil {
+		s = &sub{}
+		in.subs[from] = s
 	}
-	id := listID(listed)
-	switch {
-	case id == have:
-		in.send(ctx, from, appendIntro(nil, &introMessage{same: true, list: id, epoch: in.epoch}))
-	case lastFull.id != id || now.Sub(lastFull.at) >= askFast:
-		// The whole list again goes at most every askFast to one asker
-		// (which lost a part, say), so that one cannot take the pace of
-		// all by asking with another name.
-		in.mu.Lock()
-		in.full[from] = sentList{id, now}
-		in.mu.Unlock()
-		in.send(ctx, from, listParts(listed, false, in.epoch)...)
-	}
-}
-
-// sentList is a list sent whole, and when.
-type sentList struct {
-	id uint64
-	at time.Time
+	s.epoch, s.has = epoch, version
+	in.due(from, false, true)
 }
 
 // members returns the list this node introduces: the askers it lists, at
@@ -697,56 +852,50 @@ func (in *Introductions) members(seen map[netip.Addr]Member) []Member {
 	return out
 }
 
-// ask sends an ask to each introducer that is due one: every askFast
-// until it answered, then every AskInterval.
-func (in *Introductions) ask(ctx context.Context, now time.Time, asked map[netip.Addr]time.Time) {
+// ask asks each introducer that is due one: every askFast until it
+// answered, then every AskInterval.
+func (in *Introductions) ask(now time.Time, asked map[netip.Addr]time.Time) {
 	intros := in.cfg.Introducers()
 	for a := range asked {
 		if !slices.Contains(intros, a) {
 			delete(asked, a)
 		}
 	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	for _, a := range intros {
-		in.mu.Lock()
-		every, have := askFast, uint64(0)
-		if l := in.from[a]; l != nil && !l.complete.IsZero() {
-			have = l.id
-			if now.Sub(l.complete) < AskInterval {
-				every = AskInterval
-			}
+		every := askFast
+		l := in.from[a]
+		if l != nil && !l.complete.IsZero() && now.Sub(l.complete) < AskInterval {
+			every = AskInterval
 		}
-		in.mu.Unlock()
 		if now.Sub(asked[a]) < every {
 			continue
 		}
 		asked[a] = now
-		in.send(ctx, a, appendIntro(nil, &introMessage{ask: true, list: have}))
+		epoch, version, id := l.have()
+		in.sendMisc(a, appendIntro(nil, &introMessage{ask: true, epoch: epoch, version: version, list: id}))
 	}
 }
 
-// sendDirect tells the relays which peers this node reaches directly, when
-// that changed and every AskInterval after sent, and returns when it last
-// sent it.
-//
-// A change goes whole; every AskInterval after, only the list's name goes,
-// and a relay that lacks the list asks for it.
-func (in *Introductions) sendDirect(ctx context.Context, now, sent time.Time) time.Time {
+// sendDirect tells the relays which peers this node reaches directly,
+// every AskInterval (a change goes at once: SetDirect), and returns when
+// it last did: each relay is sent what it lacks, or the list's name, and
+// a relay that lacks what the name names asks for it.
+func (in *Introductions) sendDirect(now, sent time.Time) time.Time {
+	relays := in.cfg.Relays()
 	in.mu.Lock()
-	changed := !in.told
-	in.told = true
-	direct := in.direct
-	in.mu.Unlock()
-	var msgs [][]byte
-	switch {
-	case changed:
-		msgs = listParts(direct, true, in.epoch)
-	case now.Sub(sent) < AskInterval:
-		return sent
-	default:
-		msgs = [][]byte{appendIntro(nil, &introMessage{direct: true, same: true, list: listID(direct), epoch: in.epoch})}
+	defer in.mu.Unlock()
+	for a := range in.dsubs {
+		if !slices.Contains(relays, a) {
+			delete(in.dsubs, a)
+		}
 	}
-	for _, r := range in.cfg.Relays() {
-		in.send(ctx, r, msgs...)
+	if now.Sub(sent) < AskInterval {
+		return sent
+	}
+	for _, r := range relays {
+		in.due(r, true, true)
 	}
 	return now
 }
@@ -761,7 +910,7 @@ func (in *Introductions) expire(now time.Time) {
 		if now.Sub(at) > IntroducedHold {
 			delete(in.askers, a)
 			delete(in.answers, a)
-			delete(in.full, a)
+			delete(in.subs, a)
 		}
 	}
 	for a, l := range in.from {
@@ -785,7 +934,7 @@ func (in *Introductions) expire(now time.Time) {
 	for _, lists := range []map[netip.Addr]*list{in.from, in.directs} {
 		for a, l := range lists {
 			if l.parts != nil && now.Sub(l.pendingSince) > partsHold {
-				l.parts, l.held = nil, 0
+				l.pending, l.parts, l.held = nil, nil, 0
 			}
 			if l.parts == nil && l.complete.IsZero() {
 				delete(lists, a)
@@ -835,31 +984,22 @@ func (in *Introductions) flushDirect(now time.Time) {
 	in.cfg.DirectChanged()
 }
 
-// tell sends every asker the list when it changed (a member came, went or
-// moved) since it last did.
-func (in *Introductions) tell(ctx context.Context) {
+// tell tells every asker the list when it changed (a member came, went
+// or moved) since it last did: the sender sends each the change.
+func (in *Introductions) tell() {
 	in.mu.Lock()
-	none := len(in.askers) == 0 && len(in.listed) == 0
+	none := len(in.askers) == 0 && len(in.pub.members) == 0
 	in.mu.Unlock()
 	if none {
 		return
 	}
 	members := in.members(in.cfg.Seen())
 	in.mu.Lock()
-	if slices.Equal(members, in.listed) {
-		in.mu.Unlock()
+	defer in.mu.Unlock()
+	if !in.pub.set(members) {
 		return
 	}
-	in.listed = members
-	askers := slices.Collect(maps.Keys(in.askers))
-	now := in.clock.Now()
-	id := listID(members)
-	for _, a := range askers {
-		in.answers[a], in.full[a] = now, sentList{id, now}
-	}
-	in.mu.Unlock()
-	msgs := listParts(members, false, in.epoch)
-	for _, a := range askers {
-		in.send(ctx, a, msgs...)
+	for a := range in.askers {
+		in.due(a, false, false)
 	}
 }

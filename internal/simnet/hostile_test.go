@@ -180,7 +180,7 @@ func TestDirectListFlood(t *testing.T) {
 				}
 			}
 			ks = append(ks, peer.Key{byte(i), byte(i >> 8), 1})
-			for _, m := range peer.DirectList(ks, 1) {
+			for _, m := range peer.DirectList(ks, 1, uint64(i)+1) {
 				if d.SendControl(hub.Addr, m) == nil {
 					sent.Add(1)
 				}
