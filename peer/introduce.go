@@ -79,6 +79,8 @@ const (
 	directRate  = 50
 	directBurst = 2*maxIntroParts + 16
 	directGap   = 250 * time.Millisecond
+	// changedGap is the least time between two calls of Changed.
+	changedGap = 250 * time.Millisecond
 	// partsHold is how long the parts of an incomplete list are kept.
 	partsHold = 10 * time.Second
 	// answerGap limits the answers to one asker.
@@ -169,6 +171,10 @@ type Introductions struct {
 	directPace  map[netip.Addr]*rate.Limiter
 	directDirty bool
 	nextDirect  time.Time
+	// introDirty and nextIntro are the same for Changed (see
+	// flushIntroduced; Run's alone).
+	introDirty bool
+	nextIntro  time.Time
 	// overCap are the members left out over MaxIntroduced, conflicts
 	// the endpoints other introducers name that were not taken, at the
 	// last refresh.
@@ -772,7 +778,8 @@ func (in *Introductions) receive(from netip.Addr, msg []byte) {
 		}
 		if changed && in.refresh(in.clock.Now()) {
 			in.cfg.Log.Debug("introductions changed", "introducer", from)
-			in.cfg.Changed()
+			in.introDirty = true
+			in.flushIntroduced(in.clock.Now())
 		}
 	}
 }
@@ -953,10 +960,23 @@ func (in *Introductions) expire(now time.Time) {
 		in.quietDue = now.Add(time.Second)
 	}
 	if due && in.refresh(now) {
-		in.cfg.Changed()
+		in.introDirty = true
 	}
+	in.flushIntroduced(now)
 	in.directDirty = in.directDirty || directChanged
 	in.flushDirect(now)
+}
+
+// flushIntroduced calls Changed if the introduced peers changed since it
+// last did, at most every changedGap: each call has the node apply its
+// peers (the transport's, the router's table), so an introducer that
+// flips its list costs at most that.
+func (in *Introductions) flushIntroduced(now time.Time) {
+	if !in.introDirty || now.Before(in.nextIntro) {
+		return
+	}
+	in.introDirty, in.nextIntro = false, now.Add(changedGap)
+	in.cfg.Changed()
 }
 
 // directAllowed reports whether a direct-list message from the peer at

@@ -793,3 +793,28 @@ func FuzzListTake(f *testing.F) {
 		}
 	})
 }
+
+// An introducer that flips its list makes the node apply its peers at
+// most every changedGap.
+func TestFlippingIntroducerPaced(t *testing.T) {
+	clk := clock.NewWarp()
+	hub := OverlayAddr(testKey(t).PublicKey())
+	applied := 0
+	in := NewIntroductions(IntroductionsConfig{Self: testKey(t).PublicKey(), Send: func(netip.Addr, []byte) error { return nil },
+		Introducers: func() []netip.Addr { return []netip.Addr{hub} }, LastRx: func(netip.Addr) time.Time { return time.Time{} },
+		Changed: func() { applied++ }, DirectChanged: func() {}, Log: slog.New(slog.DiscardHandler), Clock: clk})
+	lists := [][]Member{{{PublicKey: Key{1}}}, {{PublicKey: Key{2}}}}
+	for i := range 100 {
+		for _, msg := range listParts(lists[i%2], false, 1, uint64(i)+1) {
+			in.receive(hub, msg)
+		}
+	}
+	if applied != 1 {
+		t.Fatalf("100 flips applied %d times at once, want 1", applied)
+	}
+	clk.Advance(changedGap)
+	in.expire(clk.Now())
+	if applied != 2 {
+		t.Fatalf("after changedGap: applied %d times, want 2", applied)
+	}
+}
