@@ -83,16 +83,6 @@ func (l *LAN) read(log *slog.Logger) {
 	}
 }
 
-// onLink reports whether a lies in one of the LAN's prefixes.
-func (l *LAN) onLink(a netip.Addr) bool {
-	for _, p := range l.prefixes {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
 // Name returns the interface's name.
 func (l *LAN) Name() string { return l.name }
 

@@ -30,6 +30,10 @@ type Config struct {
 	// Endpoint is where to reach the peer; invalid for a peer that
 	// connects to us (from behind NAT, for instance).
 	Endpoint netip.AddrPort
+	// Forget, with no Endpoint, drops the endpoint given before (an
+	// introduced one that never answered: Introduced.Unreached), so that
+	// no more handshakes go there: the peer is removed and added again.
+	Forget bool
 }
 
 // Transport carries overlay packets to and from peers over UDP with
@@ -244,6 +248,9 @@ func (t *Transport) SetPeers(peers []Config) (added, removed int, err error) {
 			added++
 		case p.Endpoint.IsValid() && p.Endpoint != old.Endpoint:
 			fmt.Fprintf(&b, "public_key=%s\nupdate_only=true\nendpoint=%s\n", hex.EncodeToString(p.PublicKey[:]), p.Endpoint)
+		case p.Forget && !p.Endpoint.IsValid() && old.Endpoint.IsValid():
+			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(p.PublicKey[:]))
+			t.writeNewPeer(&b, &later, p)
 		}
 	}
 	for k := range t.peers {

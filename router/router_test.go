@@ -18,8 +18,6 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var srcS = netip.MustParseAddr("2001:db8::5")
 
-var udpPacket = packettest.UDP
-
 func sub(g netip.Addr, mode mld.FilterMode, sources ...netip.Addr) Subscription {
 	return Subscription{Group: g, Mode: mode, Sources: sources}
 }

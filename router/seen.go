@@ -5,11 +5,27 @@ import (
 	"time"
 )
 
-// maxOrigins bounds how many sending addresses the router remembers
-// packets of: a relay window of about 1 KiB each, and a direct one for
-// the addresses of peers (of which there are two per peer at most).
-// Beyond it, a sender it forgets may have packets delivered twice.
-const maxOrigins = 4096
+// The senders the router remembers packets of are held in two tables,
+// bounded each, so that what comes through relays can never push out a
+// sender whose packets come directly (docs/design.md, "Relays and
+// duplicate suppression"):
+//
+//   - maxRelayedOrigins senders known only through relays (a relay
+//     window of about 1 KiB each). Beyond it a new one replaces any one of
+//     them; a sender forgotten may have packets delivered twice.
+//   - maxDirectOrigins senders whose packets came directly: the peers'
+//     own addresses (two per peer) and the sources on gateway peers' LANs.
+//     Only a peer's own packets add one, never a relay's. Beyond it, a
+//     new one replaces the one idle longest of directSample of them, if
+//     its direct path is not live (no direct packet within directLive);
+//     else the new sender's packets are delivered without a window (the
+//     transport already refuses replays of a peer's own packets; relayed
+//     copies of them may then be delivered twice).
+const (
+	maxRelayedOrigins = 4096
+	maxDirectOrigins  = 4096
+	directSample      = 16
+)
 
 // directLive is how long after a sender's last direct packet its direct
 // path counts as live.
@@ -67,7 +83,8 @@ const (
 // them that the relay window has are duplicates (a forging relay can make
 // that many look delivered).
 type seen struct {
-	from map[netip.Addr]*origin
+	direct  map[netip.Addr]*origin // senders with a direct window
+	relayed map[netip.Addr]*origin // senders known through relays only
 }
 
 // origin is what seen remembers of one sender.
@@ -99,7 +116,63 @@ type window struct {
 	ring        [windowBlocks]uint64
 }
 
-func (s *seen) init() { s.from = map[netip.Addr]*origin{} }
+func (s *seen) init() {
+	s.direct, s.relayed = map[netip.Addr]*origin{}, map[netip.Addr]*origin{}
+}
+
+// origin returns what s remembers of sender, made if it knows nothing,
+// for a packet that came directly or not at now; nil if there is no room
+// (see maxDirectOrigins). A sender known through relays only that sends
+// directly moves to the direct table.
+func (s *seen) origin(sender netip.Addr, direct bool, now time.Time) *origin {
+	if o, ok := s.direct[sender]; ok {
+		return o
+	}
+	o, ok := s.relayed[sender]
+	if !direct {
+		if !ok {
+			if len(s.relayed) >= maxRelayedOrigins {
+				for a := range s.relayed { // forget any one
+					delete(s.relayed, a)
+					break
+				}
+			}
+			o = &origin{}
+			s.relayed[sender] = o
+		}
+		return o
+	}
+	if len(s.direct) >= maxDirectOrigins && !s.evictIdle(now) {
+		return nil
+	}
+	if !ok {
+		o = &origin{}
+	}
+	delete(s.relayed, sender)
+	s.direct[sender] = o
+	return o
+}
+
+// evictIdle forgets the direct sender idle longest of directSample of
+// them, unless its direct path is live, and reports whether it did.
+func (s *seen) evictIdle(now time.Time) bool {
+	var idlest netip.Addr
+	var last time.Time
+	n := 0
+	for a, o := range s.direct {
+		if !idlest.IsValid() || o.lastDirect.Before(last) {
+			idlest, last = a, o.lastDirect
+		}
+		if n++; n == directSample {
+			break
+		}
+	}
+	if !idlest.IsValid() || now.Sub(last) < directLive {
+		return false
+	}
+	delete(s.direct, idlest)
+	return true
+}
 
 // admit reports whether the packet seq of epoch from sender arrives for
 // the first time, and remembers it, or else why it is dropped. direct
@@ -107,16 +180,9 @@ func (s *seen) init() { s.from = map[netip.Addr]*origin{} }
 // sender's direct path is known to be down (Path), so that it does not
 // count as live however recent its last packet.
 func (s *seen) admit(sender netip.Addr, direct, down bool, epoch uint32, seq uint64, now time.Time) (Reason, bool) {
-	o, ok := s.from[sender]
-	if !ok {
-		if len(s.from) >= maxOrigins {
-			for a := range s.from { // forget any one
-				delete(s.from, a)
-				break
-			}
-		}
-		o = &origin{}
-		s.from[sender] = o
+	o := s.origin(sender, direct, now)
+	if o == nil {
+		return DropDuplicate, true // no room for its window: see maxDirectOrigins
 	}
 	if direct {
 		if o.direct == nil || now.Sub(o.lastDirect) >= directLive || o.wasDown || o.adoptPending {

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"testing"
 	"time"
@@ -175,5 +176,84 @@ func TestDirectPathStartsAfterRelay(t *testing.T) {
 		if _, ok := s.admit(c, true, false, 1, seq, now); !ok {
 			t.Errorf("direct %d after a relayed packet %d ahead: dropped", seq, adoptAhead+5)
 		}
+	}
+}
+
+// A trusted relay that floods packets of fresh senders while B streams
+// directly cannot make the router forget B: every direct packet of B's is
+// delivered once, and every forged copy of B's packets that the relay
+// sends (one delivered already, one ahead of B, a new epoch) is dropped,
+// however many fresh senders came before it.
+func TestRelayFloodCannotEvictDirect(t *testing.T) {
+	var s seen
+	s.init()
+	b := packettest.PeerB
+	const epoch = 5
+	now := time.Now()
+	fresh := func(i int) netip.Addr {
+		a := nodeX.As16()
+		binary.BigEndian.PutUint32(a[12:], uint32(i)+0x1000)
+		return netip.AddrFrom16(a)
+	}
+	next := 0
+	for seq := uint64(1); seq <= 40; seq++ {
+		now = now.Add(time.Millisecond)
+		if _, ok := s.admit(b, true, false, epoch, seq, now); !ok {
+			t.Fatalf("B's direct packet %d dropped", seq)
+		}
+		if _, ok := s.admit(b, true, false, epoch, seq, now); ok {
+			t.Fatalf("B's direct packet %d delivered twice", seq)
+		}
+		for range 1000 {
+			if _, ok := s.admit(fresh(next), false, false, 1, 1, now); !ok {
+				t.Fatalf("fresh sender %d dropped", next)
+			}
+			next++
+		}
+		for _, f := range []struct {
+			what  string
+			epoch uint32
+			seq   uint64
+		}{{"a copy", epoch, seq}, {"ahead", epoch, seq + 1}, {"a new epoch", epoch + 1, 1}} {
+			if _, ok := s.admit(b, false, false, f.epoch, f.seq, now); ok {
+				t.Fatalf("after %d fresh senders, a forged packet of B's (%s, epoch %d, seq %d) through the relay was delivered", next, f.what, f.epoch, f.seq)
+			}
+		}
+	}
+	if n := len(s.relayed); n > maxRelayedOrigins {
+		t.Fatalf("%d relayed origins held, above the bound %d", n, maxRelayedOrigins)
+	}
+}
+
+// The direct table is bounded too: a new direct sender beyond it replaces
+// an idle one, never one whose direct path is live; with no idle one its
+// packets are delivered without a window.
+func TestDirectOriginsBounded(t *testing.T) {
+	var s seen
+	s.init()
+	now := time.Now()
+	addr := func(i int) netip.Addr {
+		a := nodeX.As16()
+		binary.BigEndian.PutUint32(a[12:], uint32(i)+0x100000)
+		return netip.AddrFrom16(a)
+	}
+	for i := range maxDirectOrigins {
+		if _, ok := s.admit(addr(i), true, false, 1, 1, now); !ok {
+			t.Fatalf("direct sender %d dropped", i)
+		}
+	}
+	extra := addr(maxDirectOrigins)
+	if _, ok := s.admit(extra, true, false, 1, 1, now); !ok {
+		t.Fatal("a direct sender beyond the bound dropped")
+	}
+	if len(s.direct) != maxDirectOrigins {
+		t.Fatalf("%d direct origins while all are live, want %d", len(s.direct), maxDirectOrigins)
+	}
+	if _, ok := s.admit(addr(0), true, false, 1, 1, now); ok {
+		t.Fatal("a live direct sender was forgotten")
+	}
+	later := now.Add(directLive)
+	if _, ok := s.admit(extra, true, false, 1, 2, later); !ok || s.direct[extra] == nil || len(s.direct) != maxDirectOrigins {
+		t.Fatalf("an idle direct sender was not replaced: %d held", len(s.direct))
 	}
 }

@@ -184,6 +184,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, host Host, l
 		Seen:          d.seen,
 		Introducers:   d.introducers,
 		Relays:        d.trustedRelays,
+		LastRx:        d.lastRx,
 		Changed:       d.introductionsChanged,
 		DirectChanged: d.directChanged,
 		Log:           log,

@@ -59,9 +59,14 @@ type peerSet struct {
 	// list (it wins over introductions).
 	introduced map[peer.Key]peer.Introduced
 
-	all    []peer.Config // resolved, then introduced by key
-	addrs  []netip.Addr  // the overlay addresses of all, in its order
-	relays []netip.Addr  // the peers trusted as relays
+	all   []peer.Config // resolved, then introduced by key
+	addrs []netip.Addr  // the overlay addresses of all, in its order
+	// spoken are the addresses of the peers the exchange speaks to: all
+	// but the introduced peers that are quiet (never heard from, their
+	// endpoint not tried now: peer.Introduced.Quiet), so that a hostile
+	// introducer's members cost no hellos or repairs.
+	spoken []netip.Addr
+	relays []netip.Addr // the peers trusted as relays
 	lans   map[netip.Addr][]netip.Prefix
 }
 
@@ -81,11 +86,15 @@ func desiredPeers(configured []config.Peer, resolved []peer.Config, introduced m
 	}
 	maps.DeleteFunc(set.introduced, func(k peer.Key, _ peer.Introduced) bool { return listed[k] })
 	for _, k := range slices.SortedFunc(maps.Keys(set.introduced), peer.Key.Compare) {
-		set.all = append(set.all, peer.Config{PublicKey: k, Endpoint: set.introduced[k].Endpoint})
+		i := set.introduced[k]
+		set.all = append(set.all, peer.Config{PublicKey: k, Endpoint: i.Endpoint, Forget: i.Unreached})
 	}
 	set.addrs = make([]netip.Addr, len(set.all))
 	for i, p := range set.all {
 		set.addrs[i] = peer.OverlayAddr(p.PublicKey)
+		if in, ok := set.introduced[p.PublicKey]; !ok || !in.Quiet {
+			set.spoken = append(set.spoken, set.addrs[i])
+		}
 	}
 	return set
 }
@@ -104,7 +113,7 @@ func (d *Daemon) apply(next peerSet) (added, removed int, err error) {
 	// router takes it again.
 	d.router.SetDirectOf(d.intros.DirectOf())
 	d.router.SetLANPrefixes(next.lans)
-	d.exchange.SetPeers(next.addrs)
+	d.exchange.SetPeers(next.spoken)
 	d.peersMu.Lock()
 	prev := d.set
 	d.set = next
@@ -227,6 +236,13 @@ func (d *Daemon) HandleControl(from netip.Addr, msg []byte) {
 		return
 	}
 	d.exchange.HandleControl(from, msg)
+}
+
+// SendControl sends a control message to the peer at addr, as the
+// exchange and the introductions do: for tests that play a hostile peer
+// (internal/simnet).
+func (d *Daemon) SendControl(addr netip.Addr, msg []byte) error {
+	return d.bridge.SendControl(addr, msg)
 }
 
 // watched reports whether the direct path to the peer at addr is watched

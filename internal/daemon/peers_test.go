@@ -75,3 +75,24 @@ func TestDesiredPeers(t *testing.T) {
 		t.Errorf("desiredPeers changed its argument: %v", introduced)
 	}
 }
+
+// The exchange speaks to every peer but the introduced ones that are
+// quiet (never heard from, their endpoint not tried now).
+func TestDesiredPeersQuiet(t *testing.T) {
+	keys := testKeys(t, 3)
+	configured := []config.Peer{{PublicKey: keys[0], Introducer: true}}
+	by := []netip.Addr{peer.OverlayAddr(keys[0])}
+	set := desiredPeers(configured, []peer.Config{{PublicKey: keys[0]}}, map[peer.Key]peer.Introduced{
+		keys[1]: {By: by, Quiet: true, Unreached: true},
+		keys[2]: {By: by, Endpoint: netip.MustParseAddrPort("[2001:db8::2]:51820")},
+	})
+	want := []netip.Addr{peer.OverlayAddr(keys[0]), peer.OverlayAddr(keys[2])}
+	if !slices.Equal(set.spoken, want) || len(set.addrs) != 3 {
+		t.Fatalf("spoken %v of %v, want %v", set.spoken, set.addrs, want)
+	}
+	for _, p := range set.all {
+		if p.PublicKey == keys[1] && !p.Forget {
+			t.Errorf("the unreached peer's endpoint is not forgotten: %+v", p)
+		}
+	}
+}

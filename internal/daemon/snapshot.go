@@ -79,5 +79,10 @@ func (d *Daemon) drops() map[string]uint64 {
 	drops["control_inbox_full"] = d.exchange.InboxFull.Load() + d.intros.InboxFull.Load()
 	drops["untrusted_introduction"] = d.intros.Untrusted.Load()
 	drops["bad_introduction_message"] = d.intros.Malformed.Load()
+	drops["introduced_over_cap"] = d.intros.OverCap.Load()
+	drops["introduced_endpoint_refused"] = d.intros.EndpointsRefused.Load()
+	drops["introduced_endpoint_conflict"] = d.intros.EndpointConflicts.Load()
+	drops["introduced_endpoint_unanswered"] = d.intros.Unanswered.Load()
+	drops["direct_list_over_rate"] = d.intros.DirectOverRate.Load()
 	return drops
 }

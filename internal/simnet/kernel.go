@@ -3,7 +3,6 @@ package simnet
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"net/netip"
 	"os"
 	"slices"
@@ -234,10 +233,6 @@ func (k *kernel) fromDaemon(pkt []byte) {
 		}
 	}
 }
-
-// errNotSimulated: the simulated kernel announces no joins on rtnetlink
-// of its own; joins reach the daemon as MLD reports.
-var errNotSimulated = errors.New("simnet: no rtnetlink")
 
 // device is lc0 as the daemon opened it: a wireguard tun.Device whose
 // other end is the kernel.
