@@ -44,7 +44,13 @@ type Network struct {
 // New returns an empty network whose nodes are stopped when the test
 // ends; their logs are printed if it failed. Loss and jitter are drawn
 // from a source seeded by the test's name, so a run can be repeated.
+// The test runs in parallel with the other tests of networks of their own
+// (go test's -parallel of them at once): a network spends most of its
+// time waiting on real time, for wireguard-go's timers and streams.
 func New(t testing.TB) *Network {
+	if p, ok := t.(interface{ Parallel() }); ok {
+		p.Parallel()
+	}
 	dir, err := os.MkdirTemp("", "lcsim")
 	if err != nil {
 		t.Fatal(err)
