@@ -355,6 +355,12 @@ func udp(src, dst netip.Addr, port uint16, payload string) []byte {
 // Eventually waits until cond holds, checking every few milliseconds, and
 // reports whether it did within timeout.
 func Eventually(timeout time.Duration, cond func() bool) bool {
+	return EventuallyEvery(timeout, 2*time.Millisecond, cond)
+}
+
+// EventuallyEvery waits until cond holds, checking every interval, and
+// reports whether it did within timeout.
+func EventuallyEvery(timeout, interval time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for {
 		if cond() {
@@ -363,7 +369,7 @@ func Eventually(timeout time.Duration, cond func() bool) bool {
 		if time.Now().After(deadline) {
 			return false
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
 

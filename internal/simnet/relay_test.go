@@ -30,16 +30,7 @@ func took(start time.Time) time.Duration { return time.Since(start).Round(time.M
 // 20 ms: a status costs the daemon that answers it, and a loaded machine
 // needs its CPU for the daemons more than for asking them.
 func pollEvery(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return EventuallyEvery(timeout, 20*time.Millisecond, cond)
 }
 
 // waitPairsConnected waits until each pair of nodes is connected both ways
