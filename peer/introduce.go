@@ -75,10 +75,18 @@ const (
 	// A peer may send at most directRate direct-list messages a second
 	// (directBurst at once: a whole list of MaxIntroduced and more);
 	// beyond, they are dropped and counted. What peers reach directly is
-	// applied at most every directGap, whatever they send.
-	directRate  = 50
-	directBurst = 2*maxIntroParts + 16
-	directGap   = 250 * time.Millisecond
+	// applied (each time the router's table is rebuilt) at most every
+	// directGap, whatever they send, but for the change of a peer whose
+	// list had not changed for directGap: that one is applied at once,
+	// within an allowance of directAtOnce at once and one per directGap
+	// more (see flushDirect). So two members that meet directly through
+	// their hub stop getting each other's packets from it as soon as each
+	// says so, not one of them up to directGap later, and a peer that
+	// changes its list again and again is applied with the gap only.
+	directRate   = 50
+	directBurst  = 2*maxIntroParts + 16
+	directGap    = 250 * time.Millisecond
+	directAtOnce = 4
 	// changedGap is the least time between two calls of Changed.
 	changedGap = 250 * time.Millisecond
 	// partsHold is how long the parts of an incomplete list are kept.
@@ -166,11 +174,13 @@ type Introductions struct {
 
 	// directPace paces each peer's direct lists; directDirty tells that
 	// what peers reach directly changed since DirectChanged was last
-	// called, nextDirect when it may be called again (see flushDirect;
-	// both Run's alone).
+	// called, nextDirect when it may be called again, directNow the
+	// allowance of changes of quiet peers applied before then (see
+	// flushDirect; the last three Run's alone).
 	directPace  map[netip.Addr]*rate.Limiter
 	directDirty bool
 	nextDirect  time.Time
+	directNow   *rate.Limiter
 	// introDirty and nextIntro are the same for Changed (see
 	// flushIntroduced; Run's alone).
 	introDirty bool
@@ -252,7 +262,8 @@ func NewIntroductions(cfg IntroductionsConfig) *Introductions {
 		pub: newPublisher(false, epoch), dpub: newPublisher(true, epoch), subs: map[netip.Addr]*sub{}, dsubs: map[netip.Addr]*sub{},
 		sendWake: make(chan struct{}, 1),
 		kept:     map[Key]Introduced{}, introduced: map[Key]Introduced{}, attempts: map[Key]*attempt{},
-		tries: rate.NewLimiter(tryRate, maxTrying), directPace: map[netip.Addr]*rate.Limiter{}, heard: map[Key]bool{}, overCap: map[Key]bool{}, conflicts: map[Key]netip.AddrPort{}}
+		tries: rate.NewLimiter(tryRate, maxTrying), directPace: map[netip.Addr]*rate.Limiter{},
+		directNow: rate.NewLimiter(rate.Every(directGap), directAtOnce), heard: map[Key]bool{}, overCap: map[Key]bool{}, conflicts: map[Key]netip.AddrPort{}}
 }
 
 // Introduced returns the members that the introducers intros (overlay
@@ -764,10 +775,10 @@ func (in *Introductions) receive(from netip.Addr, msg []byte) {
 	case m.direct:
 		// What a peer says it reaches directly changes only what this
 		// node passes on to that peer.
-		changed, ask := in.take(in.directs, from, m)
+		changed, ask, quiet := in.take(in.directs, from, m)
 		if changed {
 			in.directDirty = true
-			in.flushDirect(in.clock.Now())
+			in.flushDirect(in.clock.Now(), quiet)
 		}
 		if ask {
 			in.askFor(from, true)
@@ -778,7 +789,7 @@ func (in *Introductions) receive(from netip.Addr, msg []byte) {
 		in.Untrusted.Add(1)
 	default:
 		in.EndpointsRefused.Add(uint64(m.refused))
-		changed, ask := in.take(in.from, from, m)
+		changed, ask, _ := in.take(in.from, from, m)
 		if ask {
 			in.askFor(from, false)
 		}
@@ -804,8 +815,10 @@ func (in *Introductions) askFor(from netip.Addr, direct bool) {
 }
 
 // take adds m, from the peer at from, to its list in lists, and reports
-// whether the list changed and whether to ask the peer for it.
-func (in *Introductions) take(lists map[netip.Addr]*list, from netip.Addr, m *introMessage) (changed, ask bool) {
+// whether the list changed, whether to ask the peer for it, and whether
+// the list had not changed for directGap before (a first list counts as
+// such).
+func (in *Introductions) take(lists map[netip.Addr]*list, from netip.Addr, m *introMessage) (changed, ask, quiet bool) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	l := lists[from]
@@ -816,7 +829,10 @@ func (in *Introductions) take(lists map[netip.Addr]*list, from netip.Addr, m *in
 		}
 		lists[from] = l
 	}
-	return l.take(m, in.clock.Now())
+	now := in.clock.Now()
+	before := l.changed
+	changed, ask = l.take(m, now)
+	return changed, ask, before.IsZero() || now.Sub(before) >= directGap
 }
 
 // asked answers the ask of the peer at from, which has version of this
@@ -970,7 +986,7 @@ func (in *Introductions) expire(now time.Time) {
 	}
 	in.flushIntroduced(now)
 	in.directDirty = in.directDirty || directChanged
-	in.flushDirect(now)
+	in.flushDirect(now, false)
 }
 
 // flushIntroduced calls Changed if the introduced peers changed since it
@@ -1000,13 +1016,23 @@ func (in *Introductions) directAllowed(from netip.Addr) bool {
 }
 
 // flushDirect tells DirectChanged that what peers reach directly changed,
-// if it did, at most every directGap: each telling rebuilds the router's
-// table.
-func (in *Introductions) flushDirect(now time.Time) {
-	if !in.directDirty || now.Before(in.nextDirect) {
+// if it did: at most every directGap, or at once for the change of a
+// peer quiet for directGap (quiet) while directNow allows. Each telling
+// rebuilds the router's table, so they are at most 1+directAtOnce at
+// once and two per directGap over time; a peer that changes its list
+// again and again is never quiet, and waits for the gap.
+func (in *Introductions) flushDirect(now time.Time, quiet bool) {
+	if !in.directDirty {
 		return
 	}
-	in.directDirty, in.nextDirect = false, now.Add(directGap)
+	switch {
+	case !now.Before(in.nextDirect):
+		in.nextDirect = now.Add(directGap)
+	case quiet && in.directNow.AllowN(now, 1):
+	default:
+		return
+	}
+	in.directDirty = false
 	in.cfg.DirectChanged()
 }
 

@@ -592,7 +592,8 @@ func TestHostileIntroducerBounded(t *testing.T) {
 
 // Direct lists are paced per peer (beyond directBurst at once, or
 // directRate a second, dropped and counted), applied at most every
-// directGap whatever a peer sends, and the parts of an incomplete list
+// directGap whatever a peer sends (but for the change of a quiet peer,
+// TestDirectChangeOfQuietPeerAtOnce), and the parts of an incomplete list
 // go after partsHold.
 func TestDirectListsPacedAndExpire(t *testing.T) {
 	clk := clock.NewWarp()
@@ -611,9 +612,13 @@ func TestDirectListsPacedAndExpire(t *testing.T) {
 	if n := in.DirectOverRate.Load(); n > flood-directBurst || n < flood-directBurst-directRate || applied != 1 {
 		t.Fatalf("a flood of %d direct lists: %d dropped, applied %d times; want about %d, once", flood, n, applied, flood-directBurst)
 	}
-	// Another peer's list is not held up by p's flood, but applied
-	// with the next directGap.
+	// Another peer's list is not held up by p's flood: q was quiet, so
+	// its list is applied at once (and with it the last of p's that
+	// came), and nothing is left for the next directGap.
 	in.receive(q, listParts([]Member{{PublicKey: Key{9}}}, true, 1, 1)[0])
+	if applied != 2 || len(in.DirectOf()[q]) != 1 {
+		t.Fatalf("q's list: applied %d times, q reaches %v", applied, in.DirectOf()[q])
+	}
 	clk.Advance(directGap)
 	in.expire(clk.Now())
 	if applied != 2 || len(in.DirectOf()[q]) != 1 {
@@ -634,6 +639,111 @@ func TestDirectListsPacedAndExpire(t *testing.T) {
 	in.expire(clk.Now())
 	if l := in.directs[q]; l == nil || l.parts != nil || len(in.DirectOf()[q]) != 1 {
 		t.Fatalf("after partsHold: %+v", l)
+	}
+}
+
+// The change of a peer whose direct list had not changed for directGap
+// is applied at once, though another peer's was just applied: two homes
+// that meet directly through their hub tell it within milliseconds of
+// each other, and the hub stops relaying to each at once, not the second
+// up to directGap later. Changes of peers that change again within
+// directGap wait for the gap, and quiet peers' changes are applied at
+// once at most directAtOnce at a time (beyond what the gap allows).
+func TestDirectChangeOfQuietPeerAtOnce(t *testing.T) {
+	clk := clock.NewWarp()
+	var applied int
+	var in *Introductions
+	var router map[netip.Addr][]netip.Addr // what was applied last, as a router has it
+	in = NewIntroductions(IntroductionsConfig{Self: testKey(t).PublicKey(), Send: func(netip.Addr, []byte) error { return nil },
+		Introducers: func() []netip.Addr { return nil }, Relays: func() []netip.Addr { return nil },
+		Changed: func() {}, DirectChanged: func() { applied++; router = in.DirectOf() }, Log: slog.New(slog.DiscardHandler), Clock: clk})
+	hub := testKey(t).PublicKey()
+	keys := make([]Key, directAtOnce+3)
+	addrs := make([]netip.Addr, len(keys))
+	for i := range keys {
+		keys[i] = testKey(t).PublicKey()
+		addrs[i] = OverlayAddr(keys[i])
+	}
+	home1, home2 := addrs[0], addrs[1]
+	// say has the peer at i say it reaches members directly, as version
+	// of its list.
+	say := func(i int, version uint64, members ...Key) {
+		t.Helper()
+		var list []Member
+		for _, k := range slices.SortedFunc(slices.Values(members), Key.Compare) {
+			list = append(list, Member{PublicKey: k})
+		}
+		for _, msg := range listParts(list, true, uint32(i)+1, version) {
+			in.receive(addrs[i], msg)
+		}
+	}
+	reaches := func(from, to netip.Addr) bool { return slices.Contains(router[from], to) }
+
+	// The homes reach the hub directly, some milliseconds apart.
+	say(0, 1, hub)
+	say(1, 1, hub)
+	if applied != 2 || !reaches(home1, OverlayAddr(hub)) || !reaches(home2, OverlayAddr(hub)) {
+		t.Fatalf("the homes' first lists: applied %d times, want 2; %v", applied, router)
+	}
+	// Then, a while later, each other, a few milliseconds apart: each is
+	// applied as it comes.
+	clk.Advance(time.Second)
+	say(0, 2, hub, keys[1])
+	if applied != 3 || !reaches(home1, home2) {
+		t.Fatalf("home1 reaches home2: applied %d times, want 3; %v", applied, router)
+	}
+	clk.Advance(7 * time.Millisecond)
+	say(1, 2, hub, keys[0])
+	if applied != 4 || !reaches(home2, home1) {
+		t.Fatalf("home2 reaches home1, 7 ms after home1 said it reaches home2: applied %d times, want 4 at once; %v", applied, router)
+	}
+	// home2 changes again within directGap: that waits for the gap.
+	clk.Advance(10 * time.Millisecond)
+	say(1, 3, hub)
+	if applied != 4 || !reaches(home2, home1) {
+		t.Fatalf("home2's second change within directGap: applied %d times, want it to wait; %v", applied, router)
+	}
+	clk.Advance(directGap)
+	in.expire(clk.Now())
+	if applied != 5 || reaches(home2, home1) {
+		t.Fatalf("home2's second change after directGap: applied %d times, want 5; %v", applied, router)
+	}
+
+	// Quiet peers changing at the same moment: one goes with the gap,
+	// directAtOnce more at once (the allowance is full again after a
+	// quiet second), the rest with the next gap. (The clock also runs
+	// with real time: if this took long, a token more came.)
+	clk.Advance(time.Second)
+	began, before := time.Now(), applied
+	for i := range keys {
+		say(i, 10, keys[(i+1)%len(keys)])
+	}
+	if n := applied - before; n != 1+directAtOnce && (time.Since(began) < directGap/2 || n != 2+directAtOnce) {
+		t.Fatalf("%d quiet peers changing at once: applied %d times, want %d", len(keys), n, 1+directAtOnce)
+	}
+	clk.Advance(directGap)
+	in.expire(clk.Now())
+	for i := range keys {
+		if !reaches(addrs[i], OverlayAddr(keys[(i+1)%len(keys)])) {
+			t.Fatalf("after directGap, peer %d's change is not applied: %v", i, router)
+		}
+	}
+
+	// A peer that changes its list again and again takes no more than
+	// the gap: its changes are never quiet, and leave the allowance to
+	// quiet peers.
+	clk.Advance(time.Second)
+	before = applied
+	for v := range uint64(100) {
+		say(0, 20+v, keys[1+int(v)%2])
+		clk.Advance(time.Millisecond)
+	}
+	if n := applied - before; n != 1 {
+		t.Fatalf("100 changes of one peer within 100 ms: applied %d times, want 1", n)
+	}
+	say(2, 20, hub)
+	if n := applied - before; n != 2 || !reaches(addrs[2], OverlayAddr(hub)) {
+		t.Fatalf("a quiet peer's change after another's flips: applied %d times, want 2 (at once)", n)
 	}
 }
 

@@ -338,6 +338,7 @@ type list struct {
 	members  []Member
 	id       uint64    // members' identity, 0 before the first
 	complete time.Time // when members came whole, or were named unchanged
+	changed  time.Time // when members last changed (another identity)
 	// epoch and version are the sender's when members came; since is
 	// when the list first came whole in that epoch (see
 	// Introductions.keeps).
@@ -429,6 +430,9 @@ func (l *list) take(m *introMessage, now time.Time) (changed, ask bool) {
 		return false, true
 	}
 	changed = l.id != m.list
+	if changed {
+		l.changed = now
+	}
 	sameEpoch := !l.complete.IsZero() && l.epoch == m.epoch
 	old := l.index
 	l.renew(m.epoch, now)

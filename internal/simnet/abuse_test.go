@@ -164,10 +164,12 @@ func advLiveHeap() (goroutines int, heap uint64) {
 // b's 10,000 groups after each join and none after each leave, and
 // neither node keeps goroutines or memory from one cycle to the next.
 // (The namespace test measures the daemons' own heaps; here both nodes
-// share the process, whose heap and goroutines are measured.)
+// share the process, whose heap and goroutines are measured: the test
+// runs alone, as another test's network, running in parallel, would count
+// too.)
 func TestGroupChurn(t *testing.T) {
 	const groups = 10000
-	w := New(t)
+	w := NewAlone(t)
 	a, b := w.Add("a", Options{}), w.Add("b", Options{})
 	Mesh(a, b)
 	a.Start()

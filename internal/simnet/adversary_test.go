@@ -58,18 +58,15 @@ func advNonZero(drops map[string]uint64) map[string]uint64 {
 }
 
 // advIntroList returns an introduction message listing one member, as an
-// introducer sends its list (peer/intromsg.go's format, written out here
-// because only a hostile peer sends one it may not).
+// introducer sends its list: peer's own encoder (peer.IntroductionList),
+// so that the message is one b takes for an introduction, and refuses
+// only because x is no introducer of b's.
 func advIntroList(member peer.Key, ep netip.AddrPort) []byte {
-	b := []byte{'L', 'C', 'I', 1, 0, 0}
-	b = binary.BigEndian.AppendUint16(b, 0) // part
-	b = binary.BigEndian.AppendUint16(b, 1) // parts
-	b = binary.BigEndian.AppendUint64(b, rand.Uint64()|1)
-	b = binary.BigEndian.AppendUint16(b, 1)
-	b = append(b, member[:]...)
-	a := ep.Addr().As16()
-	b = append(b, a[:]...)
-	return binary.BigEndian.AppendUint16(b, ep.Port())
+	msgs := peer.IntroductionList([]peer.Member{{PublicKey: member, Endpoint: ep}}, rand.Uint32()|1)
+	if len(msgs) != 1 || !peer.IsIntroduction(msgs[0]) {
+		panic(fmt.Sprintf("an introduction of one member in %d messages", len(msgs)))
+	}
+	return msgs[0]
 }
 
 // A peer with a valid key is hostile (docs/security.md, "A peer"): while

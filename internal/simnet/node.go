@@ -51,6 +51,16 @@ func New(t testing.TB) *Network {
 	if p, ok := t.(interface{ Parallel() }); ok {
 		p.Parallel()
 	}
+	return newNetwork(t)
+}
+
+// NewAlone returns an empty network as New does, for a test that must
+// have the process to itself (it measures the process's goroutines or
+// heap, which the other tests' networks share): the test does not run in
+// parallel, so go test runs it before it lets any parallel test start.
+func NewAlone(t testing.TB) *Network { return newNetwork(t) }
+
+func newNetwork(t testing.TB) *Network {
 	dir, err := os.MkdirTemp("", "lcsim")
 	if err != nil {
 		t.Fatal(err)
