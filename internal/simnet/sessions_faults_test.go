@@ -96,7 +96,7 @@ func longStream() time.Duration {
 }
 
 // With 10% loss and 50 ms of delay each way on the underlay between two
-// nodes (internal/e2e TestLossAndDelay), subscriptions converge, on join
+// nodes (once internal/e2e TestLossAndDelay, whose lossy relay stood in for netem), subscriptions converge, on join
 // and on leave, and a stream is delivered but for the datagrams the
 // underlay lost; a 1000/s stream for 60 s (issue 25) has no gap longer
 // than the loss explains, and no session is repaired while it flows (a
@@ -244,7 +244,7 @@ func checkResumed(t *testing.T, what string, sum summary, count int, nodes ...*N
 }
 
 // The NAT in front of a node forgets its mapping and maps the node's
-// datagrams to a new port (internal/e2e TestNATRemaps): the peer learns
+// datagrams to a new port (once internal/e2e TestNATRemaps, with a userspace NAT): the peer learns
 // the new mapping from the node's next packet, and delivery to the node
 // resumes.
 func TestNATRemaps(t *testing.T) {
@@ -318,7 +318,8 @@ func TestUnderlayAddressChange(t *testing.T) {
 }
 
 // After a peer's daemon crashes and starts again, delivery resumes
-// (internal/e2e TestPeerRestart).
+// (once internal/e2e TestPeerRestart; a real SIGKILL and the adoption of lc0 are
+// internal/e2e TestCrashRelearnsMemberships).
 func TestPeerRestart(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -347,7 +348,7 @@ func TestPeerRestart(t *testing.T) {
 
 // With 30% of the datagrams between two nodes lost both ways, the
 // receiving node's subscriptions still converge at the sending node, on
-// join and on leave (internal/e2e TestSubscriptionsConvergeUnderLoss).
+// join and on leave (once internal/e2e TestSubscriptionsConvergeUnderLoss).
 func TestSubscriptionsConvergeUnderLoss(t *testing.T) {
 	w := New(t)
 	a, b := pair2(w, Link{})

@@ -111,7 +111,7 @@ func TestCrashRelearnsMemberships(t *testing.T) {
 
 // A peer listed without an endpoint is one that connects to us: once it
 // has, multicast flows both ways, and we send to where it came from
-// (internal/e2e TestPeerWithoutEndpoint).
+// (once internal/e2e TestPeerWithoutEndpoint).
 func TestPeerWithoutEndpoint(t *testing.T) {
 	w := New(t)
 	a, b := w.Add("1", Options{}), w.Add("2", Options{})
@@ -143,7 +143,8 @@ func TestPeerWithoutEndpoint(t *testing.T) {
 // Reloading a changed list of peers applies it: a peer removed stops
 // getting the stream and gets it again once added back, while the stream
 // to the peer listed throughout loses nothing across both reloads
-// (internal/e2e TestReloadPeers, there by SIGHUP; here by the control
+// (once internal/e2e TestReloadPeers, there by SIGHUP, which
+// internal/e2e TestSystemdNotify still sends; here by the control
 // API's reload, the same path).
 func TestReloadPeers(t *testing.T) {
 	w := New(t)
